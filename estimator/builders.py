@@ -1,0 +1,197 @@
+"""Build a `Run` from OpenAI chat/completions response bodies and collected stream chunks.
+
+Choice index 0 is used. When the body carries no logprobs the run is text-only: its tokens are
+the text split into whitespace-led words (``re.findall(r"\\s*\\S+|\\s+", text)``, so that
+``"".join(tokens) == text``); the model-free statistics and the `hazard` estimator still work on
+those, the `likelihood` and `jitter` estimators do not.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from estimator.model import Run, TopLogprobs
+
+_WORDS = re.compile(r"\s*\S+|\s+")
+
+
+class BuildError(ValueError):
+    """A response body or stream chunk does not have the OpenAI shape we need."""
+
+
+def text_tokens(text: str) -> tuple[str, ...]:
+    """The text-only fallback tokenisation: whitespace-led words; joins back to ``text``."""
+    return tuple(_WORDS.findall(text))
+
+
+def _float(x: Any, where: str) -> float:
+    if x is None:
+        return math.nan
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise BuildError(f"{where}: logprob is not a number: {x!r}")
+    return float(x)
+
+
+def _mapping(x: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(x, Mapping):
+        raise BuildError(f"{where}: expected an object, got {type(x).__name__}")
+    return x
+
+
+def _choice0(body: Any, where: str) -> Mapping[str, Any] | None:
+    """Choice with index 0 (or the first one); None when ``choices`` is empty (usage chunks)."""
+    body = _mapping(body, where)
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        raise BuildError(f"{where}: 'choices' is missing or not a list")
+    for c in choices:
+        m = _mapping(c, where)
+        if m.get("index", 0) == 0:
+            return m
+    return None
+
+
+def _sorted_top(pairs: list[tuple[str, float]]) -> TopLogprobs:
+    # Most likely first; stable so equal logprobs keep the upstream's order.
+    return tuple(sorted(pairs, key=lambda p: -p[1]))
+
+
+class _Acc:
+    """Accumulates tokens/logprobs/text over a body or a sequence of chunks."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.tokens: list[str] = []
+        self.lps: list[float] = []
+        self.tops: list[TopLogprobs] = []
+        self.saw_logprobs = False
+        self.finish: str | None = None
+
+    def chat_logprobs(self, lp: Any, where: str) -> None:
+        if lp is None:
+            return
+        content = _mapping(lp, where).get("content")
+        if content is None:
+            return
+        if not isinstance(content, list):
+            raise BuildError(f"{where}: logprobs.content is not a list")
+        self.saw_logprobs = True
+        for item in content:
+            item = _mapping(item, where)
+            tok = item.get("token")
+            if not isinstance(tok, str):
+                raise BuildError(f"{where}: logprobs token is not a string: {tok!r}")
+            self.tokens.append(tok)
+            self.lps.append(_float(item.get("logprob"), where))
+            top = item.get("top_logprobs") or []
+            if not isinstance(top, list):
+                raise BuildError(f"{where}: top_logprobs is not a list")
+            pairs = []
+            for t in top:
+                t = _mapping(t, where)
+                if not isinstance(t.get("token"), str):
+                    raise BuildError(f"{where}: top_logprobs token is not a string")
+                pairs.append((str(t["token"]), _float(t.get("logprob"), where)))
+            self.tops.append(_sorted_top(pairs))
+
+    def completion_logprobs(self, lp: Any, where: str) -> None:
+        if lp is None:
+            return
+        lp = _mapping(lp, where)
+        toks = lp.get("tokens")
+        if toks is None:
+            return
+        vals = lp.get("token_logprobs") or [None] * len(toks)
+        tops = lp.get("top_logprobs") or [None] * len(toks)
+        if not (isinstance(toks, list) and isinstance(vals, list) and isinstance(tops, list)):
+            raise BuildError(f"{where}: logprobs.tokens/token_logprobs/top_logprobs not lists")
+        if not len(toks) == len(vals) == len(tops):
+            raise BuildError(f"{where}: logprobs arrays have different lengths")
+        self.saw_logprobs = True
+        for tok, v, top in zip(toks, vals, tops, strict=True):
+            if not isinstance(tok, str):
+                raise BuildError(f"{where}: logprobs token is not a string: {tok!r}")
+            self.tokens.append(tok)
+            self.lps.append(_float(v, where))
+            if top is None:
+                self.tops.append(())
+            else:
+                top = _mapping(top, where)
+                self.tops.append(_sorted_top([(str(k), _float(x, where)) for k, x in top.items()]))
+
+    def finish_reason(self, choice: Mapping[str, Any]) -> None:
+        fr = choice.get("finish_reason")
+        if fr is not None:
+            self.finish = str(fr)
+
+    def run(self) -> Run:
+        text = "".join(self.text)
+        if not self.saw_logprobs:
+            return Run(text_tokens(text), None, None, text, self.finish)
+        tops = tuple(self.tops) if any(self.tops) else None
+        return Run(tuple(self.tokens), tuple(self.lps), tops, text, self.finish)
+
+
+def _text(x: Any, where: str) -> str:
+    if x is None:
+        return ""
+    if not isinstance(x, str):
+        raise BuildError(f"{where}: content is not a string")
+    return x
+
+
+def run_from_chat_response(body: Mapping[str, Any]) -> Run:
+    """A non-streaming ``/v1/chat/completions`` response body."""
+    c = _choice0(body, "chat response")
+    if c is None:
+        raise BuildError("chat response: no choice with index 0")
+    acc = _Acc()
+    msg = _mapping(c.get("message"), "chat response message")
+    acc.text.append(_text(msg.get("content"), "chat response"))
+    acc.chat_logprobs(c.get("logprobs"), "chat response")
+    acc.finish_reason(c)
+    return acc.run()
+
+
+def run_from_completion_response(body: Mapping[str, Any]) -> Run:
+    """A non-streaming ``/v1/completions`` response body."""
+    c = _choice0(body, "completion response")
+    if c is None:
+        raise BuildError("completion response: no choice with index 0")
+    acc = _Acc()
+    acc.text.append(_text(c.get("text"), "completion response"))
+    acc.completion_logprobs(c.get("logprobs"), "completion response")
+    acc.finish_reason(c)
+    return acc.run()
+
+
+def run_from_chat_stream(chunks: Sequence[Mapping[str, Any]]) -> Run:
+    """Parsed JSON of the SSE data events of a streamed chat completion (``[DONE]`` excluded)."""
+    acc = _Acc()
+    for i, ch in enumerate(chunks):
+        where = f"chat chunk {i}"
+        c = _choice0(ch, where)
+        if c is None:
+            continue  # usage-only chunk
+        delta = c.get("delta") or {}
+        acc.text.append(_text(_mapping(delta, where).get("content"), where))
+        acc.chat_logprobs(c.get("logprobs"), where)
+        acc.finish_reason(c)
+    return acc.run()
+
+
+def run_from_completion_stream(chunks: Sequence[Mapping[str, Any]]) -> Run:
+    """Parsed JSON of the SSE data events of a streamed completion (``[DONE]`` excluded)."""
+    acc = _Acc()
+    for i, ch in enumerate(chunks):
+        where = f"completion chunk {i}"
+        c = _choice0(ch, where)
+        if c is None:
+            continue
+        acc.text.append(_text(c.get("text"), where))
+        acc.completion_logprobs(c.get("logprobs"), where)
+        acc.finish_reason(c)
+    return acc.run()

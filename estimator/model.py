@@ -1,0 +1,59 @@
+"""The data model: a Run (one completion) and a Trial (one input sent several times)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TopLogprobs = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One completion of one input.
+
+    ``logprobs[s]`` is the reported log-probability of ``tokens[s]`` and ``top_logprobs[s]`` the
+    reported top-k (token, logprob) pairs at position ``s``, most likely first. Logprobs are raw
+    (log softmax of the T=1 logits), as vLLM reports them by default. Both are ``None`` for a
+    text-only run, whose ``tokens`` then come from a whitespace split (see builders).
+    """
+
+    tokens: tuple[str, ...]
+    logprobs: tuple[float, ...] | None
+    top_logprobs: tuple[TopLogprobs, ...] | None
+    text: str
+    finish_reason: str | None
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        if self.logprobs is not None and len(self.logprobs) != n:
+            raise ValueError(f"logprobs has {len(self.logprobs)} entries for {n} tokens")
+        if self.top_logprobs is not None and len(self.top_logprobs) != n:
+            raise ValueError(f"top_logprobs has {len(self.top_logprobs)} entries for {n} tokens")
+
+    @property
+    def has_top_logprobs(self) -> bool:
+        """True when every position reports at least two alternatives (needed by `likelihood`)."""
+        return self.top_logprobs is not None and all(len(t) >= 2 for t in self.top_logprobs)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Where the runs of a trial came from (labels for aggregation; never request content)."""
+
+    upstream: str = ""
+    model_name: str = ""
+    load_bucket: str = ""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One input (identified by a fingerprint) and its runs: the primary and its replays."""
+
+    fingerprint: str
+    runs: tuple[Run, ...]
+    context: TrialContext = TrialContext()
+
+    @property
+    def n_pairs(self) -> int:
+        n = len(self.runs)
+        return n * (n - 1) // 2
