@@ -1,0 +1,286 @@
+"""`tbg demo`: the embedded reference LLM + the proxy with shadow replay + a bounded mixed load
+through the openai SDK, with the live T_bg estimate refreshing in the terminal.
+
+Everything listens on 127.0.0.1 and stops by itself: the load is a fixed number of requests, and the
+whole run has a wall-clock limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+PROMPTS: tuple[str, ...] = (
+    "Write a short poem about the sea.",
+    "Explain what a hash table is in two sentences.",
+    "List three uses of copper.",
+    "What is the capital of France, and why is it famous?",
+    "Describe a sunrise to someone who has never seen one.",
+    "Give me a recipe idea with rice and beans.",
+    "Why is the sky blue?",
+    "Summarise the plot of Romeo and Juliet.",
+    "What are the benefits of regular exercise?",
+    "Tell me a fun fact about octopuses.",
+    "How does a bicycle stay upright?",
+    "Suggest a name for a friendly robot and explain it.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    mode: str
+    requests: int
+    max_tokens: int
+    waves: tuple[int, ...]
+    sample_rate: float
+    replays: int
+    port: int
+    time_limit: float
+    temperature: float | None
+    seed: int
+
+
+def parse_args(argv: Sequence[str]) -> DemoOptions:
+    parser = argparse.ArgumentParser(prog="tbg demo", description=__doc__)
+    parser.add_argument("--mode", default="batched",
+                        choices=["batched", "serial", "thermostat", "noise"],
+                        help="reference upstream mode (default: batched, real bf16 batch effects)")  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=None, help="for --mode thermostat")
+    parser.add_argument("--requests", type=int, default=48, help="primary requests in all (bounded)")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--waves", default="1,4,8",
+                        help="concurrency of successive load waves (load buckets)")  # fmt: skip
+    parser.add_argument("--sample-rate", type=float, default=1.0)
+    parser.add_argument("--replays", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8080, help="proxy port on 127.0.0.1 (0 = any)")
+    parser.add_argument("--time-limit", type=float, default=900.0, help="seconds, whole run")
+    parser.add_argument("--seed", type=int, default=0)
+    ns = parser.parse_args(argv)
+    waves = tuple(int(w) for w in ns.waves.split(",") if w.strip())
+    if ns.requests < 1 or ns.max_tokens < 1 or not waves or min(waves) < 1:
+        parser.error("--requests, --max-tokens and every wave must be ≥ 1")
+    if ns.mode == "thermostat" and ns.temperature is None:
+        ns.temperature = 0.05
+    return DemoOptions(ns.mode, ns.requests, ns.max_tokens, waves, ns.sample_rate, ns.replays,
+                       ns.port, ns.time_limit, ns.temperature, ns.seed)  # fmt: skip
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str:
+    acc = report["accounting"]
+    lines = [
+        f"tbg demo — {elapsed:5.0f}s — primaries {done}/{total} — sampled {acc['sampled']}, "
+        f"replayed {acc['replayed']}, dropped {acc['dropped']}, failed {acc['failed']}, "
+        f"queue {report['queue_depth']}",
+    ]
+    if not report["estimates"]:
+        lines.append("  waiting for the first comparison …")
+    for e in report["estimates"]:
+        lines.append(
+            f"  {e['upstream']}/{e['model_name']}: T_bg = {_fmt(e['estimate'])} "
+            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}] ({e['method']}) — "
+            f"diverged {e['diverged']}/{e['pairs']} pairs, {e['tokens_at_risk']} tokens at risk, "
+            f"hazard {_fmt(e['hazard'], '.2e')}/token, jitter σ {_fmt(e['jitter_sigma'], '.2e')}"
+        )
+        for bucket, b in e["by_load"].items():
+            lines.append(
+                f"      load {bucket:>3}: T_bg {_fmt(b['estimate'])} "
+                f"[{_fmt(b['lower'])}, {_fmt(b['upper'])}]  diverged {b['diverged']}/{b['pairs']}"
+            )
+    return "\n".join(lines)
+
+
+class Screen:
+    """Redraws in place on a terminal; appends a line every few seconds otherwise (logs, CI)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._last = 0.0
+        self._height = 0
+
+    def show(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._tty:
+            if self._height:
+                self._out.write(f"\x1b[{self._height}F\x1b[J")
+            self._out.write(text + "\n")
+            self._height = text.count("\n") + 1
+        elif force or now - self._last >= 5.0:
+            self._out.write(text + "\n\n")
+            self._last = now
+        self._out.flush()
+
+
+async def _drive(base_url: str, opts: DemoOptions, progress: list[int]) -> list[str]:
+    from openai import AsyncOpenAI
+
+    rng = random.Random(opts.seed)
+    client = AsyncOpenAI(base_url=base_url, api_key="demo", max_retries=0, timeout=300)
+    errors: list[str] = []
+    per_wave = [opts.requests // len(opts.waves)] * len(opts.waves)
+    per_wave[-1] += opts.requests - sum(per_wave)
+
+    async def one(i: int) -> None:
+        prompt = PROMPTS[i % len(PROMPTS)]
+        kind = rng.choice(("chat", "chat-stream", "completions", "completions-stream"))
+        try:
+            if kind.startswith("chat"):
+                messages: Any = [{"role": "user", "content": prompt}]
+                if kind == "chat":
+                    await client.chat.completions.create(
+                        model="smollm2", messages=messages, temperature=0,
+                        max_tokens=opts.max_tokens)  # fmt: skip
+                else:
+                    stream = await client.chat.completions.create(
+                        model="smollm2", messages=messages, temperature=0,
+                        max_tokens=opts.max_tokens, stream=True)  # fmt: skip
+                    async for _ in stream:
+                        pass
+            else:
+                text = f"Question: {prompt}\nAnswer:"
+                if kind == "completions":
+                    await client.completions.create(model="smollm2", prompt=text, temperature=0,
+                                                    max_tokens=opts.max_tokens)  # fmt: skip
+                else:
+                    cstream = await client.completions.create(
+                        model="smollm2", prompt=text, temperature=0,
+                        max_tokens=opts.max_tokens, stream=True)  # fmt: skip
+                    async for _ in cstream:
+                        pass
+        except Exception as exc:  # the demo reports errors; it does not die on one
+            errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+        finally:
+            progress[0] += 1
+
+    index = 0
+    try:
+        for concurrency, count in zip(opts.waves, per_wave, strict=True):
+            queue = list(range(index, index + count))
+            index += count
+
+            async def lane(items: list[int]) -> None:
+                for i in items:
+                    await one(i)
+
+            lanes = [queue[j::concurrency] for j in range(concurrency)]
+            await asyncio.gather(*(lane(items) for items in lanes if items))
+    finally:
+        await client.close()
+    return errors
+
+
+async def run_demo(opts: DemoOptions, out: TextIO) -> int:
+    from aiohttp import web
+
+    from proxy.app import make_app
+    from proxy.config import build_config
+    from proxy.shadow.api import report
+    from proxy.shadow.wiring import SHADOW
+    from reference.launch import ReferenceProcess
+
+    started = time.monotonic()
+    mode_desc = opts.mode + (f" T={opts.temperature}" if opts.mode == "thermostat" else "")
+    out.write(f"starting the reference upstream (SmolLM2-135M on CPU, mode {mode_desc}) …\n")
+    out.flush()
+    with ReferenceProcess(mode=opts.mode, temperature=opts.temperature) as ref:
+        config = build_config(
+            {
+                "host": "127.0.0.1", "port": opts.port,
+                "upstreams": [{"name": "reference", "base_url": ref.base_url,
+                               "models": ["smollm2"]}],
+                "shadow": {"enabled": True, "sample_rate": opts.sample_rate,
+                           "replays": opts.replays, "max_concurrent": 2, "queue_size": 1024,
+                           "replays_per_minute": 100_000, "tokens_per_minute": 10_000_000,
+                           "delay_jitter_seconds": 0.5},
+            },
+            os.environ,
+        )  # fmt: skip
+        app = make_app(config)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", opts.port)
+        await site.start()
+        port = runner.addresses[0][1]
+        proxy_url = f"http://127.0.0.1:{port}"
+        out.write(f"proxy on {proxy_url}/v1 → upstream {ref.base_url}\n")
+        tap = app[SHADOW]
+        screen = Screen(out)
+        progress = [0]
+        load = asyncio.create_task(_drive(f"{proxy_url}/v1", opts, progress), name="tbg-demo-load")
+        errors: list[str] = []
+        timed_out = False
+        try:
+            while not load.done():
+                elapsed = time.monotonic() - started
+                if elapsed > opts.time_limit:
+                    timed_out = True
+                    load.cancel()
+                    break
+                screen.show(render(report(tap), progress[0], opts.requests, elapsed))
+                await asyncio.wait({load}, timeout=1.0)
+            if not timed_out:
+                errors = load.result()
+                remaining = max(1.0, opts.time_limit - (time.monotonic() - started))
+                while not await tap.idle(timeout=1.0) and remaining > 0:
+                    remaining -= 1.0
+                    elapsed = time.monotonic() - started
+                    screen.show(render(report(tap), progress[0], opts.requests, elapsed))
+            final = report(tap)
+            elapsed = time.monotonic() - started
+            screen.show(render(final, progress[0], opts.requests, elapsed), force=True)
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):
+                if not load.done():
+                    load.cancel()
+                    await load
+            await runner.cleanup()
+    out.write(summary(final, errors, proxy_url, timed_out) + "\n")
+    return 1 if timed_out or errors else 0
+
+
+def summary(final: dict[str, Any], errors: list[str], proxy_url: str, timed_out: bool) -> str:
+    acc = final["accounting"]
+    lines = ["", "summary"]
+    for e in final["estimates"]:
+        lines.append(
+            f"  T_bg({e['model_name']} via {e['upstream']}) = {_fmt(e['estimate'])}, 95% interval "
+            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}], method {e['method']}; "
+            f"{e['diverged']} of {e['pairs']} run pairs diverged"
+        )
+    lines.append(
+        f"  accounting: sampled {acc['sampled']} = replayed {acc['replayed']} + dropped "
+        f"{acc['dropped']} + failed {acc['failed']}"
+    )
+    shown = final["exemplars"][:3]
+    for ex in shown:
+        lines.append(
+            f"  divergence at token {ex['position']} (load {ex['load_bucket']}): "
+            f"{ex['token_a']!r} ({_fmt(ex['logprob_a'], '.3f')}) vs {ex['token_b']!r} "
+            f"({_fmt(ex['logprob_b'], '.3f')}), request {ex['request_hash']}"
+        )
+    if errors:
+        lines.append(f"  {len(errors)} client errors, first: {errors[0]}")
+    if timed_out:
+        lines.append("  stopped at the time limit")
+    lines.append(f"  served: {proxy_url}/v1 (OpenAI API), {proxy_url}/metrics, {proxy_url}/tbg")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    opts = parse_args(argv)
+    try:
+        return asyncio.run(run_demo(opts, sys.stdout))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,77 @@
+"""GET /tbg: the live estimates as JSON, with sample counts, accounting and divergence exemplars.
+
+Nothing of a prompt appears here unless `record_text: true`; exemplars carry a keyed request hash.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from estimator.online import OnlineSnapshot
+from proxy.shadow.replayer import ShadowTap
+from proxy.shadow.state import LOAD_BUCKETS
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else x
+
+
+def snapshot_json(snap: OnlineSnapshot) -> dict[str, Any]:
+    return {
+        "method": snap.method,
+        "estimate": _num(snap.estimate),
+        "lower": _num(snap.lower),
+        "upper": _num(snap.upper),
+        "pairs": snap.pairs,
+        "diverged": snap.diverged,
+        "tokens_at_risk": snap.tokens_at_risk,
+        "effective_pairs": _num(snap.effective_pairs),
+        "hazard": _num(snap.hazard),
+        "hazard_lower": _num(snap.hazard_lower),
+        "hazard_upper": _num(snap.hazard_upper),
+        "exact_match_rate": _num(snap.exact_match_rate),
+        "jitter_sigma": _num(snap.jitter_sigma),
+        "p_identical": _num(snap.p_identical),
+        "jitter_temperature": _num(snap.jitter_temperature),
+    }
+
+
+def report(tap: ShadowTap) -> dict[str, Any]:
+    """The whole shadow state as a JSON-ready dict (also used by `tbg demo`)."""
+    by_load: dict[tuple[str, str], dict[str, Any]] = {}
+    order = {b: i for i, b in enumerate(LOAD_BUCKETS)}
+    for (upstream, model, bucket), snap in sorted(
+        tap.state.load_snapshots(), key=lambda item: order.get(item[0][2], 99)
+    ):
+        by_load.setdefault((upstream, model), {})[bucket] = snapshot_json(snap)
+    estimates = []
+    for (upstream, model), snap, updated in tap.state.snapshots():
+        entry = {"upstream": upstream, "model_name": model, "last_update": updated}
+        entry.update(snapshot_json(snap))
+        entry["by_load"] = by_load.get((upstream, model), {})
+        estimates.append(entry)
+    return {
+        "estimates": estimates,
+        "accounting": tap.state.totals(),
+        "queue_depth": tap.queue_depth(),
+        "replays_in_flight": tap.load.replays_in_flight(),
+        "exemplars": [e.to_json() for e in reversed(tap.state.exemplars)],
+        "config": {
+            "replays": tap.config.replays,
+            "augment_logprobs": tap.config.augment_logprobs,
+            "top_logprobs": tap.config.top_logprobs,
+            "half_life_comparisons": tap.config.half_life_comparisons,
+            "record_text": tap.config.record_text,
+        },
+    }
+
+
+def make_handler(tap: ShadowTap) -> web.RequestHandler:  # type: ignore[name-defined]
+    async def handle(_request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(report(tap)), content_type="application/json")
+
+    return handle

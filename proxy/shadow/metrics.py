@@ -1,0 +1,175 @@
+"""Prometheus collector for the shadow path, read at scrape time (prometheus_client custom collector).
+
+Gauges carry each replica's own estimate; counters carry the additive sufficient statistics
+(pairs, divergences, tokens at risk, per-grid negative log-likelihood) so recording rules can pool
+replicas by summing `increase()` without any shared state between them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from proxy.shadow.config import ShadowConfig
+from proxy.shadow.state import POSITION_BOUNDS, ShadowState
+
+UM = ["upstream", "model_name"]
+UMM = ["upstream", "model_name", "method"]
+UMB = ["upstream", "model_name", "load_bucket"]
+
+
+def grid_label(t: float) -> str:
+    return f"{t:.6g}"
+
+
+def _finite(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+class ShadowCollector(Collector):
+    def __init__(self, state: ShadowState, config: ShadowConfig, model_names: tuple[str, ...],
+                 queue_depth: Callable[[], int], replays_in_flight: Callable[[], int]) -> None:  # fmt: skip
+        self._state = state
+        self._config = config
+        self._models = model_names
+        self._queue_depth = queue_depth
+        self._replays_in_flight = replays_in_flight
+        self._grid_labels = [grid_label(float(t)) for t in state.grid]
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # unchecked collector: families depend on traffic
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._estimates()
+        yield from self._counters()
+        yield from self._accounting()
+        yield from self._static()
+
+    def _estimates(self) -> Iterator[Metric]:
+        est = GaugeMetricFamily("tbg_temperature", "Background temperature T_bg, point estimate", labels=UMM)
+        lo = GaugeMetricFamily("tbg_temperature_lower", "T_bg, lower 95% bound", labels=UMM)
+        hi = GaugeMetricFamily("tbg_temperature_upper", "T_bg, upper 95% bound", labels=UMM)
+        sigma = GaugeMetricFamily("tbg_jitter_sigma", "Logprob-gap noise sigma between runs", labels=UM)
+        hazard = GaugeMetricFamily("tbg_divergence_hazard", "Per-token divergence hazard", labels=UM)
+        exact = GaugeMetricFamily("tbg_exact_match_ratio", "Fraction of run pairs identical", labels=UM)
+        stamp = GaugeMetricFamily("tbg_estimate_last_update_timestamp_seconds",
+                                  "Unix time of the last comparison", labels=UM)  # fmt: skip
+        for (upstream, model), snap, updated in self._state.snapshots():
+            um = [upstream, model]
+            umm = [upstream, model, snap.method]
+            est.add_metric(umm, snap.estimate)
+            lo.add_metric(umm, snap.lower)
+            hi.add_metric(umm, snap.upper)
+            sigma.add_metric(um, _finite(snap.jitter_sigma))
+            hazard.add_metric(um, snap.hazard)
+            exact.add_metric(um, snap.exact_match_rate)
+            stamp.add_metric(um, updated)
+        yield from (est, lo, hi, sigma, hazard, exact, stamp)
+
+        lest = GaugeMetricFamily("tbg_temperature_by_load", "T_bg estimate per load bucket",
+                                 labels=[*UMM, "load_bucket"])  # fmt: skip
+        llo = GaugeMetricFamily("tbg_temperature_by_load_lower", "T_bg lower bound per load bucket",
+                                labels=[*UMM, "load_bucket"])  # fmt: skip
+        lhi = GaugeMetricFamily("tbg_temperature_by_load_upper", "T_bg upper bound per load bucket",
+                                labels=[*UMM, "load_bucket"])  # fmt: skip
+        for (upstream, model, bucket), snap in self._state.load_snapshots():
+            labels = [upstream, model, snap.method, bucket]
+            lest.add_metric(labels, snap.estimate)
+            llo.add_metric(labels, snap.lower)
+            lhi.add_metric(labels, snap.upper)
+        yield from (lest, llo, lhi)
+
+    def _counters(self) -> Iterator[Metric]:
+        fams = {
+            "trials": CounterMetricFamily("tbg_trials", "Trials compared", labels=UMB),
+            "pairs": CounterMetricFamily("tbg_pairs_compared", "Run pairs compared", labels=UMB),
+            "diverged": CounterMetricFamily("tbg_pairs_diverged", "Run pairs that diverged", labels=UMB),
+            "tokens": CounterMetricFamily("tbg_tokens_compared", "Tokens at risk", labels=UMB),
+            "exact_match_pairs": CounterMetricFamily("tbg_exact_match_pairs",
+                                                     "Run pairs identical", labels=UMB),  # fmt: skip
+        }
+        jsq = CounterMetricFamily("tbg_jitter_sq_sum", "Sum of squared gap differences", labels=UM)
+        jpos = CounterMetricFamily("tbg_jitter_positions", "Shared positions compared", labels=UM)
+        jid = CounterMetricFamily("tbg_jitter_identical_positions",
+                                  "Shared positions with bit-identical logprobs", labels=UM)  # fmt: skip
+        nll = CounterMetricFamily("tbg_nll", "Sum of -log-likelihood at T = grid_t",
+                                  labels=[*UMB, "grid_t"])  # fmt: skip
+        jitter: dict[tuple[str, str], list[float]] = {}
+        for (upstream, model, bucket), c in self._state.counters():
+            labels = [upstream, model, bucket]
+            for name, fam in fams.items():
+                fam.add_metric(labels, float(getattr(c, name)))
+            acc = jitter.setdefault((upstream, model), [0.0, 0.0, 0.0])
+            acc[0] += c.jitter_sq_sum
+            acc[1] += c.jitter_positions
+            acc[2] += c.jitter_identical
+            for grid_t, value in zip(self._grid_labels, c.nll.tolist(), strict=True):
+                nll.add_metric([*labels, grid_t], value)
+        for (upstream, model), (sq, positions, identical) in jitter.items():
+            jsq.add_metric([upstream, model], sq)
+            jpos.add_metric([upstream, model], positions)
+            jid.add_metric([upstream, model], identical)
+        yield from fams.values()
+        yield from (jsq, jpos, jid, nll)
+
+        hist = HistogramMetricFamily("tbg_first_divergence_position_tokens",
+                                     "Token index of the first divergence of a pair", labels=UM)  # fmt: skip
+        for (upstream, model), counts, total in self._state.positions():
+            cumulative, buckets = 0, []
+            for bound, n in zip(POSITION_BOUNDS, counts, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if math.isinf(bound) else f"{bound:g}", float(cumulative)))
+            hist.add_metric([upstream, model], buckets, sum_value=float(total))
+        yield hist
+
+    def _accounting(self) -> Iterator[Metric]:
+        names = {
+            "sampled": ("tbg_shadow_sampled", "Primaries sampled for replay"),
+            "replayed": ("tbg_shadow_replayed", "Sampled primaries replayed and compared"),
+            "failed": ("tbg_shadow_failed", "Sampled primaries whose replays all failed"),
+        }
+        fams = {k: CounterMetricFamily(n, h, labels=UM) for k, (n, h) in names.items()}
+        seen: set[tuple[str, str]] = set()
+        for (upstream, model, what), n in self._state.accounting.items():
+            fams[what].add_metric([upstream, model], float(n))
+            seen.add((upstream, model))
+        dropped = CounterMetricFamily("tbg_shadow_dropped", "Sampled primaries not replayed",
+                                      labels=[*UM, "reason"])  # fmt: skip
+        for (upstream, model, reason), n in self._state.dropped.items():
+            dropped.add_metric([upstream, model, reason], float(n))
+        requests = CounterMetricFamily("tbg_shadow_replay_requests", "Replay requests sent",
+                                       labels=[*UM, "outcome"])  # fmt: skip
+        for (upstream, model, outcome), n in self._state.replay_requests.items():
+            requests.add_metric([upstream, model, outcome], float(n))
+        tokens = CounterMetricFamily("tbg_shadow_replay_tokens", "Tokens spent on replays", labels=UM)
+        for (upstream, model), n in self._state.replay_tokens.items():
+            tokens.add_metric([upstream, model], float(n))
+        yield from fams.values()
+        yield from (dropped, requests, tokens)
+
+    def _static(self) -> Iterator[Metric]:
+        grid = GaugeMetricFamily("tbg_grid_temperature", "Temperature of each grid point",
+                                 labels=["grid_t"])  # fmt: skip
+        for label, t in zip(self._grid_labels, self._state.grid.tolist(), strict=True):
+            grid.add_metric([label], t)
+        ceiling = GaugeMetricFamily("tbg_temperature_ceiling", "Configured T_bg ceiling",
+                                    labels=["model_name"])  # fmt: skip
+        budget = GaugeMetricFamily("tbg_shadow_replay_budget_tokens_per_minute",
+                                   "Configured replay token budget", labels=["model_name"])  # fmt: skip
+        for model in (*self._models, "other"):
+            policy = self._config.policy(model)
+            ceiling.add_metric([model], policy.ceiling)
+            budget.add_metric([model], policy.tokens_per_minute)
+        depth = GaugeMetricFamily("tbg_shadow_queue_depth", "Finished primaries waiting for replay")
+        depth.add_metric([], float(self._queue_depth()))
+        inflight = GaugeMetricFamily("tbg_shadow_replays_in_flight", "Replays in flight")
+        inflight.add_metric([], float(self._replays_in_flight()))
+        yield from (grid, ceiling, budget, depth, inflight)

@@ -1,0 +1,313 @@
+"""ShadowTap: the shadow path. Samples greedy primaries (proxy.tap.Tap), queues finished ones,
+replays them off the hot path, and feeds primary + replays to the online estimators.
+
+Hot-path cost: `plan` is a dict lookup, a coin flip and, for sampled requests only, a token-bucket
+check and (with augment_logprobs) one orjson.dumps; `complete` is a put_nowait. Everything else runs
+in `max_concurrent` owned worker tasks. Accounting per sampled primary, exact once idle:
+sampled = replayed + dropped + failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from estimator.builders import (
+    BuildError,
+    run_from_chat_response,
+    run_from_chat_stream,
+    run_from_completion_response,
+    run_from_completion_stream,
+)
+from estimator.model import Run, Trial, TrialContext
+from estimator.online import OnlineConfig
+from proxy.shadow.config import ShadowConfig
+from proxy.shadow.load import InFlightProbe, LoadTracker, MetricsFetcher
+from proxy.shadow.sampling import Sampler
+from proxy.shadow.state import Exemplar, Key, ShadowState, load_bucket
+from proxy.shadow.wire import (
+    augmented_upstream_body,
+    client_wants_logprobs,
+    is_greedy,
+    replay_body,
+    strip_logprobs,
+)
+from proxy.tap import Exchange, RequestInfo, TapPlan
+
+log = logging.getLogger("tbg.shadow")
+
+ROUTE_PATHS: Mapping[str, str] = {"chat": "/chat/completions", "completions": "/completions"}
+
+
+class ReplayTransport(MetricsFetcher, Protocol):
+    """How replays reach an upstream: the proxy's pooled session, timeouts and per-upstream auth."""
+
+    async def post_json(self, upstream: str, path: str, body: bytes,
+                        client_headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:  # fmt: skip
+        """POST `body` to <upstream base_url><path>; returns (status, body). Raises on I/O errors."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """Carried from plan() to complete() inside TapPlan.token."""
+
+    key: Key
+    load_at_start: int
+    augmented: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    exchange: Exchange
+    ticket: _Ticket
+
+
+def _primary_run(exchange: Exchange) -> Run:
+    route = exchange.request.route
+    if exchange.request.stream:
+        build_stream = run_from_chat_stream if route == "chat" else run_from_completion_stream
+        return build_stream(list(exchange.events))
+    if exchange.response_body is None:
+        raise BuildError("no response body captured")
+    body = orjson.loads(exchange.response_body)
+    build = run_from_chat_response if route == "chat" else run_from_completion_response
+    return build(body)
+
+
+def _usage_tokens(exchange: Exchange) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) from the primary's usage, when the upstream sent one."""
+    usage: Any = None
+    if exchange.request.stream:
+        for event in reversed(exchange.events):
+            if event.get("usage"):
+                usage = event["usage"]
+                break
+    elif exchange.response_body is not None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            usage = orjson.loads(exchange.response_body).get("usage")
+    if not isinstance(usage, Mapping):
+        return None, None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else None,
+            completion if isinstance(completion, int) else None)  # fmt: skip
+
+
+class ShadowTap:
+    """Implements proxy.tap.Tap. Start with `start()`, stop with `stop()` (cancels and awaits workers)."""
+
+    def __init__(self, config: ShadowConfig, transport: ReplayTransport, in_flight: InFlightProbe,
+                 *, rng: random.Random | None = None, hash_key: bytes | None = None) -> None:  # fmt: skip
+        self.config = config
+        self._transport = transport
+        self._rng = rng or random.Random()
+        self.sampler = Sampler(config, rng=self._rng)
+        self.load = LoadTracker(in_flight)
+        online = OnlineConfig(half_life_comparisons=config.half_life_comparisons)
+        self.state = ShadowState(online, config.exemplars)
+        # Request hashes are keyed per process: stable within it, useless for guessing prompts.
+        self._hash_key = hash_key or os.urandom(16)
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.queue_size)
+        self._workers: list[asyncio.Task[None]] = []
+        self._busy = 0
+        # None = unknown; True once a replay came back with logprobs; False once it did not.
+        self._logprobs_ok: dict[str, bool] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self, upstreams_for_polling: tuple[str, ...] = ()) -> None:
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"tbg-shadow-worker-{i}")
+            for i in range(self.config.max_concurrent)
+        ]
+        if self.config.load_source == "vllm_metrics" and upstreams_for_polling:
+            self.load.start_polling(self._transport, upstreams_for_polling,
+                                    self.config.load_poll_seconds)  # fmt: skip
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers = []
+        await self.load.stop()
+        # Jobs still queued were sampled but will never be replayed: account for them.
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            self.state.drop(job.ticket.key, "queue_full")
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait until the queue is empty and no worker is busy (tests, the demo). False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue.qsize() or self._busy:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- hot path (proxy.tap.Tap) ---------------------------------------------------------------
+    def plan(self, request: RequestInfo) -> TapPlan | None:
+        if not is_greedy(request.route, request.body, self.config.eligibility):
+            return None
+        key = (request.upstream, request.model_name)
+        decision = self.sampler.decide(request.model_name)
+        if not decision.sampled:
+            return None
+        self.state.count(key, "sampled")
+        if decision.dropped_reason is not None:
+            self.state.drop(key, decision.dropped_reason)
+            return None
+        if self._queue.full():  # would be dropped at complete(); do not touch the request at all
+            self.sampler.refund_rate(request.model_name)
+            self.state.drop(key, "queue_full")
+            return None
+        # Augment only once a replay proved this upstream returns logprobs: an upstream that rejects
+        # them must never turn a client's request into an error.
+        augment = (
+            self.config.augment_logprobs
+            and self._logprobs_ok.get(request.upstream) is True
+            and not client_wants_logprobs(request.route, request.body)
+        )
+        ticket = _Ticket(key, self.load.current(request.upstream), augment)
+        if not augment:
+            return TapPlan(token=ticket)
+        body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)
+        if request.stream:
+            return TapPlan(upstream_body=body, rewrite_event=strip_logprobs, token=ticket)
+        return TapPlan(upstream_body=body, rewrite_body=strip_logprobs, token=ticket)
+
+    def complete(self, exchange: Exchange) -> None:
+        ticket = exchange.plan.token
+        if not isinstance(ticket, _Ticket):
+            return
+        if exchange.status != 200 or not exchange.completed:
+            self.sampler.refund_rate(exchange.request.model_name)
+            self.state.drop(ticket.key, "primary_incomplete")
+            return
+        try:
+            self._queue.put_nowait(_Job(exchange, ticket))
+        except asyncio.QueueFull:
+            self.sampler.refund_rate(exchange.request.model_name)
+            self.state.drop(ticket.key, "queue_full")
+
+    # -- shadow path ----------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            self._busy += 1
+            try:
+                await self._process(job)
+            except asyncio.CancelledError:
+                self.state.count(job.ticket.key, "failed")
+                raise
+            except Exception:  # a bug here must cost one trial, never the worker
+                log.exception("shadow trial failed")
+                self.state.count(job.ticket.key, "failed")
+            finally:
+                self._busy -= 1
+
+    async def _process(self, job: _Job) -> None:
+        exchange, ticket = job.exchange, job.ticket
+        request = exchange.request
+        try:
+            primary = _primary_run(exchange)
+        except (BuildError, orjson.JSONDecodeError, ValueError) as exc:
+            log.info("primary not comparable: %s", type(exc).__name__)
+            self.state.drop(ticket.key, "primary_incomplete")
+            return
+        prompt_tokens, completion_tokens = _usage_tokens(exchange)
+        length = completion_tokens if completion_tokens is not None else len(primary.tokens)
+        if length <= 0:
+            self.state.drop(ticket.key, "primary_incomplete")
+            return
+        cost = self.config.replays * (length + (prompt_tokens or 0))
+        if not self.sampler.spend_tokens(request.model_name, cost):
+            self.state.drop(ticket.key, "budget")
+            return
+        replays: list[Run] = []
+        loads = [ticket.load_at_start]
+        for _ in range(self.config.replays):
+            delay = self.sampler.delay()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result = await self._replay(request, length)
+            if result is not None:
+                run, load = result
+                replays.append(run)
+                loads.append(load)
+        if not replays:
+            self.state.count(ticket.key, "failed")
+            return
+        self._compare(request, primary, replays, max(loads))
+
+    async def _replay(self, request: RequestInfo, length: int) -> tuple[Run, int] | None:
+        upstream = request.upstream
+        key = (upstream, request.model_name)
+        ask_logprobs = self._logprobs_ok.get(upstream) is not False
+        body = replay_body(request.route, request.body, max_tokens=length,
+                           logprobs_k=self.config.top_logprobs if ask_logprobs else None)  # fmt: skip
+        load = self.load.replay_started(upstream)
+        try:
+            status, payload = await self._transport.post_json(
+                upstream, ROUTE_PATHS[request.route], body, request.headers,
+                self.config.replay_timeout_seconds,
+            )  # fmt: skip
+        except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
+            log.info("replay to %s failed: %s", upstream, type(exc).__name__)
+            self.state.replay_request(key, "error")
+            return None
+        finally:
+            self.load.replay_finished(upstream)
+        if status == 400 and ask_logprobs and upstream not in self._logprobs_ok:
+            self._logprobs_ok[upstream] = False  # it rejects logprobs: ask without from now on
+            return await self._replay(request, length)
+        if status != 200:
+            self.state.replay_request(key, "error")
+            return None
+        try:
+            data = orjson.loads(payload)
+            build = run_from_chat_response if request.route == "chat" else run_from_completion_response
+            run = build(data)
+        except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
+            self.state.replay_request(key, "error")
+            return None
+        if ask_logprobs and upstream not in self._logprobs_ok:
+            self._logprobs_ok[upstream] = run.top_logprobs is not None
+        usage = data.get("usage") if isinstance(data, dict) else None
+        tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
+        self.state.replay_request(key, "ok", tokens if isinstance(tokens, int) else 0)
+        return run, load
+
+    def _compare(self, request: RequestInfo, primary: Run, replays: list[Run], load: int) -> None:
+        key = (request.upstream, request.model_name)
+        digest = hashlib.blake2b(request.raw_body, key=self._hash_key, digest_size=8).hexdigest()
+        context = TrialContext(request.upstream, request.model_name, load_bucket(load))
+        runs = (primary, *replays)
+        comparison = self.state.record(Trial(digest, runs, context))
+        self.state.count(key, "replayed")
+        now = time.time()
+        for div in comparison.exemplars:
+            text = None
+            if self.config.record_text:
+                text = {
+                    "input": request.body.get("messages", request.body.get("prompt")),
+                    "run_a": runs[div.run_a].text,
+                    "run_b": runs[div.run_b].text,
+                }
+            self.state.add_exemplar(Exemplar(
+                now, request.upstream, request.model_name, context.load_bucket, digest,
+                div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text,
+            ))  # fmt: skip

@@ -1,0 +1,104 @@
+"""Which primaries get replayed: a per-model coin flip, then per-model rate and token budgets.
+
+Token buckets refill continuously; each holds at most `burst_seconds` worth of its per-minute rate,
+so an idle hour does not buy a burst of replays that would itself change the load being measured.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.shadow.config import ModelPolicy, ShadowConfig
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """Continuous-refill bucket: `rate_per_minute` units per minute, capacity `burst` units."""
+
+    __slots__ = ("_burst", "_clock", "_level", "_rate", "_stamp")
+
+    def __init__(self, rate_per_minute: float, burst: float, clock: Clock) -> None:
+        self._rate = rate_per_minute / 60.0
+        self._burst = burst
+        self._clock = clock
+        self._level = burst
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._level = min(self._burst, self._level + (now - self._stamp) * self._rate)
+        self._stamp = now
+
+    def try_take(self, amount: float) -> bool:
+        self._refill()
+        if self._level < amount:
+            return False
+        self._level -= amount
+        return True
+
+    def give_back(self, amount: float) -> None:
+        self._level = min(self._burst, self._level + amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    sampled: bool
+    dropped_reason: str | None = None  # set when sampled but refused by a budget
+
+
+_NOT_SAMPLED = Decision(False)
+_SAMPLED = Decision(True)
+
+
+class Sampler:
+    """Per-model sampling decisions; owned by one ShadowTap, used from the event loop only."""
+
+    def __init__(self, config: ShadowConfig, *, rng: random.Random | None = None,
+                 clock: Clock = time.monotonic, burst_seconds: float = 10.0) -> None:  # fmt: skip
+        self._config = config
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._burst_seconds = burst_seconds
+        self._rate: dict[str, TokenBucket] = {}
+        self._tokens: dict[str, TokenBucket] = {}
+
+    def _buckets(self, model_name: str) -> tuple[TokenBucket, TokenBucket]:
+        rate = self._rate.get(model_name)
+        if rate is None:
+            policy: ModelPolicy = self._config.policy(model_name)
+            k = self._config.replays
+            # Capacity: `burst_seconds` of budget, but never less than one whole trial.
+            rate_burst = max(float(k), policy.replays_per_minute * self._burst_seconds / 60.0)
+            tok_burst = max(1.0, policy.tokens_per_minute * self._burst_seconds / 60.0)
+            rate = TokenBucket(policy.replays_per_minute, rate_burst, self._clock)
+            self._rate[model_name] = rate
+            self._tokens[model_name] = TokenBucket(policy.tokens_per_minute, tok_burst, self._clock)
+        return rate, self._tokens[model_name]
+
+    def decide(self, model_name: str) -> Decision:
+        """Coin flip, then the replay-rate budget for the k replays this trial will send."""
+        policy = self._config.policy(model_name)
+        if policy.sample_rate <= 0.0 or self._rng.random() >= policy.sample_rate:
+            return _NOT_SAMPLED
+        rate, _ = self._buckets(model_name)
+        if not rate.try_take(self._config.replays):
+            return Decision(True, "rate_limit")
+        return _SAMPLED
+
+    def spend_tokens(self, model_name: str, tokens: int) -> bool:
+        """Charge a trial's replay tokens (known only once the primary finished) to the budget."""
+        _, budget = self._buckets(model_name)
+        return budget.try_take(float(tokens))
+
+    def refund_rate(self, model_name: str) -> None:
+        """A sampled trial that never sends its replays gives its replay-rate units back."""
+        rate, _ = self._buckets(model_name)
+        rate.give_back(float(self._config.replays))
+
+    def delay(self) -> float:
+        cfg = self._config
+        return cfg.delay_seconds + self._rng.uniform(0.0, cfg.delay_jitter_seconds)

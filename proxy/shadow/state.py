@@ -1,0 +1,202 @@
+"""What the shadow path knows: online estimators per (upstream, model_name) and per load bucket,
+additive counters for Prometheus, replay accounting and the last divergence exemplars.
+
+Owned by one ShadowTap; mutated from the event loop only, read at scrape time and by GET /tbg.
+Memory is bounded: keys are (configured upstream, bounded model_name, one of 7 load buckets) and the
+exemplars live in a fixed-size deque.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from estimator.model import Trial
+from estimator.online import OnlineConfig, OnlineEstimator, OnlineSnapshot, TrialComparison
+
+LOAD_BUCKETS: tuple[str, ...] = ("1", "2", "4", "8", "16", "32", "64+")
+# First-divergence position histogram (tokens); powers of two like the load buckets.
+POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
+ACCOUNTING_FIELDS: tuple[str, ...] = ("sampled", "replayed", "failed")
+DROP_REASONS: tuple[str, ...] = (
+    "queue_full", "rate_limit", "budget", "concurrency", "primary_incomplete",
+)  # fmt: skip
+
+
+def load_bucket(in_flight: int) -> str:
+    """Smallest power of two ≥ in_flight (at least 1), capped at "64+"."""
+    n = max(1, in_flight)
+    if n > 32:
+        return "64+"
+    return str(1 << (n - 1).bit_length())
+
+
+@dataclass(slots=True)
+class Counters:
+    """Undecayed additive statistics for one (upstream, model_name, load_bucket)."""
+
+    grid_size: int
+    trials: int = 0
+    pairs: int = 0
+    diverged: int = 0
+    tokens: int = 0
+    exact_match_pairs: int = 0
+    jitter_sq_sum: float = 0.0
+    jitter_positions: int = 0
+    jitter_identical: int = 0
+    nll: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nll = np.zeros(self.grid_size)
+
+    def add(self, c: TrialComparison) -> None:
+        self.trials += 1
+        self.pairs += c.pairs
+        self.diverged += c.diverged
+        self.tokens += c.tokens_at_risk
+        self.exact_match_pairs += c.exact_match_pairs
+        self.jitter_sq_sum += c.jitter_sq_sum
+        self.jitter_positions += c.jitter_positions
+        self.jitter_identical += c.jitter_identical_positions
+        self.nll += c.nll
+
+
+@dataclass(frozen=True, slots=True)
+class Exemplar:
+    at: float  # unix time
+    upstream: str
+    model_name: str
+    load_bucket: str
+    request_hash: str
+    position: int
+    token_a: str
+    token_b: str
+    logprob_a: float | None
+    logprob_b: float | None
+    text: dict[str, Any] | None  # only with record_text: the input and the two continuations
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "at": self.at, "upstream": self.upstream, "model_name": self.model_name,
+            "load_bucket": self.load_bucket, "request_hash": self.request_hash,
+            "position": self.position,
+            "token_a": self.token_a, "token_b": self.token_b,
+            "logprob_a": self.logprob_a, "logprob_b": self.logprob_b,
+        }  # fmt: skip
+        if self.text is not None:
+            out["text"] = self.text
+        return out
+
+
+Key = tuple[str, str]  # (upstream, model_name)
+
+
+class ShadowState:
+    def __init__(self, online: OnlineConfig, exemplar_limit: int,
+                 clock: Any = time.time) -> None:  # fmt: skip
+        self.online = online
+        self.grid: np.ndarray = online.grid
+        self._clock = clock
+        self._overall: dict[Key, OnlineEstimator] = {}
+        self._by_load: dict[tuple[str, str, str], OnlineEstimator] = {}
+        self._counters: dict[tuple[str, str, str], Counters] = {}
+        self._positions: dict[Key, list[int]] = {}
+        self._position_sums: dict[Key, int] = {}
+        self._last_update: dict[Key, float] = {}
+        self.accounting: dict[tuple[str, str, str], int] = {}
+        self.dropped: dict[tuple[str, str, str], int] = {}
+        self.replay_requests: dict[tuple[str, str, str], int] = {}
+        self.replay_tokens: dict[Key, int] = {}
+        self.exemplars: deque[Exemplar] = deque(maxlen=max(exemplar_limit, 0))
+
+    # -- accounting -----------------------------------------------------------------------------
+    def _ensure(self, key: Key) -> None:
+        """Every accounting series exists from a key's first sample on, at 0, so that rate() and
+        increase() see the first increments too."""
+        if (key[0], key[1], "sampled") in self.accounting:
+            return
+        for what in ACCOUNTING_FIELDS:
+            self.accounting[(key[0], key[1], what)] = 0
+        for reason in DROP_REASONS:
+            self.dropped[(key[0], key[1], reason)] = 0
+        for outcome in ("ok", "error"):
+            self.replay_requests[(key[0], key[1], outcome)] = 0
+        self.replay_tokens.setdefault(key, 0)
+
+    def count(self, key: Key, what: str, n: int = 1) -> None:
+        self._ensure(key)
+        k = (key[0], key[1], what)
+        self.accounting[k] = self.accounting.get(k, 0) + n
+
+    def drop(self, key: Key, reason: str) -> None:
+        self._ensure(key)
+        k = (key[0], key[1], reason)
+        self.dropped[k] = self.dropped.get(k, 0) + 1
+
+    def replay_request(self, key: Key, outcome: str, tokens: int = 0) -> None:
+        self._ensure(key)
+        k = (key[0], key[1], outcome)
+        self.replay_requests[k] = self.replay_requests.get(k, 0) + 1
+        if tokens:
+            self.replay_tokens[key] = self.replay_tokens.get(key, 0) + tokens
+
+    def totals(self) -> dict[str, int]:
+        """Accounting summed over keys: sampled == replayed + dropped + failed once idle."""
+        out = {name: 0 for name in (*ACCOUNTING_FIELDS, "dropped")}
+        for (_, _, what), n in self.accounting.items():
+            out[what] = out.get(what, 0) + n
+        out["dropped"] = sum(self.dropped.values())
+        return out
+
+    # -- estimates ------------------------------------------------------------------------------
+    def record(self, trial: Trial) -> TrialComparison:
+        ctx = trial.context
+        key = (ctx.upstream, ctx.model_name)
+        lkey = (ctx.upstream, ctx.model_name, ctx.load_bucket)
+        overall = self._overall.get(key)
+        if overall is None:
+            overall = self._overall[key] = OnlineEstimator(self.online)
+        by_load = self._by_load.get(lkey)
+        if by_load is None:
+            by_load = self._by_load[lkey] = OnlineEstimator(self.online)
+        comparison = overall.update(trial)
+        by_load.update(trial)
+        counters = self._counters.get(lkey)
+        if counters is None:
+            counters = self._counters[lkey] = Counters(len(self.grid))
+        counters.add(comparison)
+        self._positions.setdefault(key, [0] * len(POSITION_BOUNDS))
+        self._position_sums[key] = self._position_sums.get(key, 0) + sum(
+            comparison.first_divergences
+        )
+        for pos in comparison.first_divergences:
+            for i, bound in enumerate(POSITION_BOUNDS):
+                if pos <= bound:
+                    self._positions[key][i] += 1
+                    break
+        self._last_update[key] = self._clock()
+        return comparison
+
+    def add_exemplar(self, exemplar: Exemplar) -> None:
+        self.exemplars.append(exemplar)
+
+    def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
+        for key, est in self._overall.items():
+            yield key, est.snapshot(), self._last_update.get(key, 0.0)
+
+    def load_snapshots(self) -> Iterator[tuple[tuple[str, str, str], OnlineSnapshot]]:
+        for lkey, est in self._by_load.items():
+            yield lkey, est.snapshot()
+
+    def counters(self) -> Iterator[tuple[tuple[str, str, str], Counters]]:
+        yield from self._counters.items()
+
+    def positions(self) -> Iterator[tuple[Key, list[int], int]]:
+        """Per key: counts per POSITION_BOUNDS bucket (not cumulative) and the sum of positions."""
+        for key, counts in self._positions.items():
+            yield key, counts, self._position_sums.get(key, 0)

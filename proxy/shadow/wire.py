@@ -1,0 +1,125 @@
+"""Request and response surgery for the shadow path: greedy eligibility, logprob augmentation and
+byte-exact stripping, and the replay request body.
+
+Stripping works on bytes, not on a re-serialised object: the client must receive exactly the bytes
+the upstream would have sent had logprobs not been requested, and upstreams (vLLM, OpenAI) send
+`"logprobs":null` then. So only the value of each choice's `logprobs` key is replaced by `null`;
+every other byte (spacing, float formatting, key order) is the upstream's own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from proxy.shadow.config import Eligibility
+
+# A structural `"logprobs":` key. Inside a JSON string a quote is escaped (\"), so a key can only be
+# preceded by `{` or `,` (plus whitespace); `"top_logprobs"` and `"prompt_logprobs"` do not match.
+_LOGPROBS_KEY = re.compile(rb'[{,]\s*"logprobs"\s*:\s*')
+# Strings (escapes included) and brackets: enough to find where a JSON value ends, scanned in C.
+_SCAN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_NULL = b"null"
+
+
+def _value_end(data: bytes, start: int) -> int:
+    """Index just past the JSON value starting at `start` (object, array, string or scalar)."""
+    first = data[start : start + 1]
+    if first in (b"{", b"["):
+        depth = 0
+        for match in _SCAN.finditer(data, start):
+            token = match.group()
+            if token in (b"{", b"["):
+                depth += 1
+            elif token in (b"}", b"]"):
+                depth -= 1
+                if depth == 0:
+                    return match.end()
+        raise ValueError("unterminated JSON value")
+    if first == b'"':
+        match = _SCAN.match(data, start)
+        if match is None:
+            raise ValueError("unterminated JSON string")
+        return match.end()
+    end = start
+    while end < len(data) and data[end : end + 1] not in (b",", b"}", b"]", b" ", b"\n", b"\r"):
+        end += 1
+    return end
+
+
+def strip_logprobs(data: bytes) -> bytes:
+    """Replace the value of every choice's `logprobs` with `null`, leaving all other bytes as they are."""
+    out: list[bytes] = []
+    pos = 0
+    search_from = 0
+    while True:
+        match = _LOGPROBS_KEY.search(data, search_from)
+        if match is None:
+            break
+        value_start = match.end()
+        value_end = _value_end(data, value_start)
+        out.append(data[pos:value_start])
+        out.append(_NULL)
+        pos = search_from = value_end
+    if not out:
+        return data
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def is_greedy(route: str, body: Mapping[str, Any], rules: Eligibility) -> bool:
+    """True for a single-choice request whose decoding is greedy (temperature 0 or top_k 1)."""
+    if route not in ("chat", "completions"):
+        return False
+    n = body.get("n", 1)
+    if n not in (1, None):
+        return False
+    if route == "completions" and body.get("best_of", 1) not in (1, None):
+        return False
+    temperature = body.get("temperature")
+    if temperature is None:
+        greedy = rules.missing_temperature_is_greedy
+    else:
+        greedy = not isinstance(temperature, bool) and temperature == 0
+    if not greedy and rules.allow_top_k_1:
+        greedy = body.get("top_k") == 1
+    return greedy
+
+
+def client_wants_logprobs(route: str, body: Mapping[str, Any]) -> bool:
+    value = body.get("logprobs")
+    if route == "chat":
+        return value is True
+    return value is not None and value is not False
+
+
+def with_logprobs(route: str, body: Mapping[str, Any], top_k: int) -> dict[str, Any]:
+    """A copy of the body that asks for the chosen token's logprob and the top-k alternatives."""
+    new = dict(body)
+    if route == "chat":
+        new["logprobs"] = True
+        new["top_logprobs"] = top_k
+    else:
+        new["logprobs"] = top_k
+    return new
+
+
+def replay_body(route: str, body: Mapping[str, Any], *, max_tokens: int | None,
+                logprobs_k: int | None) -> bytes:  # fmt: skip
+    """The replay request: same input and decoding, non-streaming, capped at the primary's length."""
+    new = with_logprobs(route, body, logprobs_k) if logprobs_k else dict(body)
+    new["stream"] = False
+    new.pop("stream_options", None)
+    if max_tokens is not None:
+        if route == "chat" and "max_completion_tokens" in new:
+            new["max_completion_tokens"] = max_tokens
+        else:
+            new["max_tokens"] = max_tokens
+    return orjson.dumps(new)
+
+
+def augmented_upstream_body(route: str, body: Mapping[str, Any], top_k: int) -> bytes:
+    return orjson.dumps(with_logprobs(route, body, top_k))

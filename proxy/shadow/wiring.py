@@ -1,0 +1,79 @@
+"""Wires the shadow path into the proxy app: parses `config.shadow`, builds the ShadowTap, registers
+its collector and the GET /tbg route, and owns its workers in the app's cleanup context.
+Called once from `make_app`; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Config, ConfigError
+from proxy.keys import IN_FLIGHT, REGISTRY, UPSTREAMS
+from proxy.shadow.api import make_handler
+from proxy.shadow.config import ShadowConfig, ShadowConfigError, parse_shadow_config
+from proxy.shadow.metrics import ShadowCollector
+from proxy.shadow.replayer import ShadowTap
+
+SHADOW = web.AppKey("tbg_shadow", ShadowTap)
+
+
+class UpstreamTransport:
+    """Replays through the proxy's own pooled session, with each upstream's auth and timeouts."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app  # Upstreams exists only once the app has started
+
+    async def post_json(self, upstream: str, path: str, body: bytes,
+                        client_headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:  # fmt: skip
+        upstreams = self._app[UPSTREAMS]
+        target = upstreams.upstream_for(upstream)
+        headers = upstreams.auth_headers(target, client_headers)
+        headers["Content-Type"] = "application/json"
+        limit = min(timeout, target.timeouts.total or timeout)
+        client_timeout = aiohttp.ClientTimeout(total=limit, connect=target.timeouts.connect)
+        async with upstreams.session.post(upstreams.url(target, path), data=body, headers=headers,
+                                          timeout=client_timeout) as response:  # fmt: skip
+            return response.status, await response.read()
+
+    async def fetch_metrics(self, upstream: str) -> str:
+        upstreams = self._app[UPSTREAMS]
+        target = upstreams.upstream_for(upstream)
+        root = target.base_url.removesuffix("/v1")
+        async with upstreams.session.get(f"{root}/metrics",
+                                         timeout=aiohttp.ClientTimeout(total=5.0)) as response:  # fmt: skip
+            response.raise_for_status()
+            return await response.text()
+
+
+def shadow_config(config: Config) -> ShadowConfig:
+    """Parse the `shadow:` section, translating its errors into the proxy's ConfigError."""
+    try:
+        return parse_shadow_config(config.shadow)
+    except ShadowConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
+    """Build and register the shadow path when enabled; returns the tap for the forwarding handler."""
+    shadow = shadow_config(config)
+    if not shadow.enabled:
+        return None
+    tap = ShadowTap(shadow, UpstreamTransport(app), app[IN_FLIGHT])
+    app[SHADOW] = tap
+    models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
+    app[REGISTRY].register(
+        ShadowCollector(tap.state, shadow, models, tap.queue_depth, tap.load.replays_in_flight)
+    )
+    app.router.add_get("/tbg", make_handler(tap))
+    upstream_names = tuple(u.name for u in config.upstreams)
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await tap.start(upstream_names)
+        yield
+        await tap.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return tap
