@@ -50,14 +50,20 @@ class DemoOptions:
 
 def parse_args(argv: Sequence[str]) -> DemoOptions:
     parser = argparse.ArgumentParser(prog="tbg demo", description=__doc__)
-    parser.add_argument("--mode", default="batched",
-                        choices=["batched", "serial", "thermostat", "noise"],
-                        help="reference upstream mode (default: batched, real bf16 batch effects)")  # fmt: skip
+    parser.add_argument(
+        "--mode",
+        default="batched",
+        choices=["batched", "serial", "thermostat", "noise"],
+        help="reference upstream mode (default: batched, real bf16 batch effects)",
+    )
     parser.add_argument("--temperature", type=float, default=None, help="for --mode thermostat")
-    parser.add_argument("--requests", type=int, default=48, help="primary requests in all (bounded)")
+    parser.add_argument(
+        "--requests", type=int, default=48, help="primary requests in all (bounded)"
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--waves", default="1,4,8",
-                        help="concurrency of successive load waves (load buckets)")  # fmt: skip
+    parser.add_argument(
+        "--waves", default="1,4,8", help="concurrency of successive load waves (load buckets)"
+    )
     parser.add_argument("--sample-rate", type=float, default=1.0)
     parser.add_argument("--replays", type=int, default=2)
     parser.add_argument("--port", type=int, default=8080, help="proxy port on 127.0.0.1 (0 = any)")
@@ -69,8 +75,18 @@ def parse_args(argv: Sequence[str]) -> DemoOptions:
         parser.error("--requests, --max-tokens and every wave must be ≥ 1")
     if ns.mode == "thermostat" and ns.temperature is None:
         ns.temperature = 0.05
-    return DemoOptions(ns.mode, ns.requests, ns.max_tokens, waves, ns.sample_rate, ns.replays,
-                       ns.port, ns.time_limit, ns.temperature, ns.seed)  # fmt: skip
+    return DemoOptions(
+        ns.mode,
+        ns.requests,
+        ns.max_tokens,
+        waves,
+        ns.sample_rate,
+        ns.replays,
+        ns.port,
+        ns.time_limit,
+        ns.temperature,
+        ns.seed,
+    )
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -140,23 +156,35 @@ async def _drive(base_url: str, opts: DemoOptions, progress: list[int]) -> list[
                 messages: Any = [{"role": "user", "content": prompt}]
                 if kind == "chat":
                     await client.chat.completions.create(
-                        model="smollm2", messages=messages, temperature=0,
-                        max_tokens=opts.max_tokens)  # fmt: skip
+                        model="smollm2",
+                        messages=messages,
+                        temperature=0,
+                        max_tokens=opts.max_tokens,
+                    )
                 else:
                     stream = await client.chat.completions.create(
-                        model="smollm2", messages=messages, temperature=0,
-                        max_tokens=opts.max_tokens, stream=True)  # fmt: skip
+                        model="smollm2",
+                        messages=messages,
+                        temperature=0,
+                        max_tokens=opts.max_tokens,
+                        stream=True,
+                    )
                     async for _ in stream:
                         pass
             else:
                 text = f"Question: {prompt}\nAnswer:"
                 if kind == "completions":
-                    await client.completions.create(model="smollm2", prompt=text, temperature=0,
-                                                    max_tokens=opts.max_tokens)  # fmt: skip
+                    await client.completions.create(
+                        model="smollm2", prompt=text, temperature=0, max_tokens=opts.max_tokens
+                    )
                 else:
                     cstream = await client.completions.create(
-                        model="smollm2", prompt=text, temperature=0,
-                        max_tokens=opts.max_tokens, stream=True)  # fmt: skip
+                        model="smollm2",
+                        prompt=text,
+                        temperature=0,
+                        max_tokens=opts.max_tokens,
+                        stream=True,
+                    )
                     async for _ in cstream:
                         pass
         except Exception as exc:  # the demo reports errors; it does not die on one
@@ -183,12 +211,12 @@ async def _drive(base_url: str, opts: DemoOptions, progress: list[int]) -> list[
 
 async def run_demo(opts: DemoOptions, out: TextIO) -> int:
     from aiohttp import web
+    from reference.launch import ReferenceProcess
 
     from proxy.app import make_app
     from proxy.config import build_config
     from proxy.shadow.api import report
     from proxy.shadow.wiring import SHADOW
-    from reference.launch import ReferenceProcess
 
     started = time.monotonic()
     mode_desc = opts.mode + (f" T={opts.temperature}" if opts.mode == "thermostat" else "")
@@ -197,16 +225,24 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
     with ReferenceProcess(mode=opts.mode, temperature=opts.temperature) as ref:
         config = build_config(
             {
-                "host": "127.0.0.1", "port": opts.port,
-                "upstreams": [{"name": "reference", "base_url": ref.base_url,
-                               "models": ["smollm2"]}],
-                "shadow": {"enabled": True, "sample_rate": opts.sample_rate,
-                           "replays": opts.replays, "max_concurrent": 2, "queue_size": 1024,
-                           "replays_per_minute": 100_000, "tokens_per_minute": 10_000_000,
-                           "delay_jitter_seconds": 0.5},
+                "host": "127.0.0.1",
+                "port": opts.port,
+                "upstreams": [
+                    {"name": "reference", "base_url": ref.base_url, "models": ["smollm2"]}
+                ],
+                "shadow": {
+                    "enabled": True,
+                    "sample_rate": opts.sample_rate,
+                    "replays": opts.replays,
+                    "max_concurrent": 2,
+                    "queue_size": 1024,
+                    "replays_per_minute": 100_000,
+                    "tokens_per_minute": 10_000_000,
+                    "delay_jitter_seconds": 0.5,
+                },
             },
             os.environ,
-        )  # fmt: skip
+        )
         app = make_app(config)
         runner = web.AppRunner(app)
         await runner.setup()
@@ -233,7 +269,7 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
             if not timed_out:
                 errors = load.result()
                 remaining = max(1.0, opts.time_limit - (time.monotonic() - started))
-                while not await tap.idle(timeout=1.0) and remaining > 0:
+                while not await tap.idle(1.0) and remaining > 0:
                     remaining -= 1.0
                     elapsed = time.monotonic() - started
                     screen.show(render(report(tap), progress[0], opts.requests, elapsed))

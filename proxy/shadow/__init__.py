@@ -1,1 +1,1 @@
-"""Shadow replay: sample temperature-0 requests, replay them off the hot path, estimate T_bg live."""
+"""Shadow replay: sample temperature-0 requests, replay them off the hot path, estimate T_bg."""

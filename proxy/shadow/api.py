@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
 from estimator.online import OnlineSnapshot
+
+from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.replayer import ShadowTap
-from proxy.shadow.state import LOAD_BUCKETS
 
 
 def _num(x: float | None) -> float | None:

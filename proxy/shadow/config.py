@@ -61,14 +61,35 @@ class ShadowConfig:
 
 _POLICY_KEYS = {"sample_rate", "replays_per_minute", "tokens_per_minute", "ceiling"}
 _TOP_KEYS = {
-    "enabled", "replays", "max_concurrent", "queue_size", "delay_seconds", "delay_jitter_seconds",
-    "augment_logprobs", "top_logprobs", "half_life_comparisons", "exemplars", "record_text",
-    "load_source", "load_poll_seconds", "replay_timeout_seconds", "models", "eligibility",
-} | _POLICY_KEYS  # fmt: skip
+    "enabled",
+    "replays",
+    "max_concurrent",
+    "queue_size",
+    "delay_seconds",
+    "delay_jitter_seconds",
+    "augment_logprobs",
+    "top_logprobs",
+    "half_life_comparisons",
+    "exemplars",
+    "record_text",
+    "load_source",
+    "load_poll_seconds",
+    "replay_timeout_seconds",
+    "models",
+    "eligibility",
+} | _POLICY_KEYS
 
 
-def _number(raw: Mapping[str, Any], key: str, where: str, default: float, *, lo: float,
-            hi: float = math.inf, lo_open: bool = False) -> float:  # fmt: skip
+def _number(
+    raw: Mapping[str, Any],
+    key: str,
+    where: str,
+    default: float,
+    *,
+    lo: float,
+    hi: float = math.inf,
+    lo_open: bool = False,
+) -> float:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ShadowConfigError(f"{where}.{key}: expected a number, got {value!r}")
@@ -79,11 +100,14 @@ def _number(raw: Mapping[str, Any], key: str, where: str, default: float, *, lo:
     return x
 
 
-def _integer(raw: Mapping[str, Any], key: str, where: str, default: int, *, lo: int,
-             hi: int) -> int:  # fmt: skip
+def _integer(
+    raw: Mapping[str, Any], key: str, where: str, default: int, *, lo: int, hi: int
+) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ShadowConfigError(f"{where}.{key}: expected an integer in [{lo}, {hi}], got {value!r}")
+        raise ShadowConfigError(
+            f"{where}.{key}: expected an integer in [{lo}, {hi}], got {value!r}"
+        )
     return value
 
 
@@ -111,7 +135,9 @@ def _unknown(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
 def _policy(raw: Mapping[str, Any], where: str, base: ModelPolicy) -> ModelPolicy:
     return ModelPolicy(
         sample_rate=_number(raw, "sample_rate", where, base.sample_rate, lo=0.0, hi=1.0),
-        replays_per_minute=_number(raw, "replays_per_minute", where, base.replays_per_minute, lo=0.0),
+        replays_per_minute=_number(
+            raw, "replays_per_minute", where, base.replays_per_minute, lo=0.0
+        ),
         tokens_per_minute=_number(raw, "tokens_per_minute", where, base.tokens_per_minute, lo=0.0),
         ceiling=_number(raw, "ceiling", where, base.ceiling, lo=0.0, lo_open=True),
     )
@@ -147,14 +173,16 @@ def parse_shadow_config(raw_in: Mapping[str, Any] | None, where: str = "shadow")
         delay_jitter_seconds=_number(raw, "delay_jitter_seconds", where, 0.0, lo=0.0, hi=3600.0),
         augment_logprobs=_flag(raw, "augment_logprobs", where, True),
         top_logprobs=_integer(raw, "top_logprobs", where, 5, lo=1, hi=20),
-        half_life_comparisons=_number(raw, "half_life_comparisons", where, 200.0, lo=0.0,
-                                      lo_open=True),  # fmt: skip
+        half_life_comparisons=_number(
+            raw, "half_life_comparisons", where, 200.0, lo=0.0, lo_open=True
+        ),
         exemplars=_integer(raw, "exemplars", where, 50, lo=0, hi=10_000),
         record_text=_flag(raw, "record_text", where, False),
         load_source=load_source,
         load_poll_seconds=_number(raw, "load_poll_seconds", where, 1.0, lo=0.05, hi=3600.0),
-        replay_timeout_seconds=_number(raw, "replay_timeout_seconds", where, 120.0, lo=0.0,
-                                       lo_open=True),  # fmt: skip
+        replay_timeout_seconds=_number(
+            raw, "replay_timeout_seconds", where, 120.0, lo=0.0, lo_open=True
+        ),
         eligibility=Eligibility(
             missing_temperature_is_greedy=_flag(
                 elig_raw, "missing_temperature_is_greedy", f"{where}.eligibility", False

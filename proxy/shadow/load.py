@@ -16,7 +16,17 @@ from typing import Protocol
 
 log = logging.getLogger("tbg.shadow.load")
 
+LOAD_BUCKETS: tuple[str, ...] = ("1", "2", "4", "8", "16", "32", "64+")
+
 _RUNNING = re.compile(r"^vllm:num_requests_running(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.MULTILINE)
+
+
+def load_bucket(in_flight: int) -> str:
+    """Smallest power of two ≥ in_flight (at least 1), capped at "64+"."""
+    n = max(1, in_flight)
+    if n > 32:
+        return "64+"
+    return str(1 << (n - 1).bit_length())
 
 
 class InFlightProbe(Protocol):
@@ -59,12 +69,15 @@ class LoadTracker:
         local = self._in_flight.get(upstream) + self._replays.get(upstream, 0)
         return max(local, self._scraped.get(upstream, 0))
 
-    def start_polling(self, fetcher: MetricsFetcher, upstreams: Iterable[str],
-                      period: float) -> None:  # fmt: skip
+    def start_polling(
+        self, fetcher: MetricsFetcher, upstreams: Iterable[str], period: float
+    ) -> None:
         names = tuple(upstreams)
         self._poller = asyncio.create_task(self._poll(fetcher, names, period), name="tbg-load-poll")
 
-    async def _poll(self, fetcher: MetricsFetcher, upstreams: tuple[str, ...], period: float) -> None:
+    async def _poll(
+        self, fetcher: MetricsFetcher, upstreams: tuple[str, ...], period: float
+    ) -> None:
         while True:
             for name in upstreams:
                 try:

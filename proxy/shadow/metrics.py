@@ -1,4 +1,4 @@
-"""Prometheus collector for the shadow path, read at scrape time (prometheus_client custom collector).
+"""Prometheus collector for the shadow path, read at scrape time (a prometheus_client collector).
 
 Gauges carry each replica's own estimate; counters carry the additive sufficient statistics
 (pairs, divergences, tokens at risk, per-grid negative log-likelihood) so recording rules can pool
@@ -35,8 +35,14 @@ def _finite(x: float | None) -> float:
 
 
 class ShadowCollector(Collector):
-    def __init__(self, state: ShadowState, config: ShadowConfig, model_names: tuple[str, ...],
-                 queue_depth: Callable[[], int], replays_in_flight: Callable[[], int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state: ShadowState,
+        config: ShadowConfig,
+        model_names: tuple[str, ...],
+        queue_depth: Callable[[], int],
+        replays_in_flight: Callable[[], int],
+    ) -> None:
         self._state = state
         self._config = config
         self._models = model_names
@@ -54,14 +60,25 @@ class ShadowCollector(Collector):
         yield from self._static()
 
     def _estimates(self) -> Iterator[Metric]:
-        est = GaugeMetricFamily("tbg_temperature", "Background temperature T_bg, point estimate", labels=UMM)
+        est = GaugeMetricFamily(
+            "tbg_temperature", "Background temperature T_bg, point estimate", labels=UMM
+        )
         lo = GaugeMetricFamily("tbg_temperature_lower", "T_bg, lower 95% bound", labels=UMM)
         hi = GaugeMetricFamily("tbg_temperature_upper", "T_bg, upper 95% bound", labels=UMM)
-        sigma = GaugeMetricFamily("tbg_jitter_sigma", "Logprob-gap noise sigma between runs", labels=UM)
-        hazard = GaugeMetricFamily("tbg_divergence_hazard", "Per-token divergence hazard", labels=UM)
-        exact = GaugeMetricFamily("tbg_exact_match_ratio", "Fraction of run pairs identical", labels=UM)
-        stamp = GaugeMetricFamily("tbg_estimate_last_update_timestamp_seconds",
-                                  "Unix time of the last comparison", labels=UM)  # fmt: skip
+        sigma = GaugeMetricFamily(
+            "tbg_jitter_sigma", "Logprob-gap noise sigma between runs", labels=UM
+        )
+        hazard = GaugeMetricFamily(
+            "tbg_divergence_hazard", "Per-token divergence hazard", labels=UM
+        )
+        exact = GaugeMetricFamily(
+            "tbg_exact_match_ratio", "Fraction of run pairs identical", labels=UM
+        )
+        stamp = GaugeMetricFamily(
+            "tbg_estimate_last_update_timestamp_seconds",
+            "Unix time of the last comparison",
+            labels=UM,
+        )
         for (upstream, model), snap, updated in self._state.snapshots():
             um = [upstream, model]
             umm = [upstream, model, snap.method]
@@ -74,12 +91,19 @@ class ShadowCollector(Collector):
             stamp.add_metric(um, updated)
         yield from (est, lo, hi, sigma, hazard, exact, stamp)
 
-        lest = GaugeMetricFamily("tbg_temperature_by_load", "T_bg estimate per load bucket",
-                                 labels=[*UMM, "load_bucket"])  # fmt: skip
-        llo = GaugeMetricFamily("tbg_temperature_by_load_lower", "T_bg lower bound per load bucket",
-                                labels=[*UMM, "load_bucket"])  # fmt: skip
-        lhi = GaugeMetricFamily("tbg_temperature_by_load_upper", "T_bg upper bound per load bucket",
-                                labels=[*UMM, "load_bucket"])  # fmt: skip
+        lest = GaugeMetricFamily(
+            "tbg_temperature_by_load", "T_bg estimate per load bucket", labels=[*UMM, "load_bucket"]
+        )
+        llo = GaugeMetricFamily(
+            "tbg_temperature_by_load_lower",
+            "T_bg lower bound per load bucket",
+            labels=[*UMM, "load_bucket"],
+        )
+        lhi = GaugeMetricFamily(
+            "tbg_temperature_by_load_upper",
+            "T_bg upper bound per load bucket",
+            labels=[*UMM, "load_bucket"],
+        )
         for (upstream, model, bucket), snap in self._state.load_snapshots():
             labels = [upstream, model, snap.method, bucket]
             lest.add_metric(labels, snap.estimate)
@@ -91,17 +115,24 @@ class ShadowCollector(Collector):
         fams = {
             "trials": CounterMetricFamily("tbg_trials", "Trials compared", labels=UMB),
             "pairs": CounterMetricFamily("tbg_pairs_compared", "Run pairs compared", labels=UMB),
-            "diverged": CounterMetricFamily("tbg_pairs_diverged", "Run pairs that diverged", labels=UMB),
+            "diverged": CounterMetricFamily(
+                "tbg_pairs_diverged", "Run pairs that diverged", labels=UMB
+            ),
             "tokens": CounterMetricFamily("tbg_tokens_compared", "Tokens at risk", labels=UMB),
-            "exact_match_pairs": CounterMetricFamily("tbg_exact_match_pairs",
-                                                     "Run pairs identical", labels=UMB),  # fmt: skip
+            "exact_match_pairs": CounterMetricFamily(
+                "tbg_exact_match_pairs", "Run pairs identical", labels=UMB
+            ),
         }
         jsq = CounterMetricFamily("tbg_jitter_sq_sum", "Sum of squared gap differences", labels=UM)
         jpos = CounterMetricFamily("tbg_jitter_positions", "Shared positions compared", labels=UM)
-        jid = CounterMetricFamily("tbg_jitter_identical_positions",
-                                  "Shared positions with bit-identical logprobs", labels=UM)  # fmt: skip
-        nll = CounterMetricFamily("tbg_nll", "Sum of -log-likelihood at T = grid_t",
-                                  labels=[*UMB, "grid_t"])  # fmt: skip
+        jid = CounterMetricFamily(
+            "tbg_jitter_identical_positions",
+            "Shared positions with bit-identical logprobs",
+            labels=UM,
+        )
+        nll = CounterMetricFamily(
+            "tbg_nll", "Sum of -log-likelihood at T = grid_t", labels=[*UMB, "grid_t"]
+        )
         jitter: dict[tuple[str, str], list[float]] = {}
         for (upstream, model, bucket), c in self._state.counters():
             labels = [upstream, model, bucket]
@@ -120,8 +151,11 @@ class ShadowCollector(Collector):
         yield from fams.values()
         yield from (jsq, jpos, jid, nll)
 
-        hist = HistogramMetricFamily("tbg_first_divergence_position_tokens",
-                                     "Token index of the first divergence of a pair", labels=UM)  # fmt: skip
+        hist = HistogramMetricFamily(
+            "tbg_first_divergence_position_tokens",
+            "Token index of the first divergence of a pair",
+            labels=UM,
+        )
         for (upstream, model), counts, total in self._state.positions():
             cumulative, buckets = 0, []
             for bound, n in zip(POSITION_BOUNDS, counts, strict=True):
@@ -141,29 +175,38 @@ class ShadowCollector(Collector):
         for (upstream, model, what), n in self._state.accounting.items():
             fams[what].add_metric([upstream, model], float(n))
             seen.add((upstream, model))
-        dropped = CounterMetricFamily("tbg_shadow_dropped", "Sampled primaries not replayed",
-                                      labels=[*UM, "reason"])  # fmt: skip
+        dropped = CounterMetricFamily(
+            "tbg_shadow_dropped", "Sampled primaries not replayed", labels=[*UM, "reason"]
+        )
         for (upstream, model, reason), n in self._state.dropped.items():
             dropped.add_metric([upstream, model, reason], float(n))
-        requests = CounterMetricFamily("tbg_shadow_replay_requests", "Replay requests sent",
-                                       labels=[*UM, "outcome"])  # fmt: skip
+        requests = CounterMetricFamily(
+            "tbg_shadow_replay_requests", "Replay requests sent", labels=[*UM, "outcome"]
+        )
         for (upstream, model, outcome), n in self._state.replay_requests.items():
             requests.add_metric([upstream, model, outcome], float(n))
-        tokens = CounterMetricFamily("tbg_shadow_replay_tokens", "Tokens spent on replays", labels=UM)
+        tokens = CounterMetricFamily(
+            "tbg_shadow_replay_tokens", "Tokens spent on replays", labels=UM
+        )
         for (upstream, model), n in self._state.replay_tokens.items():
             tokens.add_metric([upstream, model], float(n))
         yield from fams.values()
         yield from (dropped, requests, tokens)
 
     def _static(self) -> Iterator[Metric]:
-        grid = GaugeMetricFamily("tbg_grid_temperature", "Temperature of each grid point",
-                                 labels=["grid_t"])  # fmt: skip
+        grid = GaugeMetricFamily(
+            "tbg_grid_temperature", "Temperature of each grid point", labels=["grid_t"]
+        )
         for label, t in zip(self._grid_labels, self._state.grid.tolist(), strict=True):
             grid.add_metric([label], t)
-        ceiling = GaugeMetricFamily("tbg_temperature_ceiling", "Configured T_bg ceiling",
-                                    labels=["model_name"])  # fmt: skip
-        budget = GaugeMetricFamily("tbg_shadow_replay_budget_tokens_per_minute",
-                                   "Configured replay token budget", labels=["model_name"])  # fmt: skip
+        ceiling = GaugeMetricFamily(
+            "tbg_temperature_ceiling", "Configured T_bg ceiling", labels=["model_name"]
+        )
+        budget = GaugeMetricFamily(
+            "tbg_shadow_replay_budget_tokens_per_minute",
+            "Configured replay token budget",
+            labels=["model_name"],
+        )
         for model in (*self._models, "other"):
             policy = self._config.policy(model)
             ceiling.add_metric([model], policy.ceiling)

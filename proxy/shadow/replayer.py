@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from estimator.online import OnlineConfig
 
 from estimator.builders import (
     BuildError,
@@ -30,11 +31,10 @@ from estimator.builders import (
     run_from_completion_stream,
 )
 from estimator.model import Run, Trial, TrialContext
-from estimator.online import OnlineConfig
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.load import InFlightProbe, LoadTracker, MetricsFetcher
+from proxy.shadow.load import InFlightProbe, LoadTracker, MetricsFetcher, load_bucket
 from proxy.shadow.sampling import Sampler
-from proxy.shadow.state import Exemplar, Key, ShadowState, load_bucket
+from proxy.shadow.state import Exemplar, Key, ShadowState
 from proxy.shadow.wire import (
     augmented_upstream_body,
     client_wants_logprobs,
@@ -52,9 +52,15 @@ ROUTE_PATHS: Mapping[str, str] = {"chat": "/chat/completions", "completions": "/
 class ReplayTransport(MetricsFetcher, Protocol):
     """How replays reach an upstream: the proxy's pooled session, timeouts and per-upstream auth."""
 
-    async def post_json(self, upstream: str, path: str, body: bytes,
-                        client_headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:  # fmt: skip
-        """POST `body` to <upstream base_url><path>; returns (status, body). Raises on I/O errors."""
+    async def post_json(
+        self,
+        upstream: str,
+        path: str,
+        body: bytes,
+        client_headers: Mapping[str, str],
+        timeout_s: float,
+    ) -> tuple[int, bytes]:
+        """POST `body` to <base_url><path>; returns (status, body). Raises on I/O errors."""
         ...
 
 
@@ -99,15 +105,24 @@ def _usage_tokens(exchange: Exchange) -> tuple[int | None, int | None]:
     if not isinstance(usage, Mapping):
         return None, None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (prompt if isinstance(prompt, int) else None,
-            completion if isinstance(completion, int) else None)  # fmt: skip
+    return (
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
+    )
 
 
 class ShadowTap:
-    """Implements proxy.tap.Tap. Start with `start()`, stop with `stop()` (cancels and awaits workers)."""
+    """Implements proxy.tap.Tap; `start()` spawns the workers, `stop()` cancels and awaits them."""
 
-    def __init__(self, config: ShadowConfig, transport: ReplayTransport, in_flight: InFlightProbe,
-                 *, rng: random.Random | None = None, hash_key: bytes | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: ShadowConfig,
+        transport: ReplayTransport,
+        in_flight: InFlightProbe,
+        *,
+        rng: random.Random | None = None,
+        hash_key: bytes | None = None,
+    ) -> None:
         self.config = config
         self._transport = transport
         self._rng = rng or random.Random()
@@ -130,8 +145,9 @@ class ShadowTap:
             for i in range(self.config.max_concurrent)
         ]
         if self.config.load_source == "vllm_metrics" and upstreams_for_polling:
-            self.load.start_polling(self._transport, upstreams_for_polling,
-                                    self.config.load_poll_seconds)  # fmt: skip
+            self.load.start_polling(
+                self._transport, upstreams_for_polling, self.config.load_poll_seconds
+            )
 
     async def stop(self) -> None:
         for task in self._workers:
@@ -146,9 +162,10 @@ class ShadowTap:
             job = self._queue.get_nowait()
             self.state.drop(job.ticket.key, "queue_full")
 
-    async def idle(self, timeout: float) -> bool:
-        """Wait until the queue is empty and no worker is busy (tests, the demo). False on timeout."""
-        deadline = time.monotonic() + timeout
+    async def idle(self, within_s: float) -> bool:
+        """Wait until the queue is empty and no worker is busy (tests, the demo). False if not
+        idle within `within_s` seconds."""
+        deadline = time.monotonic() + within_s
         while self._queue.qsize() or self._busy:
             if time.monotonic() > deadline:
                 return False
@@ -257,14 +274,21 @@ class ShadowTap:
         upstream = request.upstream
         key = (upstream, request.model_name)
         ask_logprobs = self._logprobs_ok.get(upstream) is not False
-        body = replay_body(request.route, request.body, max_tokens=length,
-                           logprobs_k=self.config.top_logprobs if ask_logprobs else None)  # fmt: skip
+        body = replay_body(
+            request.route,
+            request.body,
+            max_tokens=length,
+            logprobs_k=self.config.top_logprobs if ask_logprobs else None,
+        )
         load = self.load.replay_started(upstream)
         try:
             status, payload = await self._transport.post_json(
-                upstream, ROUTE_PATHS[request.route], body, request.headers,
+                upstream,
+                ROUTE_PATHS[request.route],
+                body,
+                request.headers,
                 self.config.replay_timeout_seconds,
-            )  # fmt: skip
+            )
         except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
             log.info("replay to %s failed: %s", upstream, type(exc).__name__)
             self.state.replay_request(key, "error")
@@ -279,7 +303,9 @@ class ShadowTap:
             return None
         try:
             data = orjson.loads(payload)
-            build = run_from_chat_response if request.route == "chat" else run_from_completion_response
+            build = (
+                run_from_chat_response if request.route == "chat" else run_from_completion_response
+            )
             run = build(data)
         except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
             self.state.replay_request(key, "error")
@@ -307,7 +333,18 @@ class ShadowTap:
                     "run_a": runs[div.run_a].text,
                     "run_b": runs[div.run_b].text,
                 }
-            self.state.add_exemplar(Exemplar(
-                now, request.upstream, request.model_name, context.load_bucket, digest,
-                div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text,
-            ))  # fmt: skip
+            self.state.add_exemplar(
+                Exemplar(
+                    now,
+                    request.upstream,
+                    request.model_name,
+                    context.load_bucket,
+                    digest,
+                    div.position,
+                    div.token_a,
+                    div.token_b,
+                    div.logprob_a,
+                    div.logprob_b,
+                    text,
+                )
+            )

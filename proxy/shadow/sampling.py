@@ -57,8 +57,14 @@ _SAMPLED = Decision(True)
 class Sampler:
     """Per-model sampling decisions; owned by one ShadowTap, used from the event loop only."""
 
-    def __init__(self, config: ShadowConfig, *, rng: random.Random | None = None,
-                 clock: Clock = time.monotonic, burst_seconds: float = 10.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: ShadowConfig,
+        *,
+        rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
+        burst_seconds: float = 10.0,
+    ) -> None:
         self._config = config
         self._rng = rng or random.Random()
         self._clock = clock

@@ -15,25 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from estimator.model import Trial
 from estimator.online import OnlineConfig, OnlineEstimator, OnlineSnapshot, TrialComparison
 
-LOAD_BUCKETS: tuple[str, ...] = ("1", "2", "4", "8", "16", "32", "64+")
+from estimator.model import Trial
+
 # First-divergence position histogram (tokens); powers of two like the load buckets.
 POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
 ACCOUNTING_FIELDS: tuple[str, ...] = ("sampled", "replayed", "failed")
 DROP_REASONS: tuple[str, ...] = (
-    "queue_full", "rate_limit", "budget", "concurrency", "primary_incomplete",
-)  # fmt: skip
-
-
-def load_bucket(in_flight: int) -> str:
-    """Smallest power of two ≥ in_flight (at least 1), capped at "64+"."""
-    n = max(1, in_flight)
-    if n > 32:
-        return "64+"
-    return str(1 << (n - 1).bit_length())
+    "queue_full",
+    "rate_limit",
+    "budget",
+    "concurrency",
+    "primary_incomplete",
+)
 
 
 @dataclass(slots=True)
@@ -82,12 +77,17 @@ class Exemplar:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "at": self.at, "upstream": self.upstream, "model_name": self.model_name,
-            "load_bucket": self.load_bucket, "request_hash": self.request_hash,
+            "at": self.at,
+            "upstream": self.upstream,
+            "model_name": self.model_name,
+            "load_bucket": self.load_bucket,
+            "request_hash": self.request_hash,
             "position": self.position,
-            "token_a": self.token_a, "token_b": self.token_b,
-            "logprob_a": self.logprob_a, "logprob_b": self.logprob_b,
-        }  # fmt: skip
+            "token_a": self.token_a,
+            "token_b": self.token_b,
+            "logprob_a": self.logprob_a,
+            "logprob_b": self.logprob_b,
+        }
         if self.text is not None:
             out["text"] = self.text
         return out
@@ -97,8 +97,7 @@ Key = tuple[str, str]  # (upstream, model_name)
 
 
 class ShadowState:
-    def __init__(self, online: OnlineConfig, exemplar_limit: int,
-                 clock: Any = time.time) -> None:  # fmt: skip
+    def __init__(self, online: OnlineConfig, exemplar_limit: int, clock: Any = time.time) -> None:
         self.online = online
         self.grid: np.ndarray = online.grid
         self._clock = clock

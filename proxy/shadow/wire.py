@@ -51,7 +51,7 @@ def _value_end(data: bytes, start: int) -> int:
 
 
 def strip_logprobs(data: bytes) -> bytes:
-    """Replace the value of every choice's `logprobs` with `null`, leaving all other bytes as they are."""
+    """Replace every choice's `logprobs` value by `null`; all other bytes stay as they are."""
     out: list[bytes] = []
     pos = 0
     search_from = 0
@@ -107,9 +107,10 @@ def with_logprobs(route: str, body: Mapping[str, Any], top_k: int) -> dict[str, 
     return new
 
 
-def replay_body(route: str, body: Mapping[str, Any], *, max_tokens: int | None,
-                logprobs_k: int | None) -> bytes:  # fmt: skip
-    """The replay request: same input and decoding, non-streaming, capped at the primary's length."""
+def replay_body(
+    route: str, body: Mapping[str, Any], *, max_tokens: int | None, logprobs_k: int | None
+) -> bytes:
+    """The replay: same input and decoding, non-streaming, capped at the primary's length."""
     new = with_logprobs(route, body, logprobs_k) if logprobs_k else dict(body)
     new["stream"] = False
     new.pop("stream_options", None)

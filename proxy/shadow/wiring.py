@@ -26,24 +26,32 @@ class UpstreamTransport:
     def __init__(self, app: web.Application) -> None:
         self._app = app  # Upstreams exists only once the app has started
 
-    async def post_json(self, upstream: str, path: str, body: bytes,
-                        client_headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:  # fmt: skip
+    async def post_json(
+        self,
+        upstream: str,
+        path: str,
+        body: bytes,
+        client_headers: Mapping[str, str],
+        timeout_s: float,
+    ) -> tuple[int, bytes]:
         upstreams = self._app[UPSTREAMS]
         target = upstreams.upstream_for(upstream)
         headers = upstreams.auth_headers(target, client_headers)
         headers["Content-Type"] = "application/json"
-        limit = min(timeout, target.timeouts.total or timeout)
+        limit = min(timeout_s, target.timeouts.total or timeout_s)
         client_timeout = aiohttp.ClientTimeout(total=limit, connect=target.timeouts.connect)
-        async with upstreams.session.post(upstreams.url(target, path), data=body, headers=headers,
-                                          timeout=client_timeout) as response:  # fmt: skip
+        async with upstreams.session.post(
+            upstreams.url(target, path), data=body, headers=headers, timeout=client_timeout
+        ) as response:
             return response.status, await response.read()
 
     async def fetch_metrics(self, upstream: str) -> str:
         upstreams = self._app[UPSTREAMS]
         target = upstreams.upstream_for(upstream)
         root = target.base_url.removesuffix("/v1")
-        async with upstreams.session.get(f"{root}/metrics",
-                                         timeout=aiohttp.ClientTimeout(total=5.0)) as response:  # fmt: skip
+        async with upstreams.session.get(
+            f"{root}/metrics", timeout=aiohttp.ClientTimeout(total=5.0)
+        ) as response:
             response.raise_for_status()
             return await response.text()
 
@@ -57,7 +65,7 @@ def shadow_config(config: Config) -> ShadowConfig:
 
 
 def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
-    """Build and register the shadow path when enabled; returns the tap for the forwarding handler."""
+    """Build and register the shadow path when enabled; returns the tap for the forwarder."""
     shadow = shadow_config(config)
     if not shadow.enabled:
         return None
