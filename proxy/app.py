@@ -1,0 +1,119 @@
+"""`make_app(config)`: the one place that wires the proxy together.
+
+Per app: a CollectorRegistry (`app[REGISTRY]`), the in-flight counter (`app[IN_FLIGHT]`), the
+config (`app[CONFIG]`), and, from startup to cleanup, the upstreams with their shared keep-alive
+`ClientSession` (`app[UPSTREAMS]`). Run it with `make_runner(app)` so a client disconnect cancels
+the handler (and with it the upstream request) and shutdown drains in-flight requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from proxy import errors
+from proxy.config import Config
+from proxy.forward import Forwarder
+from proxy.inflight import InFlight
+from proxy.keys import CONFIG, IN_FLIGHT, LIFECYCLE, METRICS, REGISTRY, UPSTREAMS, Lifecycle
+from proxy.metrics import ProxyMetrics
+from proxy.tap import Tap
+from proxy.upstreams import Upstreams, new_session
+
+__all__ = [
+    "CONFIG",
+    "IN_FLIGHT",
+    "LIFECYCLE",
+    "METRICS",
+    "REGISTRY",
+    "UPSTREAMS",
+    "make_app",
+    "make_runner",
+]
+
+
+def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
+    """Build the proxy application.
+
+    `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
+    shadow path builds its own tap (proxy/shadow/wiring.py); its ConfigError propagates.
+    """
+    app = web.Application(handler_args={"max_field_size": 65536})
+    registry = CollectorRegistry(auto_describe=True)
+    in_flight = InFlight()
+    metrics = ProxyMetrics(registry, (u.name for u in config.upstreams), in_flight)
+    app[CONFIG] = config
+    app[REGISTRY] = registry
+    app[IN_FLIGHT] = in_flight
+    app[METRICS] = metrics
+    app[LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.append(_upstreams_ctx)
+    app.on_shutdown.append(_mark_draining)
+
+    if tap is None and config.shadow:
+        from proxy.shadow.wiring import install_shadow  # numpy/scipy only when shadow is configured
+
+        tap = install_shadow(app, config)
+    forward = Forwarder(config, metrics, in_flight, tap)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_route("*", "/v1/{tail:.*}", forward)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """A runner with the proxy's semantics: handlers are cancelled when their client disconnects,
+    aiohttp's text access log is off (the proxy logs JSON itself), and shutdown waits up to
+    `drain_seconds` for in-flight requests."""
+    return web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=app[CONFIG].drain_seconds,
+    )
+
+
+async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = new_session()
+    app[UPSTREAMS] = Upstreams(app[CONFIG], session)
+    app[LIFECYCLE].started = True
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def _mark_draining(app: web.Application) -> None:
+    app[LIFECYCLE].draining = True
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    state = request.app[LIFECYCLE]
+    if not state.started or state.draining:
+        return web.Response(
+            status=503,
+            body=orjson.dumps({"status": "draining" if state.draining else "starting"}),
+            content_type="application/json",
+        )
+    return web.Response(body=b'{"status":"ready"}', content_type="application/json")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    error = errors.ProxyError(
+        404, f"No route for {request.path}.", "invalid_request_error", "not_found"
+    )
+    return errors.error_response(error)

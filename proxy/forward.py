@@ -1,0 +1,467 @@
+"""The forwarding handler: every /v1/* request, relayed byte for byte to the routed upstream.
+
+Hot path: read the body (bounded), parse it only on the routes whose `model` decides the upstream,
+send it on, relay status, end-to-end headers and body chunks as they arrive. With a tap plan
+(chat/completions only) the upstream bytes are also teed into the Exchange for the shadow path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from proxy import errors
+from proxy.config import Config, UpstreamConfig
+from proxy.errors import ProxyError
+from proxy.inflight import InFlight
+from proxy.keys import UPSTREAMS
+from proxy.metrics import MERGED_UPSTREAM, NO_UPSTREAM, OTHER_MODEL, ProxyMetrics
+from proxy.sse import SSESplitter, event_json
+from proxy.tap import Exchange, RequestInfo, Tap, TapPlan
+from proxy.upstreams import RESPONSE_DROP, Upstreams, end_to_end
+
+log = logging.getLogger("tbg.proxy")
+access_log = logging.getLogger("tbg.access")
+
+_ROUTES = {
+    "/chat/completions": "chat",
+    "/completions": "completions",
+    "/embeddings": "embeddings",
+    "/models": "models",
+    "/responses": "responses",
+}
+_JSON_ROUTES = frozenset({"chat", "completions", "embeddings", "responses"})
+_TAP_ROUTES = frozenset({"chat", "completions"})
+CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
+
+
+def route_of(path: str) -> str:
+    """Bounded `route` label for a path below /v1 (e.g. "/chat/completions" -> "chat")."""
+    return _ROUTES.get(path.rstrip("/") or "/", "other")
+
+
+@dataclass(slots=True)
+class _State:
+    """Per-request bookkeeping for metrics and the access log (local to one handler call)."""
+
+    route: str
+    started: float
+    model_name: str = OTHER_MODEL
+    upstream: str = NO_UPSTREAM
+    status: int = 0
+    first_byte_at: float | None = None
+    upstream_wait: float = 0.0
+
+
+@dataclass(slots=True)
+class _Tee:
+    """What the upstream sent, captured for the tap."""
+
+    status: int = 0
+    body: bytes | None = None
+    events: list[Mapping[str, Any]] = field(default_factory=list)
+    completed: bool = False
+
+
+class Forwarder:
+    """The /v1/{tail} handler. Stateless per request; holds only per-app collaborators."""
+
+    def __init__(
+        self, config: Config, metrics: ProxyMetrics, in_flight: InFlight, tap: Tap | None
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._in_flight = in_flight
+        self._tap = tap
+        self._keys = tuple(k.encode() for k in config.api_keys)
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        tail = "/" + request.match_info.get("tail", "")
+        st = _State(route=route_of(tail), started=time.monotonic())
+        try:
+            self._check_auth(request, st.route)
+            body = await self._read_body(request, st.route)
+            upstreams = request.app[UPSTREAMS]
+            if st.route == "models" and request.method == "GET" and len(upstreams.names) > 1:
+                return await self._models(request, st, upstreams)
+            parsed: dict[str, Any] | None = None
+            if st.route in _JSON_ROUTES and request.method == "POST":
+                parsed = _parse_json(body)
+            target = upstreams.route(parsed.get("model") if parsed is not None else None)
+            st.upstream, st.model_name = target.upstream.name, target.model_name
+            return await self._forward(request, st, upstreams, target.upstream, body, parsed)
+        except ProxyError as exc:
+            st.status = exc.status
+            return errors.error_response(exc)
+        except (asyncio.CancelledError, ConnectionResetError):
+            st.status = CLIENT_CLOSED
+            raise
+        finally:
+            self._observe(request, st)
+
+    # -- request side --------------------------------------------------------------------------
+
+    def _check_auth(self, request: web.Request, route: str) -> None:
+        if not self._keys:
+            return
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        ok = False
+        for key in self._keys:  # no early exit: the time does not depend on which key matched
+            ok |= hmac.compare_digest(given, key)
+        if not ok:
+            self._metrics.auth_failures.labels(route).inc()
+            raise errors.unauthorized()
+
+    async def _read_body(self, request: web.Request, route: str) -> bytes:
+        limit = self._config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            self._metrics.body_too_large.labels(route).inc()
+            raise errors.too_large(limit)
+        if not request.body_exists:
+            return b""
+        buf = bytearray()
+        while chunk := await request.content.readany():
+            buf += chunk
+            if len(buf) > limit:
+                self._metrics.body_too_large.labels(route).inc()
+                raise errors.too_large(limit)
+        return bytes(buf)
+
+    # -- forwarding ----------------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        request: web.Request,
+        st: _State,
+        upstreams: Upstreams,
+        upstream: UpstreamConfig,
+        body: bytes,
+        parsed: dict[str, Any] | None,
+    ) -> web.StreamResponse:
+        info: RequestInfo | None = None
+        plan: TapPlan | None = None
+        if self._tap is not None and parsed is not None and st.route in _TAP_ROUTES:
+            info = RequestInfo(
+                route=st.route,
+                upstream=upstream.name,
+                model_name=st.model_name,
+                body=MappingProxyType(parsed),
+                raw_body=body,
+                headers=request.headers,
+                stream=parsed.get("stream") is True,
+            )
+            plan = self._plan(info)
+        headers = upstreams.request_headers(upstream, request.headers)
+        tee: _Tee | None = None
+        if plan is not None:
+            tee = _Tee()
+            headers["Accept-Encoding"] = "identity"  # the tee must be able to parse the bytes
+            if plan.upstream_body is not None:
+                body = plan.upstream_body  # aiohttp sets Content-Length from it
+        try:
+            with self._in_flight.track(upstream.name):
+                return await self._relay(request, st, upstreams, upstream, headers, body, plan, tee)
+        finally:
+            if info is not None and plan is not None and tee is not None:
+                self._complete(info, plan, tee, st.started)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        st: _State,
+        upstreams: Upstreams,
+        upstream: UpstreamConfig,
+        headers: Mapping[str, str],
+        body: bytes,
+        plan: TapPlan | None,
+        tee: _Tee | None,
+    ) -> web.StreamResponse:
+        tail = "/" + request.match_info.get("tail", "")
+        url = upstreams.url(upstream, tail, request.query_string)
+        sent = time.monotonic()
+        try:
+            async with asyncio.timeout(upstream.timeouts.first_byte):
+                resp = await upstreams.session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body or None,
+                    timeout=upstreams.client_timeout(upstream),
+                    allow_redirects=False,
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._upstream_failure(upstream.name, exc) from None
+        finally:
+            st.upstream_wait += time.monotonic() - sent
+        st.status = resp.status
+        if tee is not None:
+            tee.status = resp.status
+        try:
+            out = web.StreamResponse(status=resp.status, reason=resp.reason)
+            out.headers.extend(end_to_end(resp.headers, RESPONSE_DROP))
+            is_sse = resp.content_type == "text/event-stream"
+            ok = 200 <= resp.status < 300
+            if plan is not None and tee is not None and not is_sse:
+                return await self._relay_buffered(request, st, resp, out, plan, tee, ok, upstream)
+            rewrite = plan.rewrite_event if plan is not None and is_sse and ok else None
+            if resp.content_length is not None and rewrite is None:
+                out.content_length = resp.content_length
+            try:
+                await out.prepare(request)
+                await self._pump(request, st, resp, out, tee, is_sse, rewrite, upstream)
+            except ConnectionResetError:  # the client went away mid-response
+                st.status = CLIENT_CLOSED
+                resp.close()
+            return out
+        except BaseException:
+            resp.close()  # incomplete: drop the connection so the upstream stops generating
+            raise
+        finally:
+            resp.release()
+
+    async def _pump(
+        self,
+        request: web.Request,
+        st: _State,
+        resp: aiohttp.ClientResponse,
+        out: web.StreamResponse,
+        tee: _Tee | None,
+        is_sse: bool,
+        rewrite: Any,
+        upstream: UpstreamConfig,
+    ) -> None:
+        """Relay body chunks as they arrive; with a tee, also split SSE events and capture them."""
+        splitter = SSESplitter() if tee is not None and is_sse else None
+        while True:
+            t = time.monotonic()
+            try:
+                chunk = await resp.content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Headers are already out: the only honest signal left is a truncated response.
+                self._upstream_failure(upstream.name, exc)
+                resp.close()
+                if request.transport is not None:
+                    request.transport.abort()
+                return
+            finally:
+                st.upstream_wait += time.monotonic() - t
+            if not chunk:
+                break
+            if splitter is None:
+                await self._write(out, st, chunk)
+                continue
+            raws = splitter.feed(chunk)
+            if rewrite is None:
+                await self._write(out, st, chunk)
+            for raw in raws:
+                self._tee_event(tee, raw)
+                if rewrite is not None:
+                    await self._write(out, st, self._rewrite(rewrite, raw, "rewrite_event"))
+        if splitter is not None and (rest := splitter.flush()):
+            self._tee_event(tee, rest)
+            if rewrite is not None:
+                await self._write(out, st, self._rewrite(rewrite, rest, "rewrite_event"))
+        if tee is not None:
+            tee.completed = True
+        await out.write_eof()
+
+    async def _relay_buffered(
+        self,
+        request: web.Request,
+        st: _State,
+        resp: aiohttp.ClientResponse,
+        out: web.StreamResponse,
+        plan: TapPlan,
+        tee: _Tee,
+        ok: bool,
+        upstream: UpstreamConfig,
+    ) -> web.StreamResponse:
+        """Non-streaming with a plan: tee the full body, rewrite it if asked, then send it."""
+        t = time.monotonic()
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._upstream_failure(upstream.name, exc) from None
+        finally:
+            st.upstream_wait += time.monotonic() - t
+        tee.body, tee.completed = data, True
+        if plan.rewrite_body is not None and ok:
+            data = self._rewrite(plan.rewrite_body, data, "rewrite_body")
+        out.content_length = len(data)
+        try:
+            await out.prepare(request)
+            await self._write(out, st, data)
+            await out.write_eof()
+        except ConnectionResetError:  # the client went away
+            st.status = CLIENT_CLOSED
+        return out
+
+    async def _write(self, out: web.StreamResponse, st: _State, data: bytes) -> None:
+        if st.first_byte_at is None:
+            st.first_byte_at = time.monotonic()
+        await out.write(data)
+
+    # -- /v1/models across upstreams -----------------------------------------------------------
+
+    async def _models(
+        self, request: web.Request, st: _State, upstreams: Upstreams
+    ) -> web.StreamResponse:
+        st.upstream = MERGED_UPSTREAM
+        sent = time.monotonic()
+        lists = await asyncio.gather(
+            *(self._fetch_models(request, upstreams, name) for name in upstreams.names)
+        )
+        st.upstream_wait += time.monotonic() - sent
+        seen: set[str] = set()
+        merged: list[Any] = []
+        for models in lists:
+            for entry in models or ():
+                key = entry.get("id") if isinstance(entry, dict) else None
+                if isinstance(key, str) and key not in seen:
+                    seen.add(key)
+                    merged.append(entry)
+        if all(models is None for models in lists):
+            raise errors.bad_gateway("*", "all upstreams failed to list models")
+        st.status = 200
+        body = orjson.dumps({"object": "list", "data": merged})
+        st.first_byte_at = time.monotonic()
+        return web.Response(body=body, content_type="application/json")
+
+    async def _fetch_models(
+        self, request: web.Request, upstreams: Upstreams, name: str
+    ) -> list[Any] | None:
+        upstream = upstreams.upstream_for(name)
+        headers = upstreams.request_headers(upstream, request.headers)
+        headers.pop("Accept-Encoding", None)
+        try:
+            with self._in_flight.track(name):
+                async with asyncio.timeout(upstream.timeouts.first_byte):
+                    async with upstreams.session.get(
+                        upstreams.url(upstream, "/models"),
+                        headers=headers,
+                        timeout=upstreams.client_timeout(upstream),
+                    ) as resp:
+                        if resp.status != 200:
+                            log.warning(
+                                "models listing failed",
+                                extra={"upstream": name, "status": resp.status},
+                            )
+                            return None
+                        payload = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._upstream_failure(name, exc)
+            return None
+        except orjson.JSONDecodeError:
+            self._metrics.upstream_errors.labels(name, "protocol").inc()
+            return None
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return data if isinstance(data, list) else None
+
+    # -- errors, tap, metrics ------------------------------------------------------------------
+
+    def _upstream_failure(self, upstream: str, exc: BaseException) -> ProxyError:
+        """Count the failure by kind and translate it into the client's error."""
+        if isinstance(exc, TimeoutError):
+            kind, error = "timeout", errors.gateway_timeout(upstream)
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            kind, error = "connect", errors.bad_gateway(upstream, "connect")
+        elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+            kind, error = "reset", errors.bad_gateway(upstream, "reset")
+        else:
+            kind, error = "protocol", errors.bad_gateway(upstream, "protocol")
+        self._metrics.upstream_errors.labels(upstream, kind).inc()
+        log.warning(
+            "upstream failure",
+            extra={"upstream": upstream, "kind": kind, "error": type(exc).__name__},
+        )
+        return error
+
+    def _plan(self, info: RequestInfo) -> TapPlan | None:
+        assert self._tap is not None
+        try:
+            return self._tap.plan(info)
+        except Exception as exc:
+            self._tap_failed("plan", exc)
+            return None
+
+    def _complete(self, info: RequestInfo, plan: TapPlan, tee: _Tee, started: float) -> None:
+        assert self._tap is not None
+        exchange = Exchange(
+            request=info,
+            plan=plan,
+            status=tee.status,
+            response_body=tee.body,
+            events=tuple(tee.events),
+            completed=tee.completed,
+            started_at=started,
+            finished_at=time.monotonic(),
+        )
+        try:
+            self._tap.complete(exchange)
+        except Exception as exc:
+            self._tap_failed("complete", exc)
+
+    def _rewrite(self, fn: Any, data: bytes, stage: str) -> bytes:
+        try:
+            result = fn(data)
+        except Exception as exc:
+            self._tap_failed(stage, exc)
+            return data
+        if not isinstance(result, bytes):
+            self._tap_failed(stage, TypeError("rewrite must return bytes"))
+            return data
+        return result
+
+    def _tee_event(self, tee: _Tee | None, raw: bytes) -> None:
+        if tee is not None and (payload := event_json(raw)) is not None:
+            tee.events.append(payload)
+
+    def _tap_failed(self, stage: str, exc: BaseException) -> None:
+        self._metrics.tap_errors.labels(stage).inc()
+        log.error("tap raised", extra={"stage": stage, "error": type(exc).__name__})
+
+    def _observe(self, request: web.Request, st: _State) -> None:
+        now = time.monotonic()
+        duration = now - st.started
+        m = self._metrics
+        m.requests.labels(st.route, st.model_name, st.upstream, str(st.status)).inc()
+        m.added.labels(st.route).observe(max(0.0, duration - st.upstream_wait))
+        ttfb = None if st.first_byte_at is None else st.first_byte_at - st.started
+        if st.upstream != NO_UPSTREAM:
+            m.duration.labels(st.route, st.model_name, st.upstream).observe(duration)
+            if ttfb is not None:
+                m.ttfb.labels(st.route, st.model_name, st.upstream).observe(ttfb)
+        access_log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": st.route,
+                "status": st.status,
+                "upstream": st.upstream,
+                "model_name": st.model_name,
+                "duration_s": round(duration, 6),
+                "ttfb_s": None if ttfb is None else round(ttfb, 6),
+                "added_s": round(max(0.0, duration - st.upstream_wait), 6),
+            },
+        )
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.bad_request("Request body is not valid JSON.", "invalid_json") from None
+    if not isinstance(parsed, dict):
+        raise errors.bad_request("Request body must be a JSON object.", "invalid_json")
+    return parsed

@@ -1,0 +1,30 @@
+"""Requests currently in flight, per upstream (read by the metrics gauge and the shadow path)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class InFlight:
+    """Per-upstream in-flight counter; one per app. Single event loop, so no lock is needed."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def get(self, upstream: str) -> int:
+        return self._counts[upstream]
+
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    @contextmanager
+    def track(self, upstream: str) -> Iterator[None]:
+        self._counts[upstream] += 1
+        try:
+            yield
+        finally:
+            self._counts[upstream] -= 1

@@ -1,0 +1,109 @@
+"""`tbg serve`: load the config, run the proxy until SIGINT/SIGTERM, then drain and stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from proxy.app import LIFECYCLE, make_app, make_runner
+from proxy.config import Config, ConfigError, Overrides, load_config
+from proxy.logs import configure_logging
+
+log = logging.getLogger("tbg.serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tbg serve",
+        description="Transparent OpenAI-compatible proxy. Flags override TBG_* env vars, "
+        "which override the YAML file (see docs/configuration.md).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (env: TBG_CONFIG)")
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="upstream base URL, e.g. http://127.0.0.1:8000/v1; repeatable; replaces the file's "
+        "upstreams (env: TBG_UPSTREAM, comma-separated)",
+    )
+    parser.add_argument("--host", help="listen address (default 127.0.0.1; env: TBG_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (default 8080; env: TBG_PORT)")
+    parser.add_argument(
+        "--max-body-bytes", type=int, help="request body limit (default 8 MiB; 413 above)"
+    )
+    parser.add_argument(
+        "--drain-seconds", type=float, help="how long shutdown waits for in-flight requests"
+    )
+    parser.add_argument(
+        "--api-keys-env", help="env var holding the proxy's API keys, comma-separated"
+    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> Overrides:
+    return Overrides(
+        config_file=args.config,
+        upstreams=tuple(args.upstream),
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        drain_seconds=args.drain_seconds,
+        api_keys_env=args.api_keys_env,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(overrides_from(args), os.environ)
+    except ConfigError as exc:
+        print(f"tbg serve: config error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+    return 0
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT/SIGTERM; then stop accepting, drain up to `drain_seconds`, clean up."""
+    app = make_app(config)
+    runner = make_runner(app)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        log.info(
+            "listening",
+            extra={
+                "host": config.host,
+                "port": config.port,
+                "upstreams": [u.name for u in config.upstreams],
+                "proxy_auth": bool(config.api_keys),
+            },
+        )
+        await stop.wait()
+        log.info("draining", extra={"deadline_s": config.drain_seconds})
+        app[LIFECYCLE].draining = True
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("stopped")
