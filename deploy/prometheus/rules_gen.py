@@ -1,0 +1,472 @@
+"""Prometheus recording and alerting rules for tbg-proxy, as code.
+
+Run `python deploy/prometheus/rules_gen.py` to regenerate the committed rule files
+(`deploy/prometheus/rules/*.rules.yml`); tests/monitoring checks they are not stale.
+
+The same generator renders the shortened copy the end-to-end test loads into a real Prometheus
+(`Params.for_test()`): windows, `for:` durations and minimum sample counts are parameters, so the
+test copy is the production rules with those numbers substituted and nothing else changed.
+
+Pooled fleet T_bg (see docs/monitoring.md): replicas export additive per-grid negative
+log-likelihood counters `tbg_nll_total{grid_t}`; summing their increase() over replicas and load
+buckets gives the pooled profile NLL(T) on the grid; the estimate is its argmin (joined with
+`tbg_grid_temperature`, whose value is the grid temperature), the 95 % profile interval is the set of
+grid points with NLL within 1.92 (= 3.84 / 2) of the minimum. When the minimum sits on the smallest
+grid point (nothing diverged, or too little to tell), the estimate is reported as 0 with lower bound 0
+and a one-sided 95 % upper bound: the largest grid point within 1.355 (= 2.71 / 2) of the minimum.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+RULES_DIR = HERE / "rules"
+RUNBOOK_BASE = "https://github.com/tbg-proxy/tbg-proxy/blob/main/docs/runbooks"
+
+# Profile-likelihood thresholds (half the chi-square(1) quantiles).
+TWO_SIDED_95 = 1.92  # 3.84 / 2
+ONE_SIDED_95 = 1.355  # 2.71 / 2
+
+GRID_T = "max by (grid_t) (tbg_grid_temperature)"
+CEILING = "max by (model_name) (tbg_temperature_ceiling)"
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every number that differs between production and the end-to-end test copy."""
+
+    short: str = "10m"  # short T_bg window (ceiling alert confirmation)
+    long: str = "1h"  # long T_bg window (ceiling alert evidence, drift, dashboards)
+    ops: str = "5m"  # window of the operational ratios (errors, latency, replay)
+    starve: str = "30m"  # window of the starvation check
+    stale_seconds: int = 1800  # estimate older than this while traffic flows -> stale
+    min_pairs_short: int = 30
+    min_pairs_long: int = 100
+    for_ceiling: str = "5m"
+    for_drift: str = "30m"
+    for_starved: str = "15m"
+    for_ops: str = "10m"
+    interval: str = "30s"
+    baseline_interval: str = "1m"
+    drift_factor: float = 2.0
+    suffix: str = ""  # appended to group names in the test copy
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def for_test() -> Params:
+        """The end-to-end test copy: same rules, second-scale windows (see docs/monitoring.md)."""
+        return Params(
+            short="30s",
+            long="2m",
+            ops="1m",
+            starve="2m",
+            stale_seconds=120,
+            min_pairs_short=3,
+            min_pairs_long=6,
+            for_ceiling="2s",
+            for_drift="2s",
+            for_starved="2s",
+            for_ops="2s",
+            interval="1s",
+            baseline_interval="1s",
+            suffix="-e2e",
+        )
+
+
+def _name(level: str, metric: str, op: str) -> str:
+    return f"{level}:{metric}:{op}"
+
+
+def tbg_group(level_labels: tuple[str, ...], window: str, op_window: str) -> list[dict[str, str]]:
+    """Recording rules for the pooled grid estimate at one aggregation level and window.
+
+    `window` is the PromQL range; `op_window` the window written into the rule names (always the
+    production one, so the test copy's names match the dashboards and alerts).
+    """
+    by = ", ".join(level_labels)
+    level = "_".join(level_labels)
+    nll = _name(f"{level}_grid_t", "tbg_nll", f"increase{op_window}")
+    excess = _name(f"{level}_grid_t", "tbg_nll_excess", f"increase{op_window}")
+    argmin = _name(level, "tbg_temperature_argmin", f"mle{op_window}")
+    floor = _name(level, "tbg_temperature_at_grid_floor", f"mle{op_window}")
+    est = _name(level, "tbg_temperature", f"mle{op_window}")
+    lower = _name(level, "tbg_temperature_lower", f"mle{op_window}")
+    upper = _name(level, "tbg_temperature_upper", f"mle{op_window}")
+    pairs = _name(level, "tbg_pairs_compared", f"increase{op_window}")
+
+    def within(threshold: float) -> str:
+        return f"({GRID_T} + on (grid_t) group_right () 0 * ({excess} <= {threshold}))"
+
+    return [
+        {
+            "record": nll,
+            "expr": f"sum by ({by}, grid_t) (increase(tbg_nll_total[{window}]))",
+        },
+        {
+            "record": excess,
+            "expr": f"{nll} - on ({by}) group_left () min by ({by}) ({nll})",
+        },
+        {
+            "record": argmin,
+            "expr": f"min by ({by}) ({GRID_T} + on (grid_t) group_right () 0 * ({excess} <= 0))",
+        },
+        {
+            "record": floor,
+            "expr": f"{argmin} <= bool on () group_left () min(tbg_grid_temperature)",
+        },
+        {"record": est, "expr": f"{argmin} * (1 - {floor})"},
+        {
+            "record": lower,
+            "expr": f"min by ({by}) {within(TWO_SIDED_95)} * (1 - {floor})",
+        },
+        {
+            "record": upper,
+            "expr": (
+                f"(max by ({by}) {within(TWO_SIDED_95)} and on ({by}) ({floor} == 0))\n"
+                f"or\n(max by ({by}) {within(ONE_SIDED_95)} and on ({by}) ({floor} == 1))"
+            ),
+        },
+        {
+            "record": pairs,
+            "expr": f"sum by ({by}) (increase(tbg_pairs_compared_total[{window}]))",
+        },
+    ]
+
+
+def _ratio(num: str, den: str, by: str, window: str) -> str:
+    """num/den of two counters' rates, 0 (not empty) when the numerator has no series yet."""
+    n = f"sum by ({by}) (rate({num}[{window}]))"
+    d = f"sum by ({by}) (rate({den}[{window}]))"
+    return f"({n} or {d} * 0)\n/\n({d} > 0)"
+
+
+def recording_groups(p: Params) -> list[dict[str, Any]]:
+    um = "upstream, model_name"
+    long_, short_ = Params().long, Params().short
+    ops_ = Params().ops
+    estimate_rules = (
+        tbg_group(("upstream", "model_name"), p.short, short_)
+        + tbg_group(("upstream", "model_name"), p.long, long_)
+        + tbg_group(("upstream", "model_name", "load_bucket"), p.long, long_)
+    )
+    model_free: list[dict[str, str]] = []
+    for level_labels in (("upstream", "model_name"), ("upstream", "model_name", "load_bucket")):
+        by = ", ".join(level_labels)
+        level = "_".join(level_labels)
+        model_free += [
+            {
+                "record": _name(level, "tbg_divergence", f"ratio_rate{long_}"),
+                "expr": _ratio("tbg_pairs_diverged_total", "tbg_pairs_compared_total", by, p.long),
+            },
+            {
+                "record": _name(level, "tbg_divergence_hazard", f"ratio_rate{long_}"),
+                "expr": _ratio("tbg_pairs_diverged_total", "tbg_tokens_compared_total", by, p.long),
+            },
+        ]
+    model_free += [
+        {
+            "record": _name("upstream_model_name", "tbg_exact_match", f"ratio_rate{long_}"),
+            "expr": _ratio("tbg_exact_match_pairs_total", "tbg_pairs_compared_total", um, p.long),
+        },
+        {
+            # sigma_Delta^2 = sum(delta^2) / (2 N)  (science.md 3c), pooled over replicas
+            "record": _name("upstream_model_name", "tbg_jitter_sigma", f"rate{long_}"),
+            "expr": (
+                f"sqrt(\n  sum by ({um}) (rate(tbg_jitter_sq_sum_total[{p.long}]))\n  /\n"
+                f"  (2 * sum by ({um}) (rate(tbg_jitter_positions_total[{p.long}])) > 0)\n)"
+            ),
+        },
+        {
+            "record": _name("upstream_model_name", "tbg_jitter_identical", f"ratio_rate{long_}"),
+            "expr": _ratio(
+                "tbg_jitter_identical_positions_total", "tbg_jitter_positions_total", um, p.long
+            ),
+        },
+    ]
+    replay: list[dict[str, str]] = [
+        {
+            # tokens/minute replayed over the configured budget, pooled over replicas
+            "record": _name("upstream_model_name", "tbg_shadow_replay_budget", f"utilization{ops_}"),
+            "expr": (
+                f"sum by ({um}) (rate(tbg_shadow_replay_tokens_total[{p.ops}])) * 60\n/\n"
+                f"(sum by ({um}) (tbg_shadow_replay_budget_tokens_per_minute) > 0)"
+            ),
+        },
+        {
+            "record": _name("upstream_model_name", "tbg_shadow_dropped", f"ratio_rate{ops_}"),
+            "expr": _ratio("tbg_shadow_dropped_total", "tbg_shadow_sampled_total", um, p.ops),
+        },
+        {
+            "record": _name("upstream_model_name", "tbg_shadow_failed", f"ratio_rate{ops_}"),
+            "expr": _ratio("tbg_shadow_failed_total", "tbg_shadow_sampled_total", um, p.ops),
+        },
+    ]
+    traffic: list[dict[str, str]] = [
+        {
+            "record": _name("upstream", "tbg_requests", f"rate{ops_}"),
+            "expr": f"sum by (upstream) (rate(tbg_requests_total[{p.ops}]))",
+        },
+        {
+            "record": _name("upstream", "tbg_upstream_errors", f"ratio_rate{ops_}"),
+            "expr": _ratio("tbg_upstream_errors_total", "tbg_requests_total", "upstream", p.ops),
+        },
+        {
+            "record": _name("upstream", "tbg_requests_5xx", f"ratio_rate{ops_}"),
+            "expr": (
+                f'(sum by (upstream) (rate(tbg_requests_total{{status=~"5.."}}[{p.ops}]))'
+                f" or sum by (upstream) (rate(tbg_requests_total[{p.ops}])) * 0)\n/\n"
+                f"(sum by (upstream) (rate(tbg_requests_total[{p.ops}])) > 0)"
+            ),
+        },
+        {
+            "record": _name("route", "tbg_proxy_added_seconds", f"p99_{ops_}"),
+            "expr": (
+                "histogram_quantile(0.99, sum by (route, le) "
+                f"(rate(tbg_proxy_added_seconds_bucket[{p.ops}])))"
+            ),
+        },
+        {
+            "record": _name("upstream_model_name", "tbg_chat_requests", f"rate{Params().starve}"),
+            "expr": (
+                f'sum by ({um}) (rate(tbg_requests_total{{route=~"chat|completions"}}'
+                f"[{p.starve}]))"
+            ),
+        },
+    ]
+    return [
+        {"name": f"tbg-estimate{p.suffix}", "interval": p.interval, "rules": estimate_rules},
+        {"name": f"tbg-model-free{p.suffix}", "interval": p.interval, "rules": model_free},
+        {"name": f"tbg-operations{p.suffix}", "interval": p.interval, "rules": replay + traffic},
+    ]
+
+
+def _runbook(alert: str) -> str:
+    return f"{RUNBOOK_BASE}/{alert}.md"
+
+
+def alert_rules(p: Params) -> list[dict[str, Any]]:
+    um = "upstream, model_name"
+    L, S = Params().long, Params().short
+    ops = Params().ops
+    lower_l = _name("upstream_model_name", "tbg_temperature_lower", f"mle{L}")
+    lower_s = _name("upstream_model_name", "tbg_temperature_lower", f"mle{S}")
+    upper_l = _name("upstream_model_name", "tbg_temperature_upper", f"mle{L}")
+    est_l = _name("upstream_model_name", "tbg_temperature", f"mle{L}")
+    pairs_l = _name("upstream_model_name", "tbg_pairs_compared", f"increase{L}")
+    pairs_s = _name("upstream_model_name", "tbg_pairs_compared", f"increase{S}")
+    chat = _name("upstream_model_name", "tbg_chat_requests", f"rate{Params().starve}")
+
+    def drift(baseline: str) -> dict[str, Any]:
+        alert = f"TbgDriftAbove{baseline}Baseline"
+        return {
+            "alert": alert,
+            "expr": (
+                f"{lower_l} > on ({um}) ({upper_l} offset {baseline})\n"
+                f"and on ({um}) {est_l} > on ({um}) {p.drift_factor:g} * ({est_l} offset {baseline})\n"
+                f"and on ({um}) {pairs_l} >= {p.min_pairs_long}\n"
+                f"and on ({um}) ({pairs_l} offset {baseline}) >= {p.min_pairs_long}"
+            ),
+            "for": p.for_drift,
+            "labels": {"severity": "warning", **p.extra_labels},
+            "annotations": {
+                "summary": f"T_bg of {{{{ $labels.model_name }}}} on {{{{ $labels.upstream }}}} "
+                f"drifted above its {baseline} baseline",
+                "description": (
+                    f"Pooled T_bg lower bound over the last {L} is {{{{ $value | printf \"%.4g\" }}}},"
+                    f" above the upper bound of the same window {baseline} ago, and the estimate is"
+                    f" more than {p.drift_factor:g}x the baseline estimate."
+                ),
+                "runbook_url": _runbook(alert),
+            },
+        }
+
+    return [
+        {
+            "alert": "TbgAboveCeiling",
+            "expr": (
+                f"{lower_l} > on (model_name) group_left () {CEILING}\n"
+                f"and on ({um}) {lower_s} > on (model_name) group_left () {CEILING}\n"
+                f"and on ({um}) {pairs_l} >= {p.min_pairs_long}\n"
+                f"and on ({um}) {pairs_s} >= {p.min_pairs_short}"
+            ),
+            "for": p.for_ceiling,
+            "labels": {"severity": "critical", **p.extra_labels},
+            "annotations": {
+                "summary": "T_bg of {{ $labels.model_name }} on {{ $labels.upstream }} is above "
+                "its ceiling",
+                "description": (
+                    f"The 95 % lower bound of the pooled T_bg over the last {L} is "
+                    '{{ $value | printf "%.4g" }}, above the configured ceiling (tbg_temperature_ceiling);'
+                    f" the last {S} agree, with at least {p.min_pairs_long} compared pairs."
+                ),
+                "runbook_url": _runbook("TbgAboveCeiling"),
+            },
+        },
+        drift("1d"),
+        drift("7d"),
+        {
+            "alert": "TbgEstimatorStarved",
+            "expr": (
+                f"{chat} > 0\nunless on ({um})\n"
+                f"sum by ({um}) (increase(tbg_pairs_compared_total[{p.starve}])) > 0"
+            ),
+            "for": p.for_starved,
+            "labels": {"severity": "warning", **p.extra_labels},
+            "annotations": {
+                "summary": "No shadow comparisons for {{ $labels.model_name }} on "
+                "{{ $labels.upstream }} while traffic flows",
+                "description": (
+                    "Chat/completions traffic is {{ $value | printf \"%.3g\" }} req/s but no replay "
+                    f"pair was compared in the last {Params().starve}: the T_bg estimate is starved."
+                ),
+                "runbook_url": _runbook("TbgEstimatorStarved"),
+            },
+        },
+        {
+            "alert": "TbgEstimateStale",
+            "expr": (
+                f"time() - max by ({um}) (tbg_estimate_last_update_timestamp_seconds)"
+                f" > {p.stale_seconds}\nand on ({um}) {chat} > 0"
+            ),
+            "for": p.for_starved,
+            "labels": {"severity": "warning", **p.extra_labels},
+            "annotations": {
+                "summary": "T_bg estimate of {{ $labels.model_name }} on {{ $labels.upstream }} "
+                "is stale",
+                "description": (
+                    "No replica updated its estimate for "
+                    '{{ $value | humanizeDuration }} although traffic flows.'
+                ),
+                "runbook_url": _runbook("TbgEstimateStale"),
+            },
+        },
+        {
+            "alert": "TbgShadowReplayFailures",
+            "expr": (
+                f"{_name('upstream_model_name', 'tbg_shadow_failed', f'ratio_rate{ops}')} > 0.1"
+            ),
+            "for": p.for_ops,
+            "labels": {"severity": "warning", **p.extra_labels},
+            "annotations": {
+                "summary": "Shadow replays fail for {{ $labels.model_name }} on "
+                "{{ $labels.upstream }}",
+                "description": (
+                    '{{ $value | humanizePercentage }} of sampled requests failed to replay over '
+                    f"the last {ops}."
+                ),
+                "runbook_url": _runbook("TbgShadowReplayFailures"),
+            },
+        },
+        {
+            "alert": "TbgShadowReplayDrops",
+            "expr": (
+                f"sum by ({um}, reason) (rate(tbg_shadow_dropped_total[{p.ops}]))\n/ on ({um})"
+                f" group_left ()\n(sum by ({um}) (rate(tbg_shadow_sampled_total[{p.ops}])) > 0)"
+                "\n> 0.5"
+            ),
+            "for": p.for_ops,
+            "labels": {"severity": "warning", **p.extra_labels},
+            "annotations": {
+                "summary": "Shadow replays dropped ({{ $labels.reason }}) for "
+                "{{ $labels.model_name }} on {{ $labels.upstream }}",
+                "description": (
+                    '{{ $value | humanizePercentage }} of sampled requests were dropped with reason '
+                    f'{{{{ $labels.reason }}}} over the last {ops}.'
+                ),
+                "runbook_url": _runbook("TbgShadowReplayDrops"),
+            },
+        },
+        {
+            "alert": "TbgUpstreamErrors",
+            "expr": (
+                f"{_name('upstream', 'tbg_upstream_errors', f'ratio_rate{ops}')} > 0.05\n"
+                f"or {_name('upstream', 'tbg_requests_5xx', f'ratio_rate{ops}')} > 0.05"
+            ),
+            "for": p.for_ops,
+            "labels": {"severity": "critical", **p.extra_labels},
+            "annotations": {
+                "summary": "Upstream {{ $labels.upstream }} is failing",
+                "description": (
+                    '{{ $value | humanizePercentage }} of requests to {{ $labels.upstream }} '
+                    f"failed (transport errors or 5xx) over the last {ops}."
+                ),
+                "runbook_url": _runbook("TbgUpstreamErrors"),
+            },
+        },
+        {
+            "alert": "TbgProxyAddedLatencyHigh",
+            "expr": f"{_name('route', 'tbg_proxy_added_seconds', f'p99_{ops}')} > 0.005",
+            "for": p.for_ops,
+            "labels": {"severity": "warning", **p.extra_labels},
+            "annotations": {
+                "summary": "The proxy adds too much latency on route {{ $labels.route }}",
+                "description": (
+                    "p99 of the time spent in the proxy itself is "
+                    '{{ $value | humanizeDuration }} over the last 5m (target: 1ms, alert: 5ms).'
+                ),
+                "runbook_url": _runbook("TbgProxyAddedLatencyHigh"),
+            },
+        },
+    ]
+
+
+def render_recording(p: Params) -> str:
+    return _dump({"groups": recording_groups(p)})
+
+
+def render_alerts(p: Params) -> str:
+    return _dump({"groups": [{"name": f"tbg-alerts{p.suffix}", "interval": p.interval,
+                              "rules": alert_rules(p)}]})
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    if "\n" in data:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+HEADER = "# Generated by deploy/prometheus/rules_gen.py; do not edit by hand.\n"
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100, default_flow_style=False)
+    return HEADER + body
+
+
+def outputs(p: Params | None = None) -> dict[str, str]:
+    """File name -> content of every generated rule file."""
+    p = p or Params()
+    return {"tbg-recording.rules.yml": render_recording(p), "tbg-alerts.rules.yml": render_alerts(p)}
+
+
+def write(directory: Path = RULES_DIR, p: Params | None = None) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in outputs(p).items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0]) if argv else RULES_DIR
+    for path in write(out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
