@@ -1,0 +1,1 @@
+"""The embedded reference upstream: SmolLM2-135M-Instruct served on CPU (`tbg reference`)."""

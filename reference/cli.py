@@ -1,0 +1,114 @@
+"""`tbg reference`: prepare the cached model, or serve it. Torch is imported only after parsing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+
+MODES = ("batched", "serial", "thermostat", "noise")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tbg reference",
+        description="Serve SmolLM2-135M-Instruct (CPU) behind an OpenAI-compatible API.",
+    )
+    p.add_argument("--prepare", action="store_true", help="convert the model if needed, print it")
+    p.add_argument("--mode", choices=MODES, default="batched")
+    p.add_argument("--temperature", type=float, default=None, help="thermostat: T_bg to serve")
+    p.add_argument("--sigma", type=float, default=None, help="noise: std of the logit noise")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8, help="batched: largest batch per round")
+    p.add_argument("--gather-ms", type=float, default=5.0, help="batched: gather window")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    p.add_argument("--model-name", default="smollm2")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: ≤ 2)")
+    p.add_argument("--default-max-tokens", type=int, default=256)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    return p
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.mode == "thermostat" and (args.temperature is None or args.temperature <= 0):
+        parser.error("--mode thermostat needs --temperature T > 0")
+    if args.mode == "noise" and (args.sigma is None or args.sigma < 0):
+        parser.error("--mode noise needs --sigma S >= 0")
+    if args.temperature is not None and args.mode != "thermostat":
+        parser.error("--temperature only applies to --mode thermostat")
+    if args.sigma is not None and args.mode != "noise":
+        parser.error("--sigma only applies to --mode noise")
+    if args.max_batch < 1 or args.gather_ms < 0:
+        parser.error("--max-batch must be ≥ 1 and --gather-ms ≥ 0")
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be in 0..65535")
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from reference.model import load_model
+    from reference.policy import policy_for
+    from reference.scheduler import BatchPolicy
+    from reference.server import ServerConfig, make_app
+
+    t0 = time.monotonic()
+    threads = args.threads or max(1, min(2, os.cpu_count() or 1))
+    loaded = await asyncio.to_thread(load_model, args.dtype, threads)
+    max_batch = args.max_batch if args.mode == "batched" else 1
+    config = ServerConfig(
+        model_name=args.model_name,
+        mode=args.mode,
+        batching=BatchPolicy(max_batch=max_batch, gather_s=args.gather_ms / 1000.0),
+        default_max_tokens=args.default_max_tokens,
+        max_context=min(args.max_model_len, int(loaded.model.config.max_position_embeddings)),
+    )
+    app = make_app(config, loaded, policy_for(args.mode, args.temperature, args.sigma))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = args.port
+    server = getattr(site, "_server", None)
+    if port == 0 and server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    print(
+        f"reference: mode={args.mode} dtype={args.dtype} max_batch={max_batch} "
+        f"threads={threads} started in {time.monotonic() - t0:.1f}s",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(f"ready http://{args.host}:{port}/v1", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(args, parser)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.prepare:
+        from reference.model import ModelUnavailableError, prepare_model
+
+        try:
+            print(prepare_model())
+        except ModelUnavailableError as exc:
+            print(f"tbg reference: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+    return 0

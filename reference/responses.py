@@ -1,0 +1,146 @@
+"""Response bodies in vLLM's shapes: full responses, SSE chunks, logprobs, usage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reference.engine import TokenEvent
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every body of one response shares."""
+
+    kind: str  # "chat" | "completions"
+    id: str
+    created: int
+    model: str
+
+    def head(self, chunk: bool) -> dict[str, Any]:
+        if self.kind == "chat":
+            obj = "chat.completion.chunk" if chunk else "chat.completion"
+        else:
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_logprobs(events: Sequence[TokenEvent]) -> dict[str, Any]:
+    content = []
+    for ev in events:
+        if ev.token is None:
+            continue
+        content.append(
+            {
+                "token": ev.token.text,
+                "logprob": ev.logprob,
+                "bytes": list(ev.token.raw),
+                "top_logprobs": [
+                    {"token": t.text, "logprob": lp, "bytes": list(t.raw)} for t, lp in ev.top
+                ],
+            }
+        )
+    return {"content": content}
+
+
+def completion_logprobs(events: Sequence[TokenEvent], offset: int) -> dict[str, Any]:
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top: list[dict[str, float]] = []
+    offsets: list[int] = []
+    for ev in events:
+        if ev.token is None:
+            continue
+        tokens.append(ev.token.text)
+        token_logprobs.append(ev.logprob)
+        entry = {t.text: lp for t, lp in ev.top}
+        if ev.logprob is not None:
+            entry.setdefault(ev.token.text, ev.logprob)
+        top.append(entry)
+        offsets.append(offset)
+        offset += len(ev.token.text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
+
+
+def full_response(
+    env: Envelope,
+    events: Sequence[TokenEvent],
+    with_logprobs: bool,
+    prompt_tokens: int,
+) -> dict[str, Any]:
+    text = "".join(ev.text for ev in events)
+    finish = events[-1].finish_reason if events else "stop"
+    n_tokens = sum(1 for ev in events if ev.token is not None)
+    choice: dict[str, Any]
+    if env.kind == "chat":
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "tool_calls": []},
+            "logprobs": chat_logprobs(events) if with_logprobs else None,
+            "finish_reason": finish,
+            "stop_reason": None,
+        }
+    else:
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": completion_logprobs(events, 0) if with_logprobs else None,
+            "finish_reason": finish,
+            "stop_reason": None,
+        }
+    return {**env.head(False), "choices": [choice], "usage": usage(prompt_tokens, n_tokens)}
+
+
+def first_chat_chunk(env: Envelope, include_usage: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        **env.head(True),
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ],
+    }
+    if include_usage:
+        body["usage"] = None
+    return body
+
+
+def token_chunk(
+    env: Envelope, event: TokenEvent, with_logprobs: bool, text_offset: int, include_usage: bool
+) -> dict[str, Any]:
+    """One SSE chunk per generated token, carrying that token's logprobs."""
+    choice: dict[str, Any] = {"index": 0}
+    if env.kind == "chat":
+        choice["delta"] = {"content": event.text} if event.text or not event.finish_reason else {}
+        choice["logprobs"] = chat_logprobs([event]) if with_logprobs else None
+    else:
+        choice["text"] = event.text
+        choice["logprobs"] = completion_logprobs([event], text_offset) if with_logprobs else None
+    choice["finish_reason"] = event.finish_reason
+    if event.finish_reason is not None:
+        choice["stop_reason"] = None
+    body: dict[str, Any] = {**env.head(True), "choices": [choice]}
+    if include_usage:
+        body["usage"] = None
+    return body
+
+
+def usage_chunk(env: Envelope, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {**env.head(True), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
