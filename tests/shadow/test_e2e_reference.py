@@ -1,0 +1,190 @@
+"""End to end: the real proxy with shadow replay in front of the real reference LLM (SmolLM2 on
+CPU), driven by the real openai SDK under bounded load. Ground truth comes from the upstream's mode:
+`serial` is deterministic (T_bg = 0), `thermostat` is an ideal sampler at a known T, `batched`
+has real bf16 batch-composition effects."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+from openai import AsyncOpenAI
+
+from proxy.app import make_app, make_runner
+from proxy.config import build_config
+from proxy.shadow.replayer import ShadowTap
+from proxy.shadow.wiring import SHADOW
+from reference.launch import ReferenceProcess
+
+pytestmark = [pytest.mark.reference, pytest.mark.slow]
+
+PROMPTS = [
+    "Write a short poem about the sea.",
+    "Explain what a hash table is.",
+    "List three uses of copper.",
+    "Why is the sky blue?",
+    "Describe a sunrise.",
+    "Give me a recipe idea with rice.",
+    "Tell me a fun fact about octopuses.",
+    "How does a bicycle stay upright?",
+]
+THERMOSTAT_T = 0.3
+
+
+@pytest.fixture(scope="module")
+def serial_ref() -> Iterator[ReferenceProcess]:
+    with ReferenceProcess(mode="serial") as ref:
+        yield ref
+
+
+@pytest.fixture(scope="module")
+def thermostat_ref() -> Iterator[ReferenceProcess]:
+    with ReferenceProcess(mode="thermostat", temperature=THERMOSTAT_T) as ref:
+        yield ref
+
+
+@pytest.fixture(scope="module")
+def batched_ref() -> Iterator[ReferenceProcess]:
+    with ReferenceProcess(mode="batched") as ref:
+        yield ref
+
+
+class Proxy:
+    def __init__(self, app: web.Application, url: str) -> None:
+        self.app = app
+        self.url = url
+        self.tap: ShadowTap = app[SHADOW]
+
+    def client(self) -> AsyncOpenAI:
+        return AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+    async def report(self) -> dict[str, Any]:
+        assert await self.tap.idle(600.0)
+        async with httpx.AsyncClient() as http:
+            return dict((await http.get(self.url + "/tbg")).json())
+
+
+async def start_proxy(base_url: str, **shadow: Any) -> tuple[Proxy, web.AppRunner]:
+    config = build_config(
+        {
+            "upstreams": [{"name": "reference", "base_url": base_url, "models": ["smollm2"]}],
+            "shadow": {"enabled": True, "sample_rate": 1.0, "replays_per_minute": 1e6,
+                       "tokens_per_minute": 1e9, "max_concurrent": 2, **shadow},
+        },
+        {},
+    )  # fmt: skip
+    app = make_app(config)
+    runner = make_runner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return Proxy(app, f"http://127.0.0.1:{runner.addresses[0][1]}"), runner
+
+
+@pytest.fixture
+async def proxy_factory() -> AsyncIterator[Any]:
+    runners: list[web.AppRunner] = []
+
+    async def factory(base_url: str, **shadow: Any) -> Proxy:
+        proxy, runner = await start_proxy(base_url, **shadow)
+        runners.append(runner)
+        return proxy
+
+    yield factory
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def chat(oai: AsyncOpenAI, prompt: str, max_tokens: int, stream: bool = False) -> str:
+    messages: Any = [{"role": "user", "content": prompt}]
+    if not stream:
+        out = await oai.chat.completions.create(model="smollm2", messages=messages, temperature=0,
+                                                max_tokens=max_tokens)  # fmt: skip
+        return out.choices[0].message.content or ""
+    parts = []
+    events = await oai.chat.completions.create(model="smollm2", messages=messages, temperature=0,
+                                               max_tokens=max_tokens, stream=True)  # fmt: skip
+    async for chunk in events:
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+    return "".join(parts)
+
+
+async def test_serial_upstream_never_diverges_and_the_upper_bound_shrinks(
+    serial_ref: ReferenceProcess, proxy_factory: Any
+) -> None:
+    proxy: Proxy = await proxy_factory(serial_ref.base_url, replays=2)
+    oai = proxy.client()
+    # concurrent primaries: a serial stack stays deterministic whatever the load
+    await asyncio.gather(*(chat(oai, p, 16, stream=i % 2 == 1) for i, p in enumerate(PROMPTS[:2])))
+    early = (await proxy.report())["estimates"][0]
+    await asyncio.gather(*(chat(oai, p, 16, stream=i % 2 == 1) for i, p in enumerate(PROMPTS[2:])))
+    late = (await proxy.report())["estimates"][0]
+    assert early["diverged"] == 0 and late["diverged"] == 0
+    assert late["pairs"] == 3 * len(PROMPTS) > early["pairs"]
+    assert early["estimate"] == 0.0 and late["estimate"] == 0.0
+    assert 0 < late["upper"] < early["upper"] < float("inf"), (early["upper"], late["upper"])
+    assert late["p_identical"] == 1.0  # bit-identical logprobs at every shared position
+
+
+async def test_thermostat_interval_contains_the_true_temperature(
+    thermostat_ref: ReferenceProcess, proxy_factory: Any
+) -> None:
+    proxy: Proxy = await proxy_factory(thermostat_ref.base_url, replays=3)
+    oai = proxy.client()
+    await asyncio.gather(*(chat(oai, p, 16) for p in PROMPTS))
+    est = (await proxy.report())["estimates"][0]
+    assert est["method"] == "likelihood"
+    assert est["diverged"] > 0
+    assert est["lower"] <= THERMOSTAT_T <= est["upper"], est
+
+
+async def test_batched_upstream_diverges_under_load_and_load_buckets_show_it(
+    batched_ref: ReferenceProcess, proxy_factory: Any
+) -> None:
+    # Replays go out while other primaries are in flight: they meet other batch compositions.
+    proxy: Proxy = await proxy_factory(batched_ref.base_url, replays=2, max_concurrent=4)
+    oai = proxy.client()
+    for _ in range(2):
+        await asyncio.gather(*(chat(oai, p, 32) for p in PROMPTS))
+    report = await proxy.report()
+    est = report["estimates"][0]
+    assert est["diverged"] > 0, est
+    assert est["estimate"] > 0
+    assert len(est["by_load"]) >= 2, est["by_load"]  # trials landed in more than one load bucket
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(proxy.url + "/metrics")).text
+    buckets = set(re.findall(r'tbg_pairs_diverged_total\{load_bucket="([^"]+)"', metrics))
+    assert buckets and buckets <= {"1", "2", "4", "8", "16", "32", "64+"}
+    assert report["exemplars"], "divergences leave exemplars"
+
+
+def _normalise(body: bytes) -> bytes:
+    """ids and creation times differ per call by design; everything else must be equal."""
+    body = re.sub(rb'"id":"[^"]*"', b'"id":"X"', body)
+    return re.sub(rb'"created":\d+', b'"created":0', body)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_sampled_primaries_are_byte_identical_to_direct_calls(
+    serial_ref: ReferenceProcess, proxy_factory: Any, stream: bool
+) -> None:
+    proxy: Proxy = await proxy_factory(serial_ref.base_url, replays=1)
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": PROMPTS[0]}],
+            "temperature": 0, "max_tokens": 12, "stream": stream}  # fmt: skip
+    async with httpx.AsyncClient(timeout=300) as http:
+        await http.post(proxy.url + "/v1/chat/completions", json=body)  # detects logprobs support
+        await proxy.report()
+        via_proxy = (await http.post(proxy.url + "/v1/chat/completions", json=body)).content
+        direct = (await http.post(serial_ref.base_url + "/chat/completions", json=body)).content
+    report = await proxy.report()
+    assert report["accounting"]["sampled"] == 2 == report["accounting"]["replayed"]
+    assert b'"logprobs":null' in direct
+    assert _normalise(via_proxy) == _normalise(direct)
+    if not stream:
+        assert orjson.loads(via_proxy)["choices"][0]["logprobs"] is None

@@ -1,0 +1,168 @@
+"""The shadow path inside the real proxy, over loopback sockets, with the real openai SDK as client.
+The upstream is a controllable fake (fault injection); the reference LLM runs in test_e2e_*."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from openai import AsyncOpenAI
+
+from tests.shadow.conftest import FakeLLM, Stack
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "secret prompt 42"}],
+        "temperature": 0}  # fmt: skip
+
+
+def client(stack: Stack, key: str = "sk-client") -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=stack.proxy_url, api_key=key, max_retries=0)
+
+
+async def settle(stack: Stack) -> dict[str, Any]:
+    assert await stack.tap.idle(20.0)
+    async with httpx.AsyncClient() as http:
+        return dict((await http.get(stack.proxy_url.removesuffix("/v1") + "/tbg")).json())
+
+
+async def test_replays_are_compared_and_exported(make_stack: Any) -> None:
+    # calls: 0 primary, 1-2 replays of trial 1, 3 primary, 4-5 replays ... ; flip replay 2 only
+    stack: Stack = await make_stack(FakeLLM(flip_calls={2}))
+    oai = client(stack)
+    for _ in range(3):
+        out = await oai.chat.completions.create(**CHAT)
+        assert out.choices[0].message.content == "Hello, world A!"
+    report = await settle(stack)
+    assert report["accounting"] == {"sampled": 3, "replayed": 3, "failed": 0, "dropped": 0}
+    (est,) = report["estimates"]
+    assert (est["upstream"], est["model_name"]) == ("fake", "m")
+    assert est["pairs"] == 9 and est["diverged"] == 2  # the flipped replay differs from 2 runs
+    assert est["method"] == "likelihood"
+    assert est["estimate"] > 0 and est["lower"] <= est["estimate"] <= est["upper"]
+    exemplar = report["exemplars"][0]
+    assert exemplar["position"] == 3
+    assert {exemplar["token_a"], exemplar["token_b"]} == {" A", " B"}
+    assert len(exemplar["request_hash"]) == 16 and "text" not in exemplar
+    replays = stack.fake.calls[1:3]
+    assert all(r["stream"] is False and r["max_tokens"] == 5 and r["top_logprobs"] == 5
+               for r in replays)  # fmt: skip
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(stack.proxy_url.removesuffix("/v1") + "/metrics")).text
+    assert 'tbg_pairs_diverged_total{load_bucket="1",model_name="m",upstream="fake"} 2.0' in metrics
+    assert metrics.count("tbg_nll_total{") == 64
+    assert 'tbg_shadow_sampled_total{model_name="m",upstream="fake"} 3.0' in metrics
+    assert 'tbg_temperature{method="likelihood",model_name="m",upstream="fake"}' in metrics
+    # nothing of the prompt leaves the process through /tbg or /metrics
+    assert "secret" not in metrics and "secret" not in orjson.dumps(report).decode()
+
+
+async def test_record_text_puts_the_input_in_exemplars(make_stack: Any) -> None:
+    stack: Stack = await make_stack(FakeLLM(flip_calls={1}), {"record_text": True, "replays": 1})
+    await client(stack).chat.completions.create(**CHAT)
+    report = await settle(stack)
+    text = report["exemplars"][0]["text"]
+    assert text["input"][0]["content"] == "secret prompt 42"
+    assert {text["run_a"], text["run_b"]} == {"Hello, world A!", "Hello, world B!"}
+
+
+async def test_accounting_is_exact_with_drops_and_failures(make_stack: Any) -> None:
+    fake = FakeLLM(fail_replays=lambda i: i % 2 == 0, replay_delay=0.05)
+    stack: Stack = await make_stack(fake, {"queue_size": 2, "max_concurrent": 1, "replays": 1})
+    oai = client(stack)
+    await asyncio.gather(*(oai.chat.completions.create(**CHAT) for _ in range(12)))
+    report = await settle(stack)
+    acc = report["accounting"]
+    assert acc["sampled"] == 12
+    assert acc["sampled"] == acc["replayed"] + acc["dropped"] + acc["failed"]
+    assert acc["dropped"] > 0, acc  # a queue of 2 behind one slow worker overflows
+    assert acc["replayed"] + acc["failed"] > 0, acc
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(stack.proxy_url.removesuffix("/v1") + "/metrics")).text
+    assert f'tbg_shadow_sampled_total{{model_name="m",upstream="fake"}} {acc["sampled"]}.0' in metrics
+    dropped = sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        if line.startswith("tbg_shadow_dropped_total{")
+    )  # fmt: skip
+    assert dropped == acc["dropped"]
+
+
+async def test_failed_replays_count_as_failed(make_stack: Any) -> None:
+    stack: Stack = await make_stack(FakeLLM(fail_replays=lambda _i: True), {"replays": 2})
+    await client(stack).chat.completions.create(**CHAT)
+    report = await settle(stack)
+    assert report["accounting"] == {"sampled": 1, "replayed": 0, "failed": 1, "dropped": 0}
+    assert report["estimates"] == []
+
+
+async def test_non_greedy_and_multi_choice_requests_are_not_sampled(make_stack: Any) -> None:
+    stack: Stack = await make_stack()
+    oai = client(stack)
+    await oai.chat.completions.create(**{**CHAT, "temperature": 0.7})
+    await oai.chat.completions.create(model="m", messages=CHAT["messages"])  # default T = 1
+    await oai.chat.completions.create(**CHAT, n=2)
+    report = await settle(stack)
+    assert report["accounting"]["sampled"] == 0
+    assert len(stack.fake.calls) == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("route", ["chat", "completions"])
+async def test_augmented_primary_is_byte_identical_to_a_direct_call(
+    make_stack: Any, route: str, stream: bool
+) -> None:
+    stack: Stack = await make_stack(shadow={"replays": 1})
+    path = "/chat/completions" if route == "chat" else "/completions"
+    body: dict[str, Any] = (
+        dict(CHAT) if route == "chat" else {"model": "m", "prompt": "secret", "temperature": 0}
+    )
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    async with httpx.AsyncClient() as http:
+        # The first trial's replay proves the upstream returns logprobs; augmentation starts then.
+        await http.post(stack.proxy_url + path, json=body)
+        await settle(stack)
+        via_proxy = (await http.post(stack.proxy_url + path, json=body)).content
+        direct = (await http.post(stack.upstream_url + path, json=body)).content
+    upstream_saw = stack.fake.calls[2]
+    assert upstream_saw["logprobs"] in (True, 5)  # augmented on the way up ...
+    assert b'"logprobs":null' in direct
+    assert via_proxy == direct  # ... and stripped on the way down, byte for byte
+    report = await settle(stack)
+    assert report["accounting"]["replayed"] == 2
+    assert report["estimates"][0]["jitter_sigma"] is not None  # the primary's logprobs were used
+
+
+async def test_client_logprobs_pass_through_untouched(make_stack: Any) -> None:
+    stack: Stack = await make_stack(shadow={"replays": 1})
+    body = {**CHAT, "logprobs": True, "top_logprobs": 2}
+    async with httpx.AsyncClient() as http:
+        await http.post(stack.proxy_url + "/chat/completions", json=body)
+        via_proxy = (await http.post(stack.proxy_url + "/chat/completions", json=body)).content
+        direct = (await http.post(stack.upstream_url + "/chat/completions", json=body)).content
+    assert via_proxy == direct
+    assert orjson.loads(via_proxy)["choices"][0]["logprobs"]["content"][3]["top_logprobs"]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "expected"),
+    [({"auth": "inject", "api_key_env": "FAKE_KEY"}, "Bearer sk-up"), ({}, "Bearer sk-client")],
+)
+async def test_replay_auth_follows_the_upstream_setting(
+    make_stack: Any, upstream: dict[str, Any], expected: str
+) -> None:
+    stack: Stack = await make_stack(shadow={"replays": 1}, upstream=upstream)
+    await client(stack).chat.completions.create(**CHAT)
+    await settle(stack)
+    assert [h.get("Authorization") for h in stack.fake.headers] == [expected, expected]
+
+
+async def test_upstream_errors_on_the_primary_are_dropped_not_replayed(make_stack: Any) -> None:
+    stack: Stack = await make_stack()
+    async with httpx.AsyncClient() as http:
+        bad = await http.post(stack.proxy_url + "/chat/completions", json={**CHAT, "model": "m",
+                              "messages": "not-a-list"})  # fmt: skip
+    assert bad.status_code == 400  # the upstream's error, relayed as is
+    report = await settle(stack)
+    assert report["accounting"] == {"sampled": 1, "replayed": 0, "failed": 0, "dropped": 1}
