@@ -28,6 +28,7 @@ class Likelihood:
         mins = g.min(1) if g.size else np.zeros(0)
         order = np.argsort(mins, kind="stable")
         self.gaps = g[order]
+        self.gaps0 = np.where(np.isfinite(self.gaps), self.gaps, 0.0)  # for g·e without inf·0
         self.mins = mins[order]
         self.w = nodes.weights[order]
         self.linear = nodes.linear
@@ -45,9 +46,8 @@ class Likelihood:
     def score(self, beta: float) -> float:
         """dℓ/dβ, decreasing in β."""
         n = self._rows(beta)
-        g = self.gaps[:n]
-        e = np.exp(-beta * g)
-        s1 = np.where(e > 0, g * e, 0.0).sum(1)
+        e = np.exp(-beta * self.gaps[:n])
+        s1 = (self.gaps0[:n] * e).sum(1)
         return float(-self.linear + self.w[:n] @ (s1 / (1.0 + e.sum(1))))
 
 
