@@ -61,7 +61,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_route("*", "/v1/{tail:.*}", forward)
+    app.router.add_route("*", "/v1/{tail:.*}", forward.handle)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 

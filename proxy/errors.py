@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import orjson
 from aiohttp import web
 
 
-@dataclass(frozen=True, slots=True)
 class ProxyError(Exception):
-    """An error the proxy answers itself, translated at the edge into an OpenAI error body."""
+    """An error the proxy answers itself, translated at the edge into an OpenAI error body.
 
-    status: int
-    message: str
-    type: str
-    code: str
+    (An exception, so not a frozen dataclass: raising sets attributes like __traceback__.)
+    """
 
-    def __str__(self) -> str:
-        return f"{self.status} {self.code}: {self.message}"
+    def __init__(self, status: int, message: str, type_: str, code: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
 
 
 def error_body(message: str, type_: str, code: str) -> bytes:

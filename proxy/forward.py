@@ -85,7 +85,7 @@ class Forwarder:
         self._tap = tap
         self._keys = tuple(k.encode() for k in config.api_keys)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         tail = "/" + request.match_info.get("tail", "")
         st = _State(route=route_of(tail), started=time.monotonic())
         try:
@@ -376,7 +376,9 @@ class Forwarder:
             kind, error = "timeout", errors.gateway_timeout(upstream)
         elif isinstance(exc, aiohttp.ClientConnectorError):
             kind, error = "connect", errors.bad_gateway(upstream, "connect")
-        elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        elif isinstance(
+            exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError
+        ):  # a payload error here is a body cut short by the upstream closing the connection
             kind, error = "reset", errors.bad_gateway(upstream, "reset")
         else:
             kind, error = "protocol", errors.bad_gateway(upstream, "protocol")
