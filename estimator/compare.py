@@ -19,6 +19,8 @@ Conventions (documented in docs/estimators.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 
@@ -106,21 +108,21 @@ class _View:
     def __init__(self, run: Run) -> None:
         top = run.top_logprobs
         assert top is not None
-        k = max((len(t) for t in top), default=0)
-        if all(len(t) == k for t in top):
-            flat = [x for t in top for x in t]
-            toks, lps = zip(*flat, strict=True) if flat else ((), ())
-            self.tok = np.array(toks, dtype=str).reshape(len(top), k)
-            self.lp = np.array(lps, dtype=float).reshape(len(top), k)
+        lens = set(map(len, top))
+        k = max(lens, default=0)
+        n = len(top)
+        if len(lens) <= 1:
+            flat = list(chain.from_iterable(top))
+            self.tok = np.array(list(map(itemgetter(0), flat)), dtype=object).reshape(n, k)
+            self.lp = np.fromiter(map(itemgetter(1), flat), float, len(flat)).reshape(n, k)
         else:
-            self.tok = np.full((len(top), k), _PAD, dtype=object)
-            self.lp = np.full((len(top), k), -np.inf)
+            self.tok = np.full((n, k), _PAD, dtype=object)
+            self.lp = np.full((n, k), -np.inf)
             for s, t in enumerate(top):
                 for j, (a, b) in enumerate(t):
                     self.tok[s, j], self.lp[s, j] = a, b
-            self.tok = self.tok.astype(str)
         self.k = k
-        self.chosen = np.array(run.tokens, dtype=str)
+        self.chosen = np.array(run.tokens, dtype=object)
 
 
 def _pair_divergence(a: Run, b: Run) -> tuple[int, bool, int]:

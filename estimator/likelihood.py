@@ -52,19 +52,29 @@ class Likelihood:
 
 
 def loglik_grid(nodes: Nodes, grid: np.ndarray) -> np.ndarray:
-    """ℓ(T) at each grid temperature (vectorised; used by the online estimator)."""
+    """ℓ(T) at each grid temperature (used per update by the online estimator).
+
+    Only (node, T) combinations where the node's smallest gap is below 40·T are evaluated; the
+    others contribute less than e^−40 relative and are skipped."""
     grid = np.asarray(grid, dtype=float)
-    if nodes.weights.size == 0:
-        return -nodes.linear / grid
+    out = -nodes.linear / grid
     g = nodes.gaps
-    # Drop gaps that are negligible at every grid point, then whole rows that are left empty.
-    g = np.where(g > _CUT * grid.max(), np.inf, g)
-    live = np.isfinite(g).any(1)
-    g, w = g[live], nodes.weights[live]
-    cols = np.isfinite(g).any(0)
-    g = g[:, cols]
-    e = np.exp(-g[None, :, :] / grid[:, None, None])
-    return np.asarray(-nodes.linear / grid - np.log1p(e.sum(2)) @ w, dtype=float)
+    if nodes.weights.size == 0:
+        return out
+    mins = g.min(1)
+    live = mins < _CUT * grid.max()
+    g, w, mins = g[live], nodes.weights[live], mins[live]
+    order = np.argsort(mins)
+    g, w = g[order], w[order]
+    counts = np.searchsorted(mins[order], _CUT * grid, side="right")
+    total = int(counts.sum())
+    if total == 0:
+        return out
+    gi = np.repeat(np.arange(grid.size), counts)
+    rows = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    e = np.exp(g[rows] * (-1.0 / grid)[gi, None])
+    contrib = np.log1p(e.sum(1)) * w[rows]
+    return np.asarray(out - np.bincount(gi, contrib, minlength=grid.size), dtype=float)
 
 
 def fit(

@@ -33,7 +33,7 @@ class Run:
     @property
     def has_top_logprobs(self) -> bool:
         """True when every position reports at least two alternatives (needed by `likelihood`)."""
-        return self.top_logprobs is not None and all(len(t) >= 2 for t in self.top_logprobs)
+        return self.top_logprobs is not None and min(map(len, self.top_logprobs), default=0) >= 2
 
 
 @dataclass(frozen=True)

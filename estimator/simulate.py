@@ -159,3 +159,15 @@ def simulate_prompts(
         zz = zz / temperature + rng.gumbel(size=zz.shape)
     tok = zz.argmax(-1)
     return z, [[tuple(r.tolist()) for r in tok[p]] for p in range(z.shape[0])]
+
+
+def prompt_trials(outputs: list[list[tuple[int, ...]]]) -> list[Trial]:
+    """Text-level trials (no logprobs) from `simulate_prompts` outputs."""
+    out = []
+    for p, runs in enumerate(outputs):
+        rs = tuple(
+            Run(tuple(f"t{x}" for x in o), None, None, " ".join(map(str, o)), "length")
+            for o in runs
+        )
+        out.append(Trial(f"q{p}", rs))
+    return out
