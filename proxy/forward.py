@@ -42,6 +42,8 @@ _ROUTES = {
 }
 _JSON_ROUTES = frozenset({"chat", "completions", "embeddings", "responses"})
 _TAP_ROUTES = frozenset({"chat", "completions"})
+# A payload error while relaying is a body cut short by the upstream closing the connection.
+_RESET_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
 
 
@@ -376,9 +378,7 @@ class Forwarder:
             kind, error = "timeout", errors.gateway_timeout(upstream)
         elif isinstance(exc, aiohttp.ClientConnectorError):
             kind, error = "connect", errors.bad_gateway(upstream, "connect")
-        elif isinstance(
-            exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError
-        ):  # a payload error here is a body cut short by the upstream closing the connection
+        elif isinstance(exc, _RESET_ERRORS):
             kind, error = "reset", errors.bad_gateway(upstream, "reset")
         else:
             kind, error = "protocol", errors.bad_gateway(upstream, "protocol")
