@@ -44,7 +44,7 @@ def model_dir() -> Path:
 
 
 def venv_ready() -> bool:
-    """True when deploy/vllm-cpu/setup finished (its marker is written only after an import check)."""
+    """True when deploy/vllm-cpu/setup finished (marker written only after an import check)."""
     return (venv_dir() / ".tbg-vllm-ready").is_file()
 
 
@@ -146,10 +146,8 @@ class VllmProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         # vLLM's engine-core child shares the group; make sure nothing of it survives.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
