@@ -83,7 +83,12 @@ def make_app(n_tokens: int, delay_s: float) -> web.Application:
                 choice["delta"] = {"content": t}
             else:
                 choice["text"] = t
-            chunk = {"id": "bench-1", "created": created, "model": body.get("model"), "choices": [choice]}
+            chunk = {
+                "id": "bench-1",
+                "created": created,
+                "model": body.get("model"),
+                "choices": [choice],
+            }
             await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

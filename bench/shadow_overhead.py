@@ -101,7 +101,9 @@ async def measure(urls: dict[str, str], requests: int, concurrency: int, block_s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000, help="per arm")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--block", type=int, default=100)

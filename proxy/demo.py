@@ -211,12 +211,12 @@ async def _drive(base_url: str, opts: DemoOptions, progress: list[int]) -> list[
 
 async def run_demo(opts: DemoOptions, out: TextIO) -> int:
     from aiohttp import web
-    from reference.launch import ReferenceProcess
 
-    from proxy.app import make_app
+    from proxy.app import make_app, make_runner
     from proxy.config import build_config
     from proxy.shadow.api import report
     from proxy.shadow.wiring import SHADOW
+    from reference.launch import ReferenceProcess
 
     started = time.monotonic()
     mode_desc = opts.mode + (f" T={opts.temperature}" if opts.mode == "thermostat" else "")
@@ -244,7 +244,7 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
             os.environ,
         )
         app = make_app(config)
-        runner = web.AppRunner(app)
+        runner = make_runner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", opts.port)
         await site.start()

@@ -6,12 +6,13 @@ Nothing of a prompt appears here unless `record_text: true`; exemplars carry a k
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
-from estimator.online import OnlineSnapshot
 
+from estimator.online import OnlineSnapshot
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.replayer import ShadowTap
 
@@ -70,7 +71,7 @@ def report(tap: ShadowTap) -> dict[str, Any]:
     }
 
 
-def make_handler(tap: ShadowTap) -> web.RequestHandler:  # type: ignore[name-defined]
+def make_handler(tap: ShadowTap) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(_request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(report(tap)), content_type="application/json")
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from estimator.online import OnlineConfig
 
 from estimator.builders import (
     BuildError,
@@ -31,6 +30,7 @@ from estimator.builders import (
     run_from_completion_stream,
 )
 from estimator.model import Run, Trial, TrialContext
+from estimator.online import OnlineConfig
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import InFlightProbe, LoadTracker, MetricsFetcher, load_bucket
 from proxy.shadow.sampling import Sampler

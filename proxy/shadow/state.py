@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from estimator.online import OnlineConfig, OnlineEstimator, OnlineSnapshot, TrialComparison
 
 from estimator.model import Trial
+from estimator.online import OnlineConfig, OnlineEstimator, OnlineSnapshot, TrialComparison
 
 # First-divergence position histogram (tokens); powers of two like the load buckets.
 POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))

@@ -40,10 +40,10 @@ def _value_end(data: bytes, start: int) -> int:
                     return match.end()
         raise ValueError("unterminated JSON value")
     if first == b'"':
-        match = _SCAN.match(data, start)
-        if match is None:
+        string = _SCAN.match(data, start)
+        if string is None:
             raise ValueError("unterminated JSON string")
-        return match.end()
+        return string.end()
     end = start
     while end < len(data) and data[end : end + 1] not in (b",", b"}", b"]", b" ", b"\n", b"\r"):
         end += 1

@@ -132,7 +132,9 @@ class FakeLLM:
         return app
 
 
-async def serve(app: web.Application, runner: web.AppRunner | None = None) -> tuple[str, web.AppRunner]:
+async def serve(
+    app: web.Application, runner: web.AppRunner | None = None
+) -> tuple[str, web.AppRunner]:
     runner = runner or web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -80,7 +80,9 @@ async def test_accounting_is_exact_with_drops_and_failures(make_stack: Any) -> N
     assert acc["replayed"] + acc["failed"] > 0, acc
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(stack.proxy_url.removesuffix("/v1") + "/metrics")).text
-    assert f'tbg_shadow_sampled_total{{model_name="m",upstream="fake"}} {acc["sampled"]}.0' in metrics
+    assert (
+        f'tbg_shadow_sampled_total{{model_name="m",upstream="fake"}} {acc["sampled"]}.0' in metrics
+    )
     dropped = sum(
         float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
         if line.startswith("tbg_shadow_dropped_total{")
