@@ -28,6 +28,7 @@ from estimator.builders import (
     run_from_chat_stream,
     run_from_completion_response,
     run_from_completion_stream,
+    text_tokens,
 )
 from estimator.model import Run, Trial, TrialContext
 from estimator.online import OnlineConfig
@@ -109,6 +110,26 @@ def _usage_tokens(exchange: Exchange) -> tuple[int | None, int | None]:
         prompt if isinstance(prompt, int) else None,
         completion if isinstance(completion, int) else None,
     )
+
+
+def comparable_runs(runs: tuple[Run, ...]) -> tuple[Run, ...]:
+    """Runs that can be compared position by position.
+
+    A run without logprobs is tokenised from its text (the builders' fallback), which does not line
+    up with real tokens. When the two kinds are mixed (a primary captured before logprobs support
+    was detected, or with augment_logprobs off), keep the runs with real tokens if there are two or
+    more of them, else compare every run by its text tokens.
+    """
+    real = tuple(r for r in runs if r.logprobs is not None)
+    if len(real) == len(runs) or not real:
+        return runs
+    if len(real) >= 2:
+        return real
+    return tuple(
+        Run(tokens=text_tokens(r.text), logprobs=None, top_logprobs=None, text=r.text,
+            finish_reason=r.finish_reason)
+        for r in runs
+    )  # fmt: skip
 
 
 class ShadowTap:
@@ -321,7 +342,7 @@ class ShadowTap:
         key = (request.upstream, request.model_name)
         digest = hashlib.blake2b(request.raw_body, key=self._hash_key, digest_size=8).hexdigest()
         context = TrialContext(request.upstream, request.model_name, load_bucket(load))
-        runs = (primary, *replays)
+        runs = comparable_runs((primary, *replays))
         comparison = self.state.record(Trial(digest, runs, context))
         self.state.count(key, "replayed")
         now = time.time()

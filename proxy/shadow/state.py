@@ -163,8 +163,9 @@ class ShadowState:
         by_load = self._by_load.get(lkey)
         if by_load is None:
             by_load = self._by_load[lkey] = OnlineEstimator(self.online)
-        comparison = overall.update(trial)
-        by_load.update(trial)
+        comparison = overall.compare(trial)  # compared once, folded into both views
+        overall.add(comparison)
+        by_load.add(comparison)
         counters = self._counters.get(lkey)
         if counters is None:
             counters = self._counters[lkey] = Counters(len(self.grid))

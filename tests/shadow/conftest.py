@@ -23,19 +23,19 @@ TIE = (" A", " B")
 
 @dataclass
 class FakeLLM:
-    """Deterministic OpenAI-compatible upstream. Position 3 is a near-tie whose winner flips on
-    calls listed in `flip_calls`; replays (non-streaming, logprobs asked, max_tokens capped) can be
-    made to fail or to wait."""
+    """Deterministic OpenAI-compatible upstream. Position 3 is a near-tie whose winner flips on the
+    replays listed in `flip_replays` (replays counted in arrival order; a replay is a request with
+    `max_tokens`, which the tests' primaries never send). Replays can be made to fail or to wait."""
 
-    flip_calls: set[int] = field(default_factory=set)
+    flip_replays: set[int] = field(default_factory=set)
     fail_replays: Callable[[int], bool] = lambda _i: False
     replay_delay: float = 0.0
     calls: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
-    primary_gate: asyncio.Event | None = None
+    replays: int = 0
 
-    def answer(self, index: int) -> list[str]:
-        winner = TIE[1] if index in self.flip_calls else TIE[0]
+    def answer(self, replay: int | None) -> list[str]:
+        winner = TIE[1] if replay in self.flip_replays else TIE[0]
         return [winner if t is None else t for t in TOKENS]
 
     def _chat_lp(self, tokens: list[str], k: int) -> dict[str, Any]:
@@ -70,7 +70,6 @@ class FakeLLM:
     def app(self) -> web.Application:
         async def handle(request: web.Request) -> web.StreamResponse:
             body = orjson.loads(await request.read())
-            index = len(self.calls)
             self.calls.append(body)
             self.headers.append(dict(request.headers))
             chat = request.path.endswith("/chat/completions")
@@ -78,13 +77,16 @@ class FakeLLM:
                 return web.json_response({"error": {"message": "messages must be a list",
                                                      "type": "invalid_request_error",
                                                      "code": None}}, status=400)  # fmt: skip
-            is_replay = body.get("stream") is not True and index > 0 and body.get("logprobs")
-            if is_replay and self.replay_delay:
+            replay: int | None = None
+            if body.get("max_tokens") is not None:
+                replay = self.replays
+                self.replays += 1
+            if replay is not None and self.replay_delay:
                 await asyncio.sleep(self.replay_delay)
-            if is_replay and self.fail_replays(index):
+            if replay is not None and self.fail_replays(replay):
                 return web.json_response({"error": {"message": "boom", "type": "server_error",
                                                      "code": None}}, status=500)  # fmt: skip
-            tokens = self.answer(index)[: int(body.get("max_tokens") or 99)]
+            tokens = self.answer(replay)[: int(body.get("max_tokens") or 99)]
             if chat:
                 want = body.get("logprobs") is True
                 lp = self._chat_lp(tokens, int(body.get("top_logprobs") or 2)) if want else None

@@ -60,9 +60,12 @@ class Proxy:
         self.app = app
         self.url = url
         self.tap: ShadowTap = app[SHADOW]
+        self.clients: list[AsyncOpenAI] = []
 
     def client(self) -> AsyncOpenAI:
-        return AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        oai = AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        self.clients.append(oai)  # closed by the fixture
+        return oai
 
     async def report(self) -> dict[str, Any]:
         assert await self.tap.idle(600.0)
@@ -88,15 +91,17 @@ async def start_proxy(base_url: str, **shadow: Any) -> tuple[Proxy, web.AppRunne
 
 @pytest.fixture
 async def proxy_factory() -> AsyncIterator[Any]:
-    runners: list[web.AppRunner] = []
+    made: list[tuple[Proxy, web.AppRunner]] = []
 
     async def factory(base_url: str, **shadow: Any) -> Proxy:
         proxy, runner = await start_proxy(base_url, **shadow)
-        runners.append(runner)
+        made.append((proxy, runner))
         return proxy
 
     yield factory
-    for runner in runners:
+    for proxy, runner in made:
+        for oai in proxy.clients:
+            await oai.close()
         await runner.cleanup()
 
 

@@ -28,29 +28,32 @@ async def settle(stack: Stack) -> dict[str, Any]:
 
 
 async def test_replays_are_compared_and_exported(make_stack: Any) -> None:
-    # calls: 0 primary, 1-2 replays of trial 1, 3 primary, 4-5 replays ... ; flip replay 2 only
-    stack: Stack = await make_stack(FakeLLM(flip_calls={2}))
-    oai = client(stack)
-    for _ in range(3):
-        out = await oai.chat.completions.create(**CHAT)
-        assert out.choices[0].message.content == "Hello, world A!"
-    report = await settle(stack)
+    # trial 1: primary A, replay A, replay B (flipped); trials 2 and 3 agree everywhere
+    stack: Stack = await make_stack(FakeLLM(flip_replays={1}))
+    async with client(stack) as oai:
+        for _ in range(3):
+            out = await oai.chat.completions.create(**CHAT)
+            assert out.choices[0].message.content == "Hello, world A!"
+            report = await settle(stack)
     assert report["accounting"] == {"sampled": 3, "replayed": 3, "failed": 0, "dropped": 0}
     (est,) = report["estimates"]
     assert (est["upstream"], est["model_name"]) == ("fake", "m")
-    assert est["pairs"] == 9 and est["diverged"] == 2  # the flipped replay differs from 2 runs
+    # Trial 1's primary came before logprobs support was known: text-only, so only its two
+    # replays are compared (1 pair, diverged). Trials 2 and 3 are augmented: 3 runs, 3 pairs each.
+    assert est["pairs"] == 7 and est["diverged"] == 1
     assert est["method"] == "likelihood"
     assert est["estimate"] > 0 and est["lower"] <= est["estimate"] <= est["upper"]
     exemplar = report["exemplars"][0]
     assert exemplar["position"] == 3
     assert {exemplar["token_a"], exemplar["token_b"]} == {" A", " B"}
     assert len(exemplar["request_hash"]) == 16 and "text" not in exemplar
-    replays = stack.fake.calls[1:3]
+    replays = [c for c in stack.fake.calls if "max_tokens" in c]
+    assert len(replays) == 6
     assert all(r["stream"] is False and r["max_tokens"] == 5 and r["top_logprobs"] == 5
                for r in replays)  # fmt: skip
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(stack.proxy_url.removesuffix("/v1") + "/metrics")).text
-    assert 'tbg_pairs_diverged_total{load_bucket="1",model_name="m",upstream="fake"} 2.0' in metrics
+    assert 'tbg_pairs_diverged_total{load_bucket="1",model_name="m",upstream="fake"} 1.0' in metrics
     assert metrics.count("tbg_nll_total{") == 64
     assert 'tbg_shadow_sampled_total{model_name="m",upstream="fake"} 3.0' in metrics
     assert 'tbg_temperature{method="likelihood",model_name="m",upstream="fake"}' in metrics
@@ -59,8 +62,9 @@ async def test_replays_are_compared_and_exported(make_stack: Any) -> None:
 
 
 async def test_record_text_puts_the_input_in_exemplars(make_stack: Any) -> None:
-    stack: Stack = await make_stack(FakeLLM(flip_calls={1}), {"record_text": True, "replays": 1})
-    await client(stack).chat.completions.create(**CHAT)
+    stack: Stack = await make_stack(FakeLLM(flip_replays={0}), {"record_text": True, "replays": 1})
+    async with client(stack) as oai:
+        await oai.chat.completions.create(**CHAT)
     report = await settle(stack)
     text = report["exemplars"][0]["text"]
     assert text["input"][0]["content"] == "secret prompt 42"
@@ -70,8 +74,8 @@ async def test_record_text_puts_the_input_in_exemplars(make_stack: Any) -> None:
 async def test_accounting_is_exact_with_drops_and_failures(make_stack: Any) -> None:
     fake = FakeLLM(fail_replays=lambda i: i % 2 == 0, replay_delay=0.05)
     stack: Stack = await make_stack(fake, {"queue_size": 2, "max_concurrent": 1, "replays": 1})
-    oai = client(stack)
-    await asyncio.gather(*(oai.chat.completions.create(**CHAT) for _ in range(12)))
+    async with client(stack) as oai:
+        await asyncio.gather(*(oai.chat.completions.create(**CHAT) for _ in range(12)))
     report = await settle(stack)
     acc = report["accounting"]
     assert acc["sampled"] == 12
@@ -92,7 +96,8 @@ async def test_accounting_is_exact_with_drops_and_failures(make_stack: Any) -> N
 
 async def test_failed_replays_count_as_failed(make_stack: Any) -> None:
     stack: Stack = await make_stack(FakeLLM(fail_replays=lambda _i: True), {"replays": 2})
-    await client(stack).chat.completions.create(**CHAT)
+    async with client(stack) as oai:
+        await oai.chat.completions.create(**CHAT)
     report = await settle(stack)
     assert report["accounting"] == {"sampled": 1, "replayed": 0, "failed": 1, "dropped": 0}
     assert report["estimates"] == []
@@ -100,10 +105,10 @@ async def test_failed_replays_count_as_failed(make_stack: Any) -> None:
 
 async def test_non_greedy_and_multi_choice_requests_are_not_sampled(make_stack: Any) -> None:
     stack: Stack = await make_stack()
-    oai = client(stack)
-    await oai.chat.completions.create(**{**CHAT, "temperature": 0.7})
-    await oai.chat.completions.create(model="m", messages=CHAT["messages"])  # default T = 1
-    await oai.chat.completions.create(**CHAT, n=2)
+    async with client(stack) as oai:
+        await oai.chat.completions.create(**{**CHAT, "temperature": 0.7})
+        await oai.chat.completions.create(model="m", messages=CHAT["messages"])  # default T = 1
+        await oai.chat.completions.create(**CHAT, n=2)
     report = await settle(stack)
     assert report["accounting"]["sampled"] == 0
     assert len(stack.fake.calls) == 3
@@ -155,7 +160,8 @@ async def test_replay_auth_follows_the_upstream_setting(
     make_stack: Any, upstream: dict[str, Any], expected: str
 ) -> None:
     stack: Stack = await make_stack(shadow={"replays": 1}, upstream=upstream)
-    await client(stack).chat.completions.create(**CHAT)
+    async with client(stack) as oai:
+        await oai.chat.completions.create(**CHAT)
     await settle(stack)
     assert [h.get("Authorization") for h in stack.fake.headers] == [expected, expected]
 
