@@ -7,7 +7,7 @@ for how ẑ and the tail are handled). In β = 1/T this is an exponential family
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy import optimize, stats
@@ -77,45 +77,61 @@ def loglik_grid(nodes: Nodes, grid: np.ndarray) -> np.ndarray:
     return np.asarray(out - np.bincount(gi, contrib, minlength=grid.size), dtype=float)
 
 
+def _root(f: Callable[[float], float], u0: float, step: float, stop: float) -> float | None:
+    """Root in u = log β of a function that changes sign once, scanning from u0 (f(u0) has the
+    sign that holds on that side) by ``step`` until the sign flips, then Brent. Scanning from
+    large β keeps the evaluations cheap (few nodes matter at small T). None: no flip up to stop."""
+    f0 = f(u0)
+    u = u0
+    while True:
+        nxt = u + step
+        if (step < 0 and nxt < stop) or (step > 0 and nxt > stop):
+            nxt = stop
+        fn = f(nxt)
+        if (fn > 0) != (f0 > 0):
+            return float(optimize.brentq(f, min(u, nxt), max(u, nxt), xtol=1e-10))
+        if nxt == stop:
+            return None
+        u = nxt
+
+
 def fit(
     nodes: Nodes, *, level: float = 0.95, t_min: float = 1e-6, t_max: float = 10.0
 ) -> tuple[float, float, float, dict[str, float | int | str]]:
-    """(T̂, lower, upper, diagnostics) by maximum likelihood with a profile-likelihood interval."""
+    """(T̂, lower, upper, diagnostics) by maximum likelihood with a profile-likelihood interval
+    {T : 2[ℓ(T̂) − ℓ(T)] <= χ²₁(level)}; with no scored divergence T̂ = 0 and a one-sided upper
+    bound at 2[ℓ(0) − ℓ(T)] = χ²₁(2·level − 1). Ends beyond [t_min, t_max] are clipped
+    (lower 0, upper t_max, flagged in the diagnostics)."""
     lk = Likelihood(nodes)
-    b_lo, b_hi = 1.0 / t_max, 1.0 / t_min
+    u_lo, u_hi = -np.log(t_max), -np.log(t_min)  # u = log β
+    step = np.log(2.0)
     diag: dict[str, float | int | str] = {"nodes": int(nodes.weights.size)}
     if lk.linear <= 0.0:
-        # Nothing scored diverged: ℓ increases towards T = 0; one-sided bound at 2Δℓ = χ²₁(2L−1).
         crit = float(stats.chi2.ppf(2 * level - 1, 1)) / 2
-        top = lk.l_inf
-        if lk.loglik(b_lo) >= top - crit:
+        thr0 = lk.l_inf - crit
+        r = _root(lambda u: lk.loglik(np.exp(u)) - thr0, u_hi, -step, u_lo)
+        if r is None:
             diag["upper_at_t_max"] = 1
             return 0.0, 0.0, t_max, diag
-        f = lambda u: lk.loglik(np.exp(u)) - (top - crit)  # noqa: E731
-        b_u = float(np.exp(optimize.brentq(f, np.log(b_lo), np.log(b_hi), xtol=1e-10)))
-        return 0.0, 0.0, 1.0 / b_u, diag
+        return 0.0, 0.0, float(np.exp(-r)), diag
     crit = float(stats.chi2.ppf(level, 1)) / 2
-    s_lo, s_hi = lk.score(b_lo), lk.score(b_hi)
-    if s_lo <= 0:
-        b_hat = b_lo
+    r = _root(lambda u: lk.score(np.exp(u)), u_hi, -step, u_lo)
+    if r is None:
         diag["estimate_at_t_max"] = 1
-    elif s_hi >= 0:
-        b_hat = b_hi
+        u_hat = u_lo
     else:
-        b_hat = float(
-            np.exp(optimize.brentq(lambda u: lk.score(np.exp(u)), np.log(b_lo), np.log(b_hi)))
-        )
-    top = lk.loglik(b_hat)
-    thr = top - crit
+        u_hat = r
+    thr = lk.loglik(float(np.exp(u_hat))) - crit
 
     def g(u: float) -> float:
         return lk.loglik(float(np.exp(u))) - thr
 
-    u_hat = np.log(b_hat)
-    upper = t_max if g(np.log(b_lo)) >= 0 else 1.0 / np.exp(optimize.brentq(g, np.log(b_lo), u_hat))
-    lower = 0.0 if g(np.log(b_hi)) >= 0 else 1.0 / np.exp(optimize.brentq(g, u_hat, np.log(b_hi)))
-    diag["loglik_max"] = top
-    return 1.0 / b_hat, float(lower), float(upper), diag
+    r_up = _root(g, u_hat, -step, u_lo)  # towards higher T
+    r_lo = _root(g, u_hat, step, u_hi)  # towards lower T
+    upper = t_max if r_up is None else float(np.exp(-r_up))
+    lower = 0.0 if r_lo is None else float(np.exp(-r_lo))
+    diag["loglik_max"] = thr + crit
+    return float(np.exp(-u_hat)), lower, upper, diag
 
 
 def estimate_likelihood(
