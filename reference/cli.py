@@ -49,6 +49,16 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error("--port must be in 0..65535")
 
 
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """When started by `ReferenceProcess`, stop once that parent process has gone."""
+    parent = os.environ.get("TBG_REFERENCE_PARENT_PID")
+    if not parent or not parent.isdigit():
+        return
+    while os.getppid() == int(parent):  # noqa: ASYNC110 (polling a pid; no event exists)
+        await asyncio.sleep(1.0)
+    stop.set()
+
+
 async def _serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
@@ -89,9 +99,13 @@ async def _serve(args: argparse.Namespace) -> None:
         flush=True,
     )
     print(f"ready http://{args.host}:{port}/v1", flush=True)
+    watchdog = asyncio.create_task(_watch_parent(stop), name="reference-parent-watchdog")
     try:
         await stop.wait()
     finally:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
         await runner.cleanup()
 
 

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import IO, Self
 
 HOST = "127.0.0.1"
+PARENT_ENV = "TBG_REFERENCE_PARENT_PID"
 
 
 class ReferenceStartError(RuntimeError):
@@ -77,10 +78,14 @@ class ReferenceProcess:
     def start(self) -> None:
         self.port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env[PARENT_ENV] = str(os.getpid())  # the child exits when this process is gone
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (owned; closed in close())
         t0 = time.monotonic()
         self._proc = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=self._stderr, env=env
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            env=env,
         )
         deadline = t0 + self.ready_timeout
         while True:

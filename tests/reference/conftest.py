@@ -14,29 +14,31 @@ from reference.launch import ReferenceProcess
 from tests.reference._runs import NOISE_SIGMA, THERMOSTAT_T
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One torch thread per server: the test machine's cores are shared (oversubscribed OpenMP spins).
+THREADS = ("--threads", "1")
 
 
 @pytest.fixture(scope="session")
 def serial_server() -> Iterator[ReferenceProcess]:
-    with ReferenceProcess(mode="serial") as ref:
+    with ReferenceProcess(mode="serial", extra_args=THREADS) as ref:
         yield ref
 
 
 @pytest.fixture(scope="session")
 def batched_server() -> Iterator[ReferenceProcess]:
     with ReferenceProcess(
-        mode="batched", extra_args=("--max-batch", "8", "--gather-ms", "20")
+        mode="batched", extra_args=(*THREADS, "--max-batch", "8", "--gather-ms", "50")
     ) as ref:
         yield ref
 
 
 @pytest.fixture(scope="session")
 def thermostat_server() -> Iterator[ReferenceProcess]:
-    with ReferenceProcess(mode="thermostat", temperature=THERMOSTAT_T) as ref:
+    with ReferenceProcess(mode="thermostat", temperature=THERMOSTAT_T, extra_args=THREADS) as ref:
         yield ref
 
 
 @pytest.fixture(scope="session")
 def noise_server() -> Iterator[ReferenceProcess]:
-    with ReferenceProcess(mode="noise", sigma=NOISE_SIGMA) as ref:
+    with ReferenceProcess(mode="noise", sigma=NOISE_SIGMA, extra_args=THREADS) as ref:
         yield ref

@@ -26,7 +26,7 @@ from tests.reference._runs import NEAR_TIE_PROMPT, NOISE_SIGMA, THERMOSTAT_T, cl
 
 pytestmark = pytest.mark.reference
 
-DRAWS = 160
+DRAWS = 120
 ALPHA = 1e-3  # false-failure rate per test
 
 
