@@ -18,14 +18,17 @@ def test_paper_lands_on_the_true_grid_point() -> None:
     }
     r = estimate_paper(prompt_trials(sut), refs)
     assert r.method == "paper" and np.isnan(r.lower)
-    # the true point attains the minimal KS distance for every statistic ...
+    # With the paper's 30 prompts and 0.01 grid steps, KS (steps of 1/30) cannot resolve
+    # neighbouring grid points: each statistic's T_n lands within one step of the truth
+    # (measured: 0.07 for all three here; docs/estimators.md).
     s_sut = prompt_statistics(sut, 12)
     s_ref = {
         t: prompt_statistics([[x.tokens for x in tr.runs] for tr in v], 12) for t, v in refs.items()
     }
     for name in ("memf", "avglev", "avglcs"):
-        _, ks = ks_argmin(s_sut[name], {t: v[name] for t, v in s_ref.items()})
-        assert ks[true_t] == min(ks.values()), name
+        t_n, ks = ks_argmin(s_sut[name], {t: v[name] for t, v in s_ref.items()})
+        assert abs(t_n - true_t) <= 0.01 + 1e-12, name
+        assert ks[true_t] <= min(ks.values()) + 2 / 30 + 1e-12, name
     # ... and the averaged estimate is within one grid step of it
     assert abs(r.estimate - true_t) <= 0.01 + 1e-12
 
