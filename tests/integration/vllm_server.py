@@ -103,6 +103,7 @@ class VllmProcess:
             raise VllmError(f"no model folder at {self.model}: run `tbg reference --prepare`")
         cmd = [str(RUN_SCRIPT), "--port", str(self.port), "--model", str(self.model)]
         cmd += ["--log", str(self.log_path), "--ready-timeout", str(int(self.ready_timeout) + 5)]
+        cmd += ["--watch-pid", str(os.getpid())]
         if self.scratch is not None:
             cmd += ["--scratch", str(self.scratch)]
         if self.extra_args:
