@@ -80,7 +80,10 @@ def overview_panels() -> list[Panel]:
             "diverged: estimate 0). Red: configured ceiling.",
             "none",
             (
-                _q(f"upstream_model_name:tbg_temperature:mle1h{{{F}}}", "{{upstream}} {{model_name}}"),
+                _q(
+                    f"upstream_model_name:tbg_temperature:mle1h{{{F}}}",
+                    "{{upstream}} {{model_name}}",
+                ),
                 _q(
                     f"upstream_model_name:tbg_temperature_lower:mle1h{{{F}}}",
                     "lower {{upstream}} {{model_name}}",
@@ -109,7 +112,12 @@ def overview_panels() -> list[Panel]:
             "Fraction of compared run pairs (primary vs replay, replay vs replay) whose token "
             "sequences differ, pooled over replicas over 1h.",
             "percentunit",
-            (_q(f"upstream_model_name:tbg_divergence:ratio_rate1h{{{F}}}", "{{upstream}} {{model_name}}"),),
+            (
+                _q(
+                    f"upstream_model_name:tbg_divergence:ratio_rate1h{{{F}}}",
+                    "{{upstream}} {{model_name}}",
+                ),
+            ),
         ),
         Panel(
             "Divergence hazard (per token)",
@@ -145,7 +153,10 @@ def overview_panels() -> list[Panel]:
             "logprobs. A deterministic stack has σ = 0 and 100 % identical.",
             "none",
             (
-                _q(f"upstream_model_name:tbg_jitter_sigma:rate1h{{{F}}}", "σ {{upstream}} {{model_name}}"),
+                _q(
+                    f"upstream_model_name:tbg_jitter_sigma:rate1h{{{F}}}",
+                    "σ {{upstream}} {{model_name}}",
+                ),
                 _q(
                     f"upstream_model_name:tbg_jitter_identical:ratio_rate1h{{{F}}}",
                     "identical {{upstream}} {{model_name}}",
@@ -171,8 +182,14 @@ def overview_panels() -> list[Panel]:
             "reason. sampled = replayed + dropped + failed.",
             "reqps",
             (
-                _q(f"sum by ({um}) (rate(tbg_shadow_sampled_total{{{F}}}[{RI}]))", "sampled {{upstream}} {{model_name}}"),
-                _q(f"sum by ({um}) (rate(tbg_shadow_replayed_total{{{F}}}[{RI}]))", "replayed {{upstream}} {{model_name}}"),
+                _q(
+                    f"sum by ({um}) (rate(tbg_shadow_sampled_total{{{F}}}[{RI}]))",
+                    "sampled {{upstream}} {{model_name}}",
+                ),
+                _q(
+                    f"sum by ({um}) (rate(tbg_shadow_replayed_total{{{F}}}[{RI}]))",
+                    "replayed {{upstream}} {{model_name}}",
+                ),
                 _q(
                     _zero_if_none(
                         f"sum by ({um}) (rate(tbg_shadow_failed_total{{{F}}}[{RI}]))",
@@ -194,7 +211,12 @@ def overview_panels() -> list[Panel]:
             "Run pairs compared per second, pooled: the estimator's intake. Zero while traffic "
             "flows means the estimate is starved.",
             "ops",
-            (_q(f"sum by ({um}) (rate(tbg_pairs_compared_total{{{F}}}[{RI}]))", "{{upstream}} {{model_name}}"),),
+            (
+                _q(
+                    f"sum by ({um}) (rate(tbg_pairs_compared_total{{{F}}}[{RI}]))",
+                    "{{upstream}} {{model_name}}",
+                ),
+            ),
         ),
         Panel(
             "Estimate age",
@@ -279,8 +301,14 @@ def capacity_panels() -> list[Panel]:
             "load bucket (where the estimate's data comes from).",
             "reqps",
             (
-                _q(f"sum by (upstream) (rate(tbg_requests_total{{{F}}}[{RI}]))", "requests {{upstream}}"),
-                _q(f"sum by ({umb}) (rate(tbg_trials_total{{{F}}}[{RI}]))", "trials {{load_bucket}} {{upstream}} {{model_name}}"),
+                _q(
+                    f"sum by (upstream) (rate(tbg_requests_total{{{F}}}[{RI}]))",
+                    "requests {{upstream}}",
+                ),
+                _q(
+                    f"sum by ({umb}) (rate(tbg_trials_total{{{F}}}[{RI}]))",
+                    "trials {{load_bucket}} {{upstream}} {{model_name}}",
+                ),
             ),
         ),
         Panel(
@@ -305,7 +333,12 @@ def traffic_panels() -> list[Panel]:
             "Requests per second",
             "Requests through the proxy by route and HTTP status.",
             "reqps",
-            (_q(f"sum by (route, status) (rate(tbg_requests_total{{{F}}}[{RI}]))", "{{route}} {{status}}"),),
+            (
+                _q(
+                    f"sum by (route, status) (rate(tbg_requests_total{{{F}}}[{RI}]))",
+                    "{{route}} {{status}}",
+                ),
+            ),
         ),
         Panel(
             "In-flight requests",
@@ -426,7 +459,9 @@ def _variables() -> list[JSON]:
             "regex": "",
         },
         query_var("upstream", "label_values(tbg_requests_total, upstream)"),
-        query_var("model_name", 'label_values(tbg_requests_total{upstream=~"$upstream"}, model_name)'),
+        query_var(
+            "model_name", 'label_values(tbg_requests_total{upstream=~"$upstream"}, model_name)'
+        ),
     ]
 
 

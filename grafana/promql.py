@@ -81,7 +81,7 @@ def _tokens(expr: str) -> list[tuple[str, str]]:
     while pos < len(expr):
         m = _TOKEN.match(expr, pos)
         if m is None:
-            raise ValueError(f"cannot tokenize {expr[pos:pos + 20]!r} in {expr!r}")
+            raise ValueError(f"cannot tokenize {expr[pos : pos + 20]!r} in {expr!r}")
         kind = m.lastgroup or ""
         if kind not in ("ws", "comment"):
             out.append((kind, m.group()))

@@ -62,8 +62,8 @@ class Params:
     def for_test() -> Params:
         """The end-to-end test copy: same rules, second-scale windows (see docs/monitoring.md)."""
         return Params(
-            short="30s",
-            long="2m",
+            short="2m",
+            long="5m",
             ops="1m",
             starve="2m",
             stale_seconds=120,
@@ -191,11 +191,15 @@ def recording_groups(p: Params) -> list[dict[str, Any]]:
     ]
     replay: list[dict[str, str]] = [
         {
-            # tokens/minute replayed over the configured budget, pooled over replicas
-            "record": _name("upstream_model_name", "tbg_shadow_replay_budget", f"utilization{ops_}"),
+            # tokens/minute replayed over the configured budget, pooled over replicas. The budget
+            # gauge is per model_name (the shadow path exports it without `upstream`).
+            "record": _name(
+                "upstream_model_name", "tbg_shadow_replay_budget", f"utilization{ops_}"
+            ),
             "expr": (
-                f"sum by ({um}) (rate(tbg_shadow_replay_tokens_total[{p.ops}])) * 60\n/\n"
-                f"(sum by ({um}) (tbg_shadow_replay_budget_tokens_per_minute) > 0)"
+                f"sum by ({um}) (rate(tbg_shadow_replay_tokens_total[{p.ops}])) * 60\n"
+                "/ on (model_name) group_left ()\n"
+                "(sum by (model_name) (tbg_shadow_replay_budget_tokens_per_minute) > 0)"
             ),
         },
         {
@@ -234,8 +238,7 @@ def recording_groups(p: Params) -> list[dict[str, Any]]:
         {
             "record": _name("upstream_model_name", "tbg_chat_requests", f"rate{Params().starve}"),
             "expr": (
-                f'sum by ({um}) (rate(tbg_requests_total{{route=~"chat|completions"}}'
-                f"[{p.starve}]))"
+                f'sum by ({um}) (rate(tbg_requests_total{{route=~"chat|completions"}}[{p.starve}]))'
             ),
         },
     ]
@@ -278,7 +281,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "summary": f"T_bg of {{{{ $labels.model_name }}}} on {{{{ $labels.upstream }}}} "
                 f"drifted above its {baseline} baseline",
                 "description": (
-                    f"Pooled T_bg lower bound over the last {L} is {{{{ $value | printf \"%.4g\" }}}},"
+                    f'Pooled T_bg lower bound over the last {L} is {{{{ $value | printf "%.4g" }}}},'
                     f" above the upper bound of the same window {baseline} ago, and the estimate is"
                     f" more than {p.drift_factor:g}x the baseline estimate."
                 ),
@@ -322,7 +325,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "summary": "No shadow comparisons for {{ $labels.model_name }} on "
                 "{{ $labels.upstream }} while traffic flows",
                 "description": (
-                    "Chat/completions traffic is {{ $value | printf \"%.3g\" }} req/s but no replay "
+                    'Chat/completions traffic is {{ $value | printf "%.3g" }} req/s but no replay '
                     f"pair was compared in the last {Params().starve}: the T_bg estimate is starved."
                 ),
                 "runbook_url": _runbook("TbgEstimatorStarved"),
@@ -341,7 +344,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "is stale",
                 "description": (
                     "No replica updated its estimate for "
-                    '{{ $value | humanizeDuration }} although traffic flows.'
+                    "{{ $value | humanizeDuration }} although traffic flows."
                 ),
                 "runbook_url": _runbook("TbgEstimateStale"),
             },
@@ -357,7 +360,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "summary": "Shadow replays fail for {{ $labels.model_name }} on "
                 "{{ $labels.upstream }}",
                 "description": (
-                    '{{ $value | humanizePercentage }} of sampled requests failed to replay over '
+                    "{{ $value | humanizePercentage }} of sampled requests failed to replay over "
                     f"the last {ops}."
                 ),
                 "runbook_url": _runbook("TbgShadowReplayFailures"),
@@ -376,8 +379,8 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "summary": "Shadow replays dropped ({{ $labels.reason }}) for "
                 "{{ $labels.model_name }} on {{ $labels.upstream }}",
                 "description": (
-                    '{{ $value | humanizePercentage }} of sampled requests were dropped with reason '
-                    f'{{{{ $labels.reason }}}} over the last {ops}.'
+                    "{{ $value | humanizePercentage }} of sampled requests were dropped with reason "
+                    f"{{{{ $labels.reason }}}} over the last {ops}."
                 ),
                 "runbook_url": _runbook("TbgShadowReplayDrops"),
             },
@@ -393,7 +396,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "Upstream {{ $labels.upstream }} is failing",
                 "description": (
-                    '{{ $value | humanizePercentage }} of requests to {{ $labels.upstream }} '
+                    "{{ $value | humanizePercentage }} of requests to {{ $labels.upstream }} "
                     f"failed (transport errors or 5xx) over the last {ops}."
                 ),
                 "runbook_url": _runbook("TbgUpstreamErrors"),
@@ -408,7 +411,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "summary": "The proxy adds too much latency on route {{ $labels.route }}",
                 "description": (
                     "p99 of the time spent in the proxy itself is "
-                    '{{ $value | humanizeDuration }} over the last 5m (target: 1ms, alert: 5ms).'
+                    "{{ $value | humanizeDuration }} over the last 5m (target: 1ms, alert: 5ms)."
                 ),
                 "runbook_url": _runbook("TbgProxyAddedLatencyHigh"),
             },
@@ -421,8 +424,13 @@ def render_recording(p: Params) -> str:
 
 
 def render_alerts(p: Params) -> str:
-    return _dump({"groups": [{"name": f"tbg-alerts{p.suffix}", "interval": p.interval,
-                              "rules": alert_rules(p)}]})
+    return _dump(
+        {
+            "groups": [
+                {"name": f"tbg-alerts{p.suffix}", "interval": p.interval, "rules": alert_rules(p)}
+            ]
+        }
+    )
 
 
 class _Dumper(yaml.SafeDumper):
@@ -448,7 +456,10 @@ def _dump(doc: dict[str, Any]) -> str:
 def outputs(p: Params | None = None) -> dict[str, str]:
     """File name -> content of every generated rule file."""
     p = p or Params()
-    return {"tbg-recording.rules.yml": render_recording(p), "tbg-alerts.rules.yml": render_alerts(p)}
+    return {
+        "tbg-recording.rules.yml": render_recording(p),
+        "tbg-alerts.rules.yml": render_alerts(p),
+    }
 
 
 def write(directory: Path = RULES_DIR, p: Params | None = None) -> list[Path]:

@@ -4,18 +4,18 @@ histogram series only through rate()/increase())."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from grafana import promql, queries
 
-pytest.importorskip("proxy.shadow", reason="proxy/shadow (shadow replay, its metrics) not there yet")
+pytest.importorskip(
+    "proxy.shadow", reason="proxy/shadow (shadow replay, its metrics) not there yet"
+)
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from proxy.app import REGISTRY, make_app  # noqa: E402
-from proxy.config import build_config  # noqa: E402
+from proxy.app import REGISTRY, make_app
+from proxy.config import build_config
 
 SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -35,9 +35,9 @@ def shadow_config_dict() -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[CollectorRegistry]:
+def registry() -> CollectorRegistry:
     app = make_app(build_config(shadow_config_dict(), {}))
-    yield app[REGISTRY]
+    return app[REGISTRY]
 
 
 def exported(registry: CollectorRegistry) -> tuple[set[str], set[str], dict[str, set[str]]]:
