@@ -1,6 +1,6 @@
 """A bounded load check of the reference modes (the figures in docs/reference.md).
 
-    python -m reference.loadcheck [--tokens 48] [--short 16]
+    python -m reference.loadcheck [--tokens 48] [--short 16] [--threads 1]
 
 Starts a `serial` and a `batched` server (`ReferenceProcess`), then:
 1. decodes 8 fixed chat prompts one at a time on `serial` (the batch-of-one baseline);
@@ -84,12 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference.loadcheck")
     parser.add_argument("--tokens", type=int, default=48, help="tokens for the divergence check")
     parser.add_argument("--short", type=int, default=16, help="tokens for the throughput check")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
     args = parser.parse_args(argv)
-    with ReferenceProcess(mode="serial") as serial:
+    threads = ("--threads", str(args.threads))
+    with ReferenceProcess(mode="serial", extra_args=threads) as serial:
         print(f"serial: started in {serial.start_seconds:.1f}s", flush=True)
         base = asyncio.run(_alone(serial.base_url, PROMPTS, args.tokens))
         s_runs, s_time = asyncio.run(_together(serial.base_url, PROMPTS, args.short))
-    with ReferenceProcess(mode="batched", extra_args=("--gather-ms", "20")) as batched:
+    with ReferenceProcess(mode="batched", extra_args=(*threads, "--gather-ms", "50")) as batched:
         print(f"batched: started in {batched.start_seconds:.1f}s", flush=True)
         b_long, _ = asyncio.run(_together(batched.base_url, PROMPTS, args.tokens))
         b_runs, b_time = asyncio.run(_together(batched.base_url, PROMPTS, args.short))

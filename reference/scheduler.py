@@ -67,16 +67,8 @@ class Scheduler:
 
     async def _gather(self) -> list[Job]:
         batch = [await self._queue.get()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._batching.gather_s
-        while len(batch) < self._batching.max_batch:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
+        if self._batching.max_batch > 1 and self._batching.gather_s > 0:
+            await asyncio.sleep(self._batching.gather_s)  # let the requests arriving together land
         while len(batch) < self._batching.max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         return [job for job in batch if not job.cancelled.is_set()]

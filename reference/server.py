@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -118,7 +119,7 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
                 f"{state.config.max_context}",
                 "max_tokens",
             )
-        params = type(params)(**{**params.__dict__, "max_tokens": room})
+        params = dataclasses.replace(params, max_tokens=room)
     job = Job(ids, params, asyncio.get_running_loop())
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
     env = Envelope(kind, f"{prefix}-{secrets.token_hex(16)}", int(time.time()), req.model)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from reference.engine import TextTracker
 from reference.launch import ReferenceProcess, ReferenceStartError
+from reference.model import CACHE_FOLDER, is_prepared
 from reference.policy import (
     GreedyPolicy,
     NoisePolicy,
@@ -139,3 +145,33 @@ def test_reference_process_reports_child_stderr_when_start_fails() -> None:
         ReferenceProcess(mode="thermostat", ready_timeout=60),
     ):
         pass
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+def test_prepare_converts_into_a_fresh_cache_atomically(tmp_path: Path) -> None:
+    leftover = tmp_path / CACHE_FOLDER
+    leftover.mkdir()
+    (leftover / "config.json").write_text("{}")  # a broken cache without the completion marker
+    env = {**os.environ, "TBG_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "reference", "--prepare"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(leftover)
+    assert is_prepared(leftover)
+    config = json.loads((leftover / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["dtype"] == "bfloat16"
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ):
+        assert (leftover / name).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CACHE_FOLDER]  # no temp dirs left
