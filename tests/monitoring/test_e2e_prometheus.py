@@ -194,6 +194,22 @@ async def test_every_query_returns_data_and_the_ceiling_alert_fires(
                 # alerts that must stay quiet in a healthy run
                 loud = [a for a in sorted(QUIET_IN_A_HEALTHY_RUN)
                         if await nonempty(client, prom, f'ALERTS{{alertname="{a}"}}')]  # fmt: skip
+                diagnostics = {
+                    q: [
+                        (r["metric"], r["value"][1])
+                        for r in (await prom.query(client, q))["data"]["result"]
+                    ]
+                    for q in (
+                        "upstream_model_name:tbg_temperature_lower:mle1h",
+                        "upstream_model_name:tbg_temperature_lower:mle10m",
+                        "upstream_model_name:tbg_temperature:mle1h",
+                        "upstream_model_name:tbg_temperature_upper:mle1h",
+                        "upstream_model_name:tbg_pairs_compared:increase1h",
+                        "tbg_temperature",
+                        "tbg_temperature_lower",
+                        "tbg_temperature_ceiling",
+                    )
+                }
                 ceiling_alert = (await prom.query(client, 'ALERTS{alertname="TbgAboveCeiling"}'))[
                     "data"]["result"]  # fmt: skip
     finally:
@@ -207,9 +223,11 @@ async def test_every_query_returns_data_and_the_ceiling_alert_fires(
 
     print(f"requests sent: {sum(sent)}; ceiling alert firing after {firing_at} s; "
           f"checked {len(checks)} expressions + {len(variables)} variables")  # fmt: skip
-    assert not pending, "no data for:\n" + "\n".join(f"{k}: {v}" for k, v in pending.items())
+    assert not pending, (
+        "no data for:\n" + "\n".join(f"{k}: {v}" for k, v in pending.items()) + f"\n{diagnostics}"
+    )
     assert not missing_vars, missing_vars
-    assert firing_at is not None, f"TbgAboveCeiling never fired: {ceiling_alert}"
+    assert firing_at is not None, f"TbgAboveCeiling never fired: {ceiling_alert} {diagnostics}"
     assert {a["labels"]["model_name"] for a in ceiling_alert} == {"smollm2"}
     assert all(a["labels"]["severity"] == "critical" for a in ceiling_alert)
     assert not loud, f"alerts firing in a healthy run: {loud}"
