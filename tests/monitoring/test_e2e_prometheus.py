@@ -228,6 +228,6 @@ async def test_every_query_returns_data_and_the_ceiling_alert_fires(
     )
     assert not missing_vars, missing_vars
     assert firing_at is not None, f"TbgAboveCeiling never fired: {ceiling_alert} {diagnostics}"
-    assert {a["labels"]["model_name"] for a in ceiling_alert} == {"smollm2"}
-    assert all(a["labels"]["severity"] == "critical" for a in ceiling_alert)
+    assert {a["metric"]["model_name"] for a in ceiling_alert} == {"smollm2"}
+    assert all(a["metric"]["severity"] == "critical" for a in ceiling_alert)
     assert not loud, f"alerts firing in a healthy run: {loud}"
