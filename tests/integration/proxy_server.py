@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import warnings
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -53,13 +52,7 @@ class ProxyThread:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def _start(self) -> None:
-        with warnings.catch_warnings():
-            # aiohttp deprecates non-async handler objects (proxy.forward.Forwarder is a callable
-            # instance); harmless here, and not what this suite tests.
-            warnings.filterwarnings(
-                "ignore", "Bare functions are deprecated", DeprecationWarning, "aiohttp"
-            )
-            self.app = make_app(self.config)
+        self.app = make_app(self.config)
         self._runner = make_runner(self.app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

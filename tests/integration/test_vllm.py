@@ -7,6 +7,7 @@ One vLLM server per session (~35-40 s to start); every request is temperature 0.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -107,7 +108,7 @@ def test_alone_vs_concurrent_divergence(vllm_server: VllmProcess, vllm_proxy: Pr
         alone = [chat(proxied, p, n) for p in PROMPTS]
         alone_s = time.monotonic() - t0
         t0 = time.monotonic()
-        together = _run(concurrently(vllm_proxy.base_url, PROMPTS, n))
+        together = asyncio.run(concurrently(vllm_proxy.base_url, PROMPTS, n))
         together_s = time.monotonic() - t0
 
         positions = {}
@@ -133,9 +134,3 @@ def test_alone_vs_concurrent_divergence(vllm_server: VllmProcess, vllm_proxy: Pr
         f"8 concurrent {sum(r.usage.completion_tokens for r in together) / together_s:.1f} tok/s"
     )
     assert len(diverged) >= 1, "no prompt diverged under concurrency (expected some in bf16)"
-
-
-def _run(coro):  # type: ignore[no-untyped-def]
-    import asyncio
-
-    return asyncio.run(coro)
