@@ -84,7 +84,7 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
@@ -102,11 +102,16 @@ async def _serve(args: argparse.Namespace) -> None:
     watchdog = asyncio.create_task(_watch_parent(stop), name="reference-parent-watchdog")
     try:
         await stop.wait()
+        print("reference: stopping", file=sys.stderr, flush=True)
     finally:
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
+        t_stop = time.monotonic()
         await runner.cleanup()
+        print(
+            f"reference: stopped in {time.monotonic() - t_stop:.1f}s", file=sys.stderr, flush=True
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,12 @@ from reference.policy import SamplingParams
 MAX_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs; OpenAI's chat limit
 
 
-_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
 
 
 class ApiError(Exception):

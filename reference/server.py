@@ -140,6 +140,8 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
 async def _events(job: Job) -> AsyncIterator[TokenEvent]:
     while True:
         item = await job.events.get()
+        if isinstance(item, ConnectionAbortedError):
+            raise ApiError(503, f"generation aborted: {item}")
         if isinstance(item, BaseException):
             raise ApiError(500, f"generation failed: {item}")
         yield item
@@ -163,23 +165,26 @@ async def _stream(
     async def send(obj: dict[str, Any]) -> None:
         await resp.write(b"data: " + orjson.dumps(obj) + b"\n\n")
 
-    if env.kind == "chat":
-        await send(first_chat_chunk(env, include_usage))
     offset = 0
     generated = 0
     try:
-        async for ev in _events(job):
-            generated += 1
-            await send(token_chunk(env, ev, with_lp, offset, include_usage))
-            offset += len(ev.token.text) if ev.token is not None else 0
-            if ev.finish_reason is not None:
-                state.metrics.finished(ev.finish_reason)
-    except ApiError as err:  # headers are gone: report in-band, as vLLM does
-        await send(err.body())
-    if include_usage:
-        await send(usage_chunk(env, len(job.prompt_ids), generated))
-    await resp.write(b"data: [DONE]\n\n")
-    await resp.write_eof()
+        if env.kind == "chat":
+            await send(first_chat_chunk(env, include_usage))
+        try:
+            async for ev in _events(job):
+                generated += 1
+                await send(token_chunk(env, ev, with_lp, offset, include_usage))
+                offset += len(ev.token.text) if ev.token is not None else 0
+                if ev.finish_reason is not None:
+                    state.metrics.finished(ev.finish_reason)
+        except ApiError as err:  # headers are gone: report in-band, as vLLM does
+            await send(err.body())
+        if include_usage:
+            await send(usage_chunk(env, len(job.prompt_ids), generated))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except ConnectionResetError:  # the client went away; _generate cancels the decode
+        state.metrics.finished("abort")
     return resp
 
 
@@ -235,7 +240,13 @@ def make_app(config: ServerConfig, loaded: LoadedModel, policy: DecodePolicy) ->
             with contextlib.suppress(Exception):
                 await scheduler.stop()
 
+    async def abort_in_flight(app: web.Application) -> None:
+        # Shutdown is for tests and demos: end decoding now, so waiting handlers answer at once.
+        if STATE in app:
+            await app[STATE].scheduler.stop()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(abort_in_flight)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)

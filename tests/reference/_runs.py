@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 import openai
 
+# One torch thread per server: the test machine's cores are shared (oversubscribed OpenMP spins).
+THREADS = ("--threads", "1")
+
 PROMPTS = (
     "Write a haiku about the sea.",
     "What is 17*23?",

@@ -11,11 +11,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from reference.launch import ReferenceProcess
-from tests.reference._runs import NOISE_SIGMA, THERMOSTAT_T
+from tests.reference._runs import NOISE_SIGMA, THERMOSTAT_T, THREADS
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-# One torch thread per server: the test machine's cores are shared (oversubscribed OpenMP spins).
-THREADS = ("--threads", "1")
 
 
 @pytest.fixture(scope="session")
