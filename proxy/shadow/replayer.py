@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ from estimator.builders import (
 from estimator.model import Run, Trial, TrialContext
 from estimator.online import OnlineConfig
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.load import InFlightProbe, LoadTracker, MetricsFetcher, load_bucket
+from proxy.shadow.load import LOAD_BUCKETS, InFlightProbe, LoadTracker, MetricsFetcher, load_bucket
 from proxy.shadow.sampling import Sampler
 from proxy.shadow.state import Exemplar, Key, ShadowState
 from proxy.shadow.wire import (
@@ -160,6 +160,11 @@ class ShadowTap:
         self._logprobs_ok: dict[str, bool] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def prime(self, keys: Iterable[Key]) -> None:
+        """Export every (upstream, model_name) series the configuration can produce, at 0."""
+        for key in keys:
+            self.state.prime(key, LOAD_BUCKETS)
+
     async def start(self, upstreams_for_polling: tuple[str, ...] = ()) -> None:
         self._workers = [
             asyncio.create_task(self._worker(), name=f"tbg-shadow-worker-{i}")

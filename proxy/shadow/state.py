@@ -113,6 +113,15 @@ class ShadowState:
         self.replay_tokens: dict[Key, int] = {}
         self.exemplars: deque[Exemplar] = deque(maxlen=max(exemplar_limit, 0))
 
+    def prime(self, key: Key, buckets: tuple[str, ...]) -> None:
+        """Create a key's counter series at 0 before any traffic: Prometheus' increase() cannot
+        count the first value of a series that is born already holding it."""
+        self._ensure(key)
+        for bucket in buckets:
+            lkey = (key[0], key[1], bucket)
+            if lkey not in self._counters:
+                self._counters[lkey] = Counters(len(self.grid))
+
     # -- accounting -----------------------------------------------------------------------------
     def _ensure(self, key: Key) -> None:
         """Every accounting series exists from a key's first sample on, at 0, so that rate() and

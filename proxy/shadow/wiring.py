@@ -72,6 +72,7 @@ def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
     tap = ShadowTap(shadow, UpstreamTransport(app), app[IN_FLIGHT])
     app[SHADOW] = tap
     models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
+    tap.prime([(u.name, m) for u in config.upstreams for m in u.models])
     app[REGISTRY].register(
         ShadowCollector(tap.state, shadow, models, tap.queue_depth, tap.load.replays_in_flight)
     )

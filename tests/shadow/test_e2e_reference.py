@@ -35,23 +35,28 @@ PROMPTS = [
     "How does a bicycle stay upright?",
 ]
 THERMOSTAT_T = 0.3
+# One torch thread: the test process (proxy, estimator, clients) needs the other core; two torch
+# threads on a busy 2-core machine oversubscribe it and run an order of magnitude slower.
+ONE_THREAD = ("--threads", "1")
 
 
 @pytest.fixture(scope="module")
 def serial_ref() -> Iterator[ReferenceProcess]:
-    with ReferenceProcess(mode="serial") as ref:
+    with ReferenceProcess(mode="serial", extra_args=ONE_THREAD) as ref:
         yield ref
 
 
 @pytest.fixture(scope="module")
 def thermostat_ref() -> Iterator[ReferenceProcess]:
-    with ReferenceProcess(mode="thermostat", temperature=THERMOSTAT_T) as ref:
+    with ReferenceProcess(
+        mode="thermostat", temperature=THERMOSTAT_T, extra_args=ONE_THREAD
+    ) as ref:
         yield ref
 
 
 @pytest.fixture(scope="module")
 def batched_ref() -> Iterator[ReferenceProcess]:
-    with ReferenceProcess(mode="batched") as ref:
+    with ReferenceProcess(mode="batched", extra_args=ONE_THREAD) as ref:
         yield ref
 
 

@@ -54,7 +54,7 @@ async def test_replays_are_compared_and_exported(make_stack: Any) -> None:
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(stack.proxy_url.removesuffix("/v1") + "/metrics")).text
     assert 'tbg_pairs_diverged_total{load_bucket="1",model_name="m",upstream="fake"} 1.0' in metrics
-    assert metrics.count("tbg_nll_total{") == 64
+    assert metrics.count('tbg_nll_total{grid_t="') == 64 * 7  # every load bucket, primed at 0
     assert 'tbg_shadow_sampled_total{model_name="m",upstream="fake"} 3.0' in metrics
     assert 'tbg_temperature{method="likelihood",model_name="m",upstream="fake"}' in metrics
     # nothing of the prompt leaves the process through /tbg or /metrics
@@ -174,3 +174,20 @@ async def test_upstream_errors_on_the_primary_are_dropped_not_replayed(make_stac
     assert bad.status_code == 400  # the upstream's error, relayed as is
     report = await settle(stack)
     assert report["accounting"] == {"sampled": 1, "replayed": 0, "failed": 0, "dropped": 1}
+
+
+async def test_counter_series_exist_at_zero_before_any_traffic(make_stack: Any) -> None:
+    stack: Stack = await make_stack()
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(stack.proxy_url.removesuffix("/v1") + "/metrics")).text
+    assert 'tbg_shadow_sampled_total{model_name="m",upstream="fake"} 0.0' in metrics
+    assert (
+        'tbg_shadow_dropped_total{model_name="m",reason="queue_full",upstream="fake"} 0.0'
+        in metrics
+    )
+    for bucket in ("1", "2", "4", "8", "16", "32", "64+"):
+        assert (
+            f'tbg_pairs_compared_total{{load_bucket="{bucket}",model_name="m",upstream="fake"}} 0.0'
+            in metrics
+        )
+    assert "tbg_temperature{" not in metrics  # no estimate is invented before a comparison
