@@ -127,6 +127,7 @@ def test_seeded_sampling_is_reproducible(api: openai.OpenAI) -> None:
         return r.choices[0].message.content or ""
 
     assert draw(7) == draw(7)
+    assert len({draw(seed) for seed in (1, 2, 3, 4)}) > 1  # the seed is used: sampling, not greedy
 
 
 @pytest.mark.parametrize(
