@@ -1,14 +1,17 @@
 """Online estimator throughput and memory: 128-token pairs with top-5 logprobs.
 
-    python bench/estimator_online.py [--updates N] [--memory-updates M]
+    python bench/estimator_online.py [--updates N] [--memory-updates M] [--rss-updates R]
 
-Updates per second on one core (trials prebuilt, so only `OnlineEstimator.update` is timed) and
-peak traced memory over M updates cycling through the prebuilt trials (flat memory = bounded state).
+Updates per second on one core (trials prebuilt, so only `OnlineEstimator.update` is timed),
+traced memory over M updates and resident set size (RSS) at start, middle and end of R updates
+(no tracing, so it stays fast enough for R = 10^6), cycling through the prebuilt trials (flat
+memory = bounded state).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import tracemalloc
 
@@ -22,6 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--updates", type=int, default=2000)
     ap.add_argument("--memory-updates", type=int, default=1_000_000)
+    ap.add_argument("--rss-updates", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.01)
     a = ap.parse_args()
     trials = simulate_pairs(
@@ -42,8 +46,21 @@ def main() -> None:
         est.update(trials[i % len(trials)])
         if (i + 1) % step == 0:
             marks.append(tracemalloc.get_traced_memory()[0])
-    print("traced memory (bytes) every", step, "updates:", marks)
+    print("traced memory (bytes) every", step, "updates:", marks, flush=True)
+    tracemalloc.stop()
+    if a.rss_updates:
+        marks_rss = [(0, _rss())]
+        for i in range(a.rss_updates):
+            est.update(trials[i % len(trials)])
+            if i + 1 in (a.rss_updates // 2, a.rss_updates):
+                marks_rss.append((i + 1, _rss()))
+        print("RSS (bytes) after updates:", marks_rss, flush=True)
     print("snapshot:", est.snapshot())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import itemgetter
 
 import numpy as np
 
@@ -108,21 +107,45 @@ class _View:
     def __init__(self, run: Run) -> None:
         top = run.top_logprobs
         assert top is not None
-        lens = set(map(len, top))
-        k = max(lens, default=0)
         n = len(top)
-        if len(lens) <= 1:
-            flat = list(chain.from_iterable(top))
-            self.tok = np.array(list(map(itemgetter(0), flat)), dtype=object).reshape(n, k)
-            self.lp = np.fromiter(map(itemgetter(1), flat), float, len(flat)).reshape(n, k)
+        k = len(top[0]) if n else 0
+        flat = list(chain.from_iterable(top))
+        if len(flat) == n * k and min(map(len, top), default=0) == k:  # one k everywhere
+            toks, lps = zip(*flat, strict=True) if flat else ((), ())
+            self.tok = np.array(toks, dtype=object).reshape(n, k)
+            self.lp = np.array(lps, dtype=float).reshape(n, k)
         else:
-            self.tok = np.full((n, k), _PAD, dtype=object)
+            k = max(map(len, top), default=0)
+            self.tok = np.empty((n, k), dtype=object)
+            self.tok.fill(_PAD)  # np.full would turn "\x00" into "" (numpy strips NULs)
             self.lp = np.full((n, k), -np.inf)
             for s, t in enumerate(top):
                 for j, (a, b) in enumerate(t):
                     self.tok[s, j], self.lp[s, j] = a, b
         self.k = k
         self.chosen = np.array(run.tokens, dtype=object)
+
+
+class _TopEqual:
+    """Per trial: whether two views report the same top-k tokens at each common position,
+    computed once per pair of views and shared by the trie walk and the jitter sums."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def __call__(self, va: _View, vb: _View, start: int, end: int) -> np.ndarray:
+        key = (id(va), id(vb))
+        same = self._cache.get(key)
+        if same is None:
+            n = min(va.tok.shape[0], vb.tok.shape[0])
+            if va.k == vb.k:
+                same = (va.tok[:n] == vb.tok[:n]).all(1)
+            else:
+                same = np.zeros(n, dtype=bool)
+            self._cache[key] = same
+        return same[start:end]
 
 
 def _pair_divergence(a: Run, b: Run) -> tuple[int, bool, int]:
@@ -184,39 +207,56 @@ class _NodeBuilder:
 
     def add(self, z: np.ndarray, counts: np.ndarray) -> None:
         """z: (N, k) reference logits; counts: (N, k) choices per token."""
-        order = np.argsort(-z, axis=1, kind="stable")
-        z = np.take_along_axis(z, order, 1)
-        counts = np.take_along_axis(counts, order, 1)
+        if z.shape[1] > 1 and not (z[:, :-1] >= z[:, 1:]).all():
+            # Not already most likely first (a stable sort would leave sorted rows unchanged).
+            order = np.argsort(-z, axis=1, kind="stable")
+            z = np.take_along_axis(z, order, 1)
+            counts = np.take_along_axis(counts, order, 1)
         with np.errstate(invalid="ignore"):
             gaps = z[:, :1] - z
-        gaps[~np.isfinite(gaps)] = np.inf
+        finite = np.isfinite(gaps)
+        if not finite.all():
+            gaps[~finite] = np.inf
         w = counts.sum(1)
         keep = w > 0
         if not keep.any():
             return
         self.linear += float((np.where(counts > 0, gaps, 0.0) * counts).sum())
-        self.gaps.append(gaps[keep, 1:])
-        self.weights.append(w[keep])
-        self.min_k = min(self.min_k, int(np.isfinite(z).sum(1).min()))
+        if keep.all():
+            self.gaps.append(gaps[:, 1:])
+            self.weights.append(w)
+        else:
+            self.gaps.append(gaps[keep, 1:])
+            self.weights.append(w[keep])
+        self.min_k = min(self.min_k, int(finite.sum(1).min()))
 
-    def shared(self, views: list[_View], start: int, end: int) -> None:
+    def shared(self, views: list[_View], start: int, end: int, eq: _TopEqual) -> None:
         """Positions [start, end) where every run of the group chose the same token."""
         m = len(views)
         v0 = views[0]
-        same = np.ones(end - start, dtype=bool)
         if any(v.k != v0.k for v in views):
-            same[:] = False
+            same = np.zeros(end - start, dtype=bool)
         else:
+            same = eq(v0, views[1], start, end)
+            for v in views[2:]:
+                same = same & eq(v0, v, start, end)
+        if same.all():
+            sel: slice | np.ndarray = slice(start, end)
+        else:
+            sel = np.flatnonzero(same) + start
+        if end > start and same.any():
+            z = views[0].lp[sel]
             for v in views[1:]:
-                same &= (v.tok[start:end] == v0.tok[start:end]).all(1)
-        rows = np.flatnonzero(same) + start
-        if rows.size:
-            z = np.mean([v.lp[rows] for v in views], axis=0)
-            hit = v0.tok[rows] == v0.chosen[rows, None]
+                z = z + v.lp[sel]
+            z = z / m
+            hit = v0.tok[sel] == v0.chosen[sel, None]
             has = hit.any(1)
-            self.tail += m * int((~has).sum())
-            counts = np.where(hit & has[:, None], float(m), 0.0)
-            self.add(z[has], counts[has])
+            if has.all():
+                self.add(z, np.where(hit, float(m), 0.0))
+            else:
+                self.tail += m * int((~has).sum())
+                counts = np.where(hit & has[:, None], float(m), 0.0)
+                self.add(z[has], counts[has])
         for s in np.flatnonzero(~same) + start:
             self.split(views, [int(s)] * m, [str(views[0].chosen[s])] * m)
 
@@ -237,7 +277,7 @@ class _NodeBuilder:
         return Nodes(gaps, np.concatenate(self.weights), self.linear, self.tail, self.min_k)
 
 
-def _trie_nodes(runs: tuple[Run, ...], views: list[_View | None]) -> Nodes | None:
+def _trie_nodes(runs: tuple[Run, ...], views: list[_View | None], eq: _TopEqual) -> Nodes | None:
     """Walk the token trie of the runs that report top-k; collect nodes reached by >= 2 of them."""
     idx = [i for i, v in enumerate(views) if v is not None]
     if len(idx) < 2:
@@ -253,7 +293,7 @@ def _trie_nodes(runs: tuple[Run, ...], views: list[_View | None]) -> Nodes | Non
         diff = (ch != ch[:1]).any(0)
         end = start + int(np.argmax(diff)) if diff.any() else n
         if end > start:
-            nb.shared(gv, start, end)
+            nb.shared(gv, start, end, eq)
         if end < n:
             chosen = [str(v.chosen[end]) for v in gv]
             nb.split(gv, [end] * len(gv), chosen)
@@ -268,7 +308,9 @@ def _trie_nodes(runs: tuple[Run, ...], views: list[_View | None]) -> Nodes | Non
     return nb.nodes()
 
 
-def _jitter(va: _View, vb: _View, n: int) -> tuple[float, int, int, list[float]]:
+def _jitter(
+    va: _View, vb: _View, n: int, eq: _TopEqual
+) -> tuple[float, int, int, list[np.ndarray]]:
     """(Σδ², positions, bit-identical positions, reference gaps) over the first n positions.
 
     δ = difference between the runs of the gap between the reference top-1 and top-2 tokens.
@@ -276,17 +318,22 @@ def _jitter(va: _View, vb: _View, n: int) -> tuple[float, int, int, list[float]]
     if n <= 0:
         return 0.0, 0, 0, []
     if va.k == vb.k:
-        same = (va.tok[:n] == vb.tok[:n]).all(1)
+        same = eq(va, vb, 0, n)
         ident = same & (va.lp[:n] == vb.lp[:n]).all(1)
     else:
         same = ident = np.zeros(n, dtype=bool)
     ga = va.lp[:n, 0] - va.lp[:n, 1] if va.k >= 2 else np.full(n, np.nan)
     gb = vb.lp[:n, 0] - vb.lp[:n, 1] if vb.k >= 2 else np.full(n, np.nan)
-    d = (ga - gb)[same]
-    ref = ((ga + gb) / 2)[same]
+    if same.all():
+        d, ref = ga - gb, (ga + gb) / 2
+    else:
+        d, ref = (ga - gb)[same], ((ga + gb) / 2)[same]
     ok = np.isfinite(d)
-    sq, pos = float((d[ok] ** 2).sum()), int(ok.sum())
-    gaps = ref[ok].tolist()
+    if ok.all():
+        sq, pos, gaps = float(d @ d), int(d.size), [ref]
+    else:
+        sq, pos, gaps = float(d[ok] @ d[ok]), int(ok.sum()), [ref[ok]]
+    extra: list[float] = []
     for s in np.flatnonzero(~same):
         a = dict(zip(va.tok[s].tolist(), va.lp[s].tolist(), strict=True))
         b = dict(zip(vb.tok[s].tolist(), vb.lp[s].tolist(), strict=True))
@@ -298,7 +345,9 @@ def _jitter(va: _View, vb: _View, n: int) -> tuple[float, int, int, list[float]]
         if np.isfinite(dd):
             sq += dd * dd
             pos += 1
-            gaps.append((a[t1] - a[t2] + b[t1] - b[t2]) / 2)
+            extra.append((a[t1] - a[t2] + b[t1] - b[t2]) / 2)
+    if extra:
+        gaps.append(np.array(extra))
     return sq, pos, int(ident.sum()), gaps
 
 
@@ -306,11 +355,12 @@ def compare_trial(trial: Trial, *, with_nodes: bool = True) -> Comparison:
     """Pairwise statistics, jitter and (optionally) likelihood nodes of one trial."""
     runs = trial.runs
     views: list[_View | None] = [_View(r) if r.has_top_logprobs else None for r in runs]
+    eq = _TopEqual()
     first: list[int] = []
     ex: list[Divergence] = []
     risk = exact = 0
     sq, jpos, jid = 0.0, 0, 0
-    jgaps: list[float] = []
+    jgaps: list[np.ndarray] = []
     for a in range(len(runs)):
         for b in range(a + 1, len(runs)):
             ra, rb = runs[a], runs[b]
@@ -326,10 +376,10 @@ def compare_trial(trial: Trial, *, with_nodes: bool = True) -> Comparison:
             va, vb = views[a], views[b]
             if va is not None and vb is not None:
                 n = min(at_risk, len(ra.tokens), len(rb.tokens))
-                s_, p_, i_, g_ = _jitter(va, vb, n)
+                s_, p_, i_, g_ = _jitter(va, vb, n, eq)
                 sq, jpos, jid = sq + s_, jpos + p_, jid + i_
                 jgaps.extend(g_)
-    nodes = _trie_nodes(runs, views) if with_nodes else None
+    nodes = _trie_nodes(runs, views, eq) if with_nodes else None
     return Comparison(
         pairs=trial.n_pairs,
         diverged=len(first),
@@ -340,6 +390,6 @@ def compare_trial(trial: Trial, *, with_nodes: bool = True) -> Comparison:
         jitter_sq_sum=sq,
         jitter_positions=jpos,
         jitter_identical_positions=jid,
-        jitter_gaps=np.array(jgaps, dtype=float),
+        jitter_gaps=np.concatenate(jgaps) if jgaps else np.zeros(0),
         nodes=nodes,
     )

@@ -10,6 +10,7 @@ confidence interval: lower/upper are NaN and the T_n are in the diagnostics.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ from scipy import stats as st
 
 from estimator.model import Trial
 from estimator.result import EstimateResult
-from estimator.stats import _dp, _index_pairs, memf
+from estimator.stats import _dp, _index_pairs
 
 # Θ: 0.00..0.19 step 0.01, 0.20..0.50 step 0.05, 0.6..1.0 step 0.1 (T = 0 as top-k 1).
 PAPER_GRID: tuple[float, ...] = tuple(
@@ -31,25 +32,41 @@ Outputs = Sequence[Sequence[Hashable]]
 
 
 def prompt_statistics(groups: Sequence[Outputs], max_tokens: int) -> dict[str, np.ndarray]:
-    """MEMF, AvgLev (/ max_tokens) and AvgLCS per prompt; all pairs of all prompts in one
-    vectorised dynamic programme."""
-    pairs, owner = [], []
+    """MEMF, AvgLev (/ max_tokens) and AvgLCS per prompt. Identical outputs are at distance 0
+    under both statistics, so only pairs of distinct outputs are computed, each weighted by the
+    product of their counts (the same means over all n(n−1)/2 pairs); all of them, for all
+    prompts, in one vectorised dynamic programme."""
+    pairs: list[tuple[Sequence[Hashable], Sequence[Hashable]]] = []
+    owner: list[int] = []
+    weight: list[float] = []
+    npairs = np.zeros(len(groups))
+    modal = np.zeros(len(groups))
     for p, g in enumerate(groups):
-        for i, j in _index_pairs(len(g)):
-            pairs.append((g[i], g[j]))
+        counts = Counter(g)
+        n = len(g)
+        npairs[p] = n * (n - 1) / 2
+        modal[p] = max(counts.values()) / n
+        distinct = list(counts.items())
+        for i, j in _index_pairs(len(distinct)):
+            pairs.append((distinct[i][0], distinct[j][0]))
             owner.append(p)
+            weight.append(float(distinct[i][1] * distinct[j][1]))
     own = np.array(owner, dtype=int)
-    npairs = np.bincount(own, minlength=len(groups)).astype(float)
-    lev = np.bincount(own, _dp(pairs, lcs=False), minlength=len(groups)) / npairs
-    lcs = _dp(pairs, lcs=True)
-    mins = np.array([min(len(a), len(b)) for a, b in pairs], dtype=float)
-    longest = np.array([max(len(a), len(b)) for a, b in pairs], dtype=float)
-    d = np.where(mins > 0, 1 - lcs / np.maximum(mins, 1), (longest > 0) * 1.0)
-    return {
-        "memf": np.array([memf(list(g)) for g in groups]),
-        "avglev": lev / max_tokens,
-        "avglcs": np.bincount(own, d, minlength=len(groups)) / npairs,
-    }
+    wt = np.array(weight, dtype=float)
+    n_g = len(groups)
+    if pairs:
+        seqs = pairs
+        lev_d = _dp(seqs, lcs=False)
+        lcs = _dp(seqs, lcs=True)
+        mins = np.array([min(len(a), len(b)) for a, b in seqs], dtype=float)
+        longest = np.array([max(len(a), len(b)) for a, b in seqs], dtype=float)
+        d = np.where(mins > 0, 1 - lcs / np.maximum(mins, 1), (longest > 0) * 1.0)
+    else:
+        lev_d = d = np.zeros(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lev = np.bincount(own, lev_d * wt, minlength=n_g) / npairs
+        lcs_mean = np.bincount(own, d * wt, minlength=n_g) / npairs
+    return {"memf": modal, "avglev": lev / max_tokens, "avglcs": lcs_mean}
 
 
 def _outputs(trials: Sequence[Trial]) -> list[list[tuple[str, ...]]]:
