@@ -136,7 +136,10 @@ async def test_serial_upstream_never_diverges_and_the_upper_bound_shrinks(
     await asyncio.gather(*(chat(oai, p, 16, stream=i % 2 == 1) for i, p in enumerate(PROMPTS[2:])))
     late = (await proxy.report())["estimates"][0]
     assert early["diverged"] == 0 and late["diverged"] == 0
-    assert late["pairs"] == 3 * len(PROMPTS) > early["pairs"]
+    # Wave 1's primaries were sent before a replay proved logprobs support: text-only, so only
+    # their two replays are compared (1 pair each). Wave 2's primaries are augmented: 3 pairs each.
+    assert early["pairs"] == 2
+    assert late["pairs"] == 2 + 3 * (len(PROMPTS) - 2)
     assert early["estimate"] == 0.0 and late["estimate"] == 0.0
     assert 0 < late["upper"] < early["upper"] < float("inf"), (early["upper"], late["upper"])
     assert late["p_identical"] == 1.0  # bit-identical logprobs at every shared position
@@ -157,9 +160,12 @@ async def test_thermostat_interval_contains_the_true_temperature(
 async def test_batched_upstream_diverges_under_load_and_load_buckets_show_it(
     batched_ref: ReferenceProcess, proxy_factory: Any
 ) -> None:
-    # Replays go out while other primaries are in flight: they meet other batch compositions.
-    proxy: Proxy = await proxy_factory(batched_ref.base_url, replays=2, max_concurrent=4)
+    # Primaries are decoded together in one padded bf16 batch; the replays go out one at a time
+    # (max_concurrent 1), so each meets a different batch composition than its primary did.
+    proxy: Proxy = await proxy_factory(batched_ref.base_url, replays=1, max_concurrent=1)
     oai = proxy.client()
+    await chat(oai, PROMPTS[0], 8)  # alone; its replay proves logprobs support
+    await proxy.report()
     for _ in range(2):
         await asyncio.gather(*(chat(oai, p, 32) for p in PROMPTS))
     report = await proxy.report()
@@ -169,8 +175,15 @@ async def test_batched_upstream_diverges_under_load_and_load_buckets_show_it(
     assert len(est["by_load"]) >= 2, est["by_load"]  # trials landed in more than one load bucket
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(proxy.url + "/metrics")).text
-    buckets = set(re.findall(r'tbg_pairs_diverged_total\{load_bucket="([^"]+)"', metrics))
-    assert buckets and buckets <= {"1", "2", "4", "8", "16", "32", "64+"}
+    compared = {
+        bucket: float(value)
+        for bucket, value in re.findall(
+            r'tbg_pairs_compared_total\{load_bucket="([^"]+)",[^}]*\} (\S+)', metrics
+        )
+    }
+    assert set(compared) == {"1", "2", "4", "8", "16", "32", "64+"}  # all exported, primed at 0
+    assert sum(1 for v in compared.values() if v > 0) >= 2, compared
+    assert sum(compared.values()) == est["pairs"]
     assert report["exemplars"], "divergences leave exemplars"
 
 
