@@ -46,6 +46,7 @@ class DemoOptions:
     time_limit: float
     temperature: float | None
     seed: int
+    threads: int
 
 
 def parse_args(argv: Sequence[str]) -> DemoOptions:
@@ -69,6 +70,14 @@ def parse_args(argv: Sequence[str]) -> DemoOptions:
     parser.add_argument("--port", type=int, default=8080, help="proxy port on 127.0.0.1 (0 = any)")
     parser.add_argument("--time-limit", type=float, default=900.0, help="seconds, whole run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the reference upstream (default 1: the proxy, the estimator and "
+        "the load generator need the other core; two torch threads on a busy 2-core machine "
+        "oversubscribe it and decode many times slower)",
+    )
     ns = parser.parse_args(argv)
     waves = tuple(int(w) for w in ns.waves.split(",") if w.strip())
     if ns.requests < 1 or ns.max_tokens < 1 or not waves or min(waves) < 1:
@@ -86,6 +95,7 @@ def parse_args(argv: Sequence[str]) -> DemoOptions:
         ns.time_limit,
         ns.temperature,
         ns.seed,
+        ns.threads,
     )
 
 
@@ -222,7 +232,9 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
     mode_desc = opts.mode + (f" T={opts.temperature}" if opts.mode == "thermostat" else "")
     out.write(f"starting the reference upstream (SmolLM2-135M on CPU, mode {mode_desc}) …\n")
     out.flush()
-    with ReferenceProcess(mode=opts.mode, temperature=opts.temperature) as ref:
+    with ReferenceProcess(
+        mode=opts.mode, temperature=opts.temperature, extra_args=("--threads", str(opts.threads))
+    ) as ref:
         config = build_config(
             {
                 "host": "127.0.0.1",
