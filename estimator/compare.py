@@ -197,6 +197,23 @@ def _slow_node(
     return z[order], counts, tail
 
 
+def _row_sum(a: np.ndarray) -> np.ndarray:
+    """a.sum(1) for a 2-d array with few columns, by column (numpy's reduction over a short
+    inner axis costs microseconds per call; the column loop adds whole contiguous vectors)."""
+    out = a[:, 0].astype(float)
+    for j in range(1, a.shape[1]):
+        out += a[:, j]
+    return out
+
+
+def _row_all(a: np.ndarray) -> np.ndarray:
+    """a.all(1) for a 2-d boolean array with few columns (see _row_sum)."""
+    out = a[:, 0].copy()
+    for j in range(1, a.shape[1]):
+        out &= a[:, j]
+    return out
+
+
 class _NodeBuilder:
     def __init__(self) -> None:
         self.gaps: list[np.ndarray] = []
@@ -215,9 +232,10 @@ class _NodeBuilder:
         with np.errstate(invalid="ignore"):
             gaps = z[:, :1] - z
         finite = np.isfinite(gaps)
-        if not finite.all():
+        all_finite = bool(finite.all())
+        if not all_finite:
             gaps[~finite] = np.inf
-        w = counts.sum(1)
+        w = _row_sum(counts)
         keep = w > 0
         if not keep.any():
             return
@@ -228,7 +246,8 @@ class _NodeBuilder:
         else:
             self.gaps.append(gaps[keep, 1:])
             self.weights.append(w[keep])
-        self.min_k = min(self.min_k, int(finite.sum(1).min()))
+        k_min = z.shape[1] if all_finite else int(_row_sum(finite).min())
+        self.min_k = min(self.min_k, k_min)
 
     def shared(self, views: list[_View], start: int, end: int, eq: _TopEqual) -> None:
         """Positions [start, end) where every run of the group chose the same token."""
@@ -269,6 +288,8 @@ class _NodeBuilder:
         if not self.weights:
             return Nodes(np.zeros((0, 1)), np.zeros(0), self.linear, self.tail, 0)
         width = max(1, max(g.shape[1] for g in self.gaps))
+        if len(self.gaps) == 1 and self.gaps[0].shape[1] == width:
+            return Nodes(self.gaps[0], self.weights[0], self.linear, self.tail, self.min_k)
         gaps = np.full((sum(w.size for w in self.weights), width), np.inf)
         i = 0
         for g, w in zip(self.gaps, self.weights, strict=True):
@@ -352,7 +373,20 @@ def _jitter(
 
 
 def compare_trial(trial: Trial, *, with_nodes: bool = True) -> Comparison:
-    """Pairwise statistics, jitter and (optionally) likelihood nodes of one trial."""
+    """Pairwise statistics, jitter and (optionally) likelihood nodes of one trial: the two-run
+    fast path (estimator.pair) when it applies, else the general trie walk."""
+    if len(trial.runs) == 2:
+        from estimator.pair import compare_pair  # pair builds on this module's types
+
+        c = compare_pair(trial, with_nodes=with_nodes)
+        if c is not None:
+            return c
+    return compare_trial_general(trial, with_nodes=with_nodes)
+
+
+def compare_trial_general(trial: Trial, *, with_nodes: bool = True) -> Comparison:
+    """`compare_trial` for any number of runs (general trie walk); the reference that the
+    two-run fast path is tested against."""
     runs = trial.runs
     views: list[_View | None] = [_View(r) if r.has_top_logprobs else None for r in runs]
     eq = _TopEqual()

@@ -116,3 +116,87 @@ def test_loglik_grid_equals_reference_on_simulated_pairs(temp: float) -> None:
         np.testing.assert_allclose(
             loglik_grid(nodes, grid), loglik_grid_reference(nodes, grid), rtol=1e-12, atol=1e-9
         )
+
+
+def _random_pair(rng: np.random.Generator, i: int, k: int) -> Trial:
+    """Two runs with one k everywhere: shared prefix, optional divergence, EOS, jittered
+    logprobs (top-k token lists may then differ), unsorted rows and tail choices."""
+    length = int(rng.integers(1, 40))
+    logits = rng.normal(0, 1.0, (length + 3, len(VOCAB)))
+    base = logits.argmax(1)
+    cut = int(rng.integers(0, length + 1))
+    sigma = [0.0, 0.02, 0.3][int(rng.integers(3))]
+    runs = []
+    for r in range(2):
+        n = length if rng.random() < 0.7 else int(rng.integers(max(1, cut), length + 3))
+        toks, tops, chosen = [], [], []
+        for s in range(n):
+            z = logits[s] + rng.normal(0, sigma, len(VOCAB))
+            lp = z - np.log(np.exp(z).sum())
+            order = np.argsort(-lp)[:k]
+            if rng.random() < 0.05:
+                order = order[::-1]  # not most likely first
+            if s < cut:
+                t = int(base[s]) if rng.random() < 0.9 else int(np.argsort(-logits[s])[k - 1 + r])
+            else:
+                t = int(rng.integers(len(VOCAB)))
+            toks.append(VOCAB[t])
+            tops.append(tuple((VOCAB[j], float(lp[j])) for j in order))
+            chosen.append(float(lp[t]))
+        runs.append(
+            Run(
+                tuple(toks),
+                tuple(chosen),
+                tuple(tops),
+                "".join(toks),
+                "length" if rng.random() < 0.5 else "stop",
+            )
+        )
+    return Trial(f"p{i}", tuple(runs))
+
+
+def test_pair_fast_path_equals_general_path() -> None:
+    from estimator.compare import compare_trial_general
+    from estimator.pair import compare_pair
+
+    rng = np.random.default_rng(77)
+    grid = OnlineConfig().grid
+    used = 0
+    seen = dict.fromkeys(("diverged", "tail", "unsorted", "top_lists_differ"), 0)
+    for i in range(300):
+        trial = _random_pair(rng, i, int(rng.integers(2, 6)))
+        fast = compare_pair(trial)
+        ref = compare_trial_general(trial)
+        if fast is None:
+            continue
+        used += 1
+        for name in ("pairs", "diverged", "tokens_at_risk", "exact_match_pairs"):
+            assert getattr(fast, name) == getattr(ref, name), name
+        assert fast.first_divergences == ref.first_divergences
+        assert fast.exemplars == ref.exemplars
+        assert fast.jitter_positions == ref.jitter_positions
+        assert fast.jitter_identical_positions == ref.jitter_identical_positions
+        assert fast.jitter_sq_sum == pytest.approx(ref.jitter_sq_sum, rel=1e-12, abs=1e-15)
+        np.testing.assert_allclose(fast.jitter_gaps, ref.jitter_gaps, rtol=1e-12)
+        assert fast.nodes is not None and ref.nodes is not None
+        assert fast.nodes.tail_choices == ref.nodes.tail_choices
+        assert fast.nodes.min_k == ref.nodes.min_k
+        assert fast.nodes.weights.sum() == ref.nodes.weights.sum()
+        assert fast.nodes.linear == pytest.approx(ref.nodes.linear, rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(
+            loglik_grid(fast.nodes, grid), loglik_grid(ref.nodes, grid), rtol=1e-10, atol=1e-10
+        )
+        assert compare_trial(trial).jitter_sq_sum == fast.jitter_sq_sum  # dispatch
+        seen["diverged"] += fast.diverged
+        seen["tail"] += fast.nodes.tail_choices > 0
+        seen["unsorted"] += any(
+            [x for _, x in top] != sorted((x for _, x in top), reverse=True)
+            for r in trial.runs
+            for top in r.top_logprobs or ()
+        )
+        seen["top_lists_differ"] += any(
+            [t for t, _ in x] != [t for t, _ in y]
+            for x, y in zip(trial.runs[0].top_logprobs or (), trial.runs[1].top_logprobs or ())
+        )
+    assert used > 250
+    assert min(seen.values()) >= 10, seen  # every branch of the fast path was exercised
