@@ -307,9 +307,10 @@ def summary(final: dict[str, Any], errors: list[str], proxy_url: str, timed_out:
             f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}], method {e['method']}; "
             f"{e['diverged']} of {e['pairs']} run pairs diverged"
         )
+    reasons = ", ".join(f"{k} {v}" for k, v in final.get("dropped_by_reason", {}).items())
     lines.append(
         f"  accounting: sampled {acc['sampled']} = replayed {acc['replayed']} + dropped "
-        f"{acc['dropped']} + failed {acc['failed']}"
+        f"{acc['dropped']} + failed {acc['failed']}" + (f" (dropped: {reasons})" if reasons else "")
     )
     shown = final["exemplars"][:3]
     for ex in shown:

@@ -49,7 +49,9 @@ class Exchange:
     plan: TapPlan
     status: int  # upstream HTTP status; 0 when no response was received (refused, timeout, ...)
     response_body: bytes | None  # non-streaming: the upstream's full body
-    events: tuple[Mapping[str, Any], ...]  # streaming: JSON payloads of the SSE data events, in order
+    events: tuple[
+        Mapping[str, Any], ...
+    ]  # streaming: JSON payloads of the SSE data events, in order
     completed: bool  # True when the response was received in full (stream reached [DONE]/EOF)
     started_at: float  # time.monotonic() when the proxy received the request
     finished_at: float  # time.monotonic() when the last byte was relayed

@@ -58,6 +58,7 @@ def report(tap: ShadowTap) -> dict[str, Any]:
     return {
         "estimates": estimates,
         "accounting": tap.state.totals(),
+        "dropped_by_reason": tap.state.drops_by_reason(),
         "queue_depth": tap.queue_depth(),
         "replays_in_flight": tap.load.replays_in_flight(),
         "exemplars": [e.to_json() for e in reversed(tap.state.exemplars)],

@@ -351,7 +351,13 @@ class ShadowTap:
         comparison = self.state.record(Trial(digest, runs, context))
         self.state.count(key, "replayed")
         now = time.time()
+        seen: set[tuple[int, str, str]] = set()
         for div in comparison.exemplars:
+            # One exemplar per distinct split: with k replays the same fork shows up in many pairs.
+            split = (div.position, *sorted((div.token_a, div.token_b)))
+            if split in seen:
+                continue
+            seen.add(split)
             text = None
             if self.config.record_text:
                 text = {

@@ -161,6 +161,13 @@ class ShadowState:
         out["dropped"] = sum(self.dropped.values())
         return out
 
+    def drops_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (_, _, reason), n in self.dropped.items():
+            if n:
+                out[reason] = out.get(reason, 0) + n
+        return out
+
     # -- estimates ------------------------------------------------------------------------------
     def record(self, trial: Trial) -> TrialComparison:
         ctx = trial.context

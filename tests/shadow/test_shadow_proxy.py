@@ -191,3 +191,16 @@ async def test_counter_series_exist_at_zero_before_any_traffic(make_stack: Any) 
             in metrics
         )
     assert "tbg_temperature{" not in metrics  # no estimate is invented before a comparison
+
+
+async def test_one_exemplar_per_distinct_split(make_stack: Any) -> None:
+    stack: Stack = await make_stack(FakeLLM(flip_replays={3}), {"replays": 2})
+    async with client(stack) as oai:
+        await oai.chat.completions.create(**CHAT)  # warm-up: replays 0 and 1 agree
+        await settle(stack)
+        await oai.chat.completions.create(**CHAT)  # primary A, replay 2 A, replay 3 B
+    report = await settle(stack)
+    est = report["estimates"][0]
+    assert est["diverged"] == 2  # (primary, replay 3) and (replay 2, replay 3) ...
+    assert len(report["exemplars"]) == 1  # ... are one fork
+    assert report["dropped_by_reason"] == {}
