@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from estimator.likelihood import fit
+from estimator.likelihood import Likelihood, fit
 from estimator.simulate import GapModel, simulate_pairs
 
 
@@ -32,11 +32,15 @@ def main() -> None:
     temp = a.temperature
     low = high = 0
     rows: list[tuple[int, float, float, float]] = []
+    wilks: list[float] = []  # W = 2[ℓ(T̂) − ℓ(T)] at the true T; χ²₁ (mean 1) under Wilks
     for _ in range(a.datasets):
         sim = simulate_pairs(
             rng, pairs=a.pairs, length=128, temperature=temp, gaps=GapModel(vocab=8)
         )
-        est, lo, hi, _ = fit(sim.ideal_nodes())
+        nodes = sim.ideal_nodes()
+        est, lo, hi, diag = fit(nodes)
+        if "loglik_max" in diag:
+            wilks.append(2 * (float(diag["loglik_max"]) - Likelihood(nodes).loglik(1 / temp)))
         rows.append((int((sim.first < 128).sum()), est, lo, hi))
         low += temp < lo  # interval entirely above the truth
         high += temp > hi  # interval entirely below the truth
@@ -47,6 +51,13 @@ def main() -> None:
         f"seed={a.seed} T={temp} datasets={n}: coverage {n - low - high}/{n} = {100 * cov:.1f} % "
         f"(SE {100 * se:.1f} %); misses: truth below interval {low}, above interval {high}"
     )
+    w = np.array(wilks)
+    if w.size:
+        print(
+            f"W = 2Δℓ at the true T over {w.size} data sets: mean {w.mean():.3f} "
+            f"(χ²₁: 1; SE {w.std() / math.sqrt(w.size):.3f}), P(W > 3.84) = {(w > 3.84).mean():.3f}, "
+            f"P(W > 3.84·mean W) = {(w > 3.84 * w.mean()).mean():.3f}"
+        )
     _by_diverged(rows, temp, a.bins)
     if a.out:
         with open(a.out, "w") as f:

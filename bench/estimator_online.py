@@ -1,11 +1,15 @@
 """Online estimator throughput and memory: 128-token pairs with top-5 logprobs.
 
     python bench/estimator_online.py [--updates N] [--memory-updates M] [--rss-updates R]
+        [--temperature T | --sigma S]
 
 Updates per second on one core (trials prebuilt, so only `OnlineEstimator.update` is timed),
 traced memory over M updates and resident set size (RSS) at start, middle and end of R updates
 (no tracing, so it stays fast enough for R = 10^6), cycling through the prebuilt trials (flat
-memory = bounded state).
+memory = bounded state). Trials come from the ideal simulator at --temperature (runs report
+bit-identical logprobs), or with --sigma from greedy decoding with Gaussian logit noise (logprobs
+differ at every position, as on a real batched server). The 1-minute load average is printed
+alongside (the figures are CPU time of this process, but a loaded machine still slows it).
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ def main() -> None:
     ap.add_argument("--memory-updates", type=int, default=1_000_000)
     ap.add_argument("--rss-updates", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.01)
+    ap.add_argument("--sigma", type=float, default=0.0)
     a = ap.parse_args()
+    temp = 0.0 if a.sigma > 0 else a.temperature
     trials = simulate_pairs(
-        np.random.default_rng(0), pairs=500, length=128, temperature=a.temperature
+        np.random.default_rng(0), pairs=500, length=128, temperature=temp, sigma=a.sigma
     ).trials()
+    print(f"load average before: {os.getloadavg()}")
     est = OnlineEstimator(OnlineConfig())
     t0 = time.process_time()
     for i in range(a.updates):
@@ -38,6 +45,8 @@ def main() -> None:
     dt = time.process_time() - t0
     print(
         f"updates/s (CPU time, 1 core): {a.updates / dt:.0f}  ({dt / a.updates * 1e6:.0f} us/update)"
+        f"; load average after: {os.getloadavg()}",
+        flush=True,
     )
     tracemalloc.start()
     marks = []

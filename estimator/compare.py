@@ -235,6 +235,10 @@ class _NodeBuilder:
         all_finite = bool(finite.all())
         if not all_finite:
             gaps[~finite] = np.inf
+            # Columns that are padding in every row add exactly 0 to ℓ: drop them.
+            used = finite.any(0) | (counts > 0).any(0)
+            width = int(used.nonzero()[0][-1]) + 1 if used.any() else 1
+            gaps, counts, finite = gaps[:, :width], counts[:, :width], finite[:, :width]
         w = _row_sum(counts)
         keep = w > 0
         if not keep.any():
@@ -373,20 +377,9 @@ def _jitter(
 
 
 def compare_trial(trial: Trial, *, with_nodes: bool = True) -> Comparison:
-    """Pairwise statistics, jitter and (optionally) likelihood nodes of one trial: the two-run
-    fast path (estimator.pair) when it applies, else the general trie walk."""
-    if len(trial.runs) == 2:
-        from estimator.pair import compare_pair  # pair builds on this module's types
-
-        c = compare_pair(trial, with_nodes=with_nodes)
-        if c is not None:
-            return c
-    return compare_trial_general(trial, with_nodes=with_nodes)
-
-
-def compare_trial_general(trial: Trial, *, with_nodes: bool = True) -> Comparison:
-    """`compare_trial` for any number of runs (general trie walk); the reference that the
-    two-run fast path is tested against."""
+    """Pairwise statistics, jitter and (optionally) likelihood nodes of one trial (any number
+    of runs; the general trie walk). `estimator.pair.compare_fast` takes a faster path for two
+    runs and equals this function (tests/estimator/test_fast_path.py)."""
     runs = trial.runs
     views: list[_View | None] = [_View(r) if r.has_top_logprobs else None for r in runs]
     eq = _TopEqual()

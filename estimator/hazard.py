@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from estimator.compare import compare_trial
 from estimator.model import Trial
+from estimator.pair import compare_fast
 from estimator.result import EstimateResult
 from estimator.stats import divergence_hazard
 
@@ -53,7 +53,7 @@ class ReferenceCurve:
 def _hazard_counts(trials: Iterable[Trial]) -> tuple[int, int, int, int]:
     n = pairs = div = risk = 0
     for t in trials:
-        c = compare_trial(t, with_nodes=False)
+        c = compare_fast(t, with_nodes=False)
         n, pairs, div, risk = n + 1, pairs + c.pairs, div + c.diverged, risk + c.tokens_at_risk
     return n, pairs, div, risk
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import stats as st
 
-from estimator.compare import compare_trial
 from estimator.model import Trial
+from estimator.pair import compare_fast
 from estimator.result import EstimateResult
 
 
@@ -45,7 +45,7 @@ def estimate_jitter(trials: Iterable[Trial], *, level: float = 0.95) -> Estimate
     pos = ident = n = pairs = div = risk = 0
     gaps: list[np.ndarray] = []
     for t in trials:
-        c = compare_trial(t, with_nodes=False)
+        c = compare_fast(t, with_nodes=False)
         sq, pos, ident = (
             sq + c.jitter_sq_sum,
             pos + c.jitter_positions,

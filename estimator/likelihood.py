@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from scipy import optimize, stats
 
-from estimator.compare import Nodes, compare_trial
+from estimator.compare import Nodes
 from estimator.model import Trial
+from estimator.pair import compare_fast
 from estimator.result import EstimateResult
 
 # exp(-_CUT) is below double precision relative to 1: gaps beyond _CUT·T do not move ℓ(T).
@@ -169,7 +170,7 @@ def estimate_likelihood(
     """Batch Boltzmann-likelihood estimate of T_bg from trials that carry top-k logprobs."""
     parts, n, pairs, div, risk = [], 0, 0, 0, 0
     for t in trials:
-        c = compare_trial(t)
+        c = compare_fast(t)
         n, pairs, div, risk = n + 1, pairs + c.pairs, div + c.diverged, risk + c.tokens_at_risk
         if c.nodes is not None:
             parts.append(c.nodes)

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from scipy import stats as st
 
-from estimator.compare import Divergence, compare_trial
+from estimator.compare import Divergence
 from estimator.jitter import sigma_to_temperature
 from estimator.likelihood import loglik_grid
 from estimator.model import Trial
+from estimator.pair import compare_fast
 from estimator.stats import divergence_hazard
 
 __all__ = [
@@ -246,7 +247,7 @@ class OnlineEstimator:
 
     def compare(self, trial: Trial) -> TrialComparison:
         """The comparison of one trial, without touching the state."""
-        c = compare_trial(trial)
+        c = compare_fast(trial)
         scored = c.nodes is not None and c.nodes.weights.size > 0
         nll = -loglik_grid(c.nodes, self._grid) if c.nodes is not None and scored else None
         return TrialComparison(

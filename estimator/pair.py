@@ -6,7 +6,7 @@ needed: the first m positions (m = positions at risk, capped at the common lengt
 arrays once, and one vectorised pass over them gives the jitter sums and the trie nodes together.
 Only the positions that can matter are converted (nothing after the first divergence). Positions
 whose two top-k token lists differ, and the split node, take the node-by-node union rule of
-`compare.py`. Results equal `compare.compare_trial_general` (tests/estimator/test_fast_path.py);
+`compare.py`. Results equal `compare.compare_trial` (tests/estimator/test_fast_path.py);
 `None` means "not applicable, use the general path".
 """
 
@@ -24,6 +24,8 @@ from estimator.compare import (
     _NodeBuilder,
     _pair_divergence,
     _row_all,
+    _row_sum,
+    compare_trial,
 )
 from estimator.model import TopLogprobs, Trial
 
@@ -130,6 +132,67 @@ def _add_rows(nb: _NodeBuilder, z: np.ndarray, sa: np.ndarray, sb: np.ndarray) -
     nb.min_k = min(nb.min_k, z.shape[1])
 
 
+def _differing_rows(
+    rows: np.ndarray,
+    tka: list[str],
+    tkb: list[str],
+    lpa: np.ndarray,
+    lpb: np.ndarray,
+    chosen: tuple[tuple[str, ...], tuple[str, ...]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Positions ``rows`` where the two top-k token lists differ (reordered or swapped tokens,
+    common on a noisy server), vectorised: the union rule of `_union_node` and the jitter rule
+    of `_jitter_union` on all rows at once.
+
+    Returns (z (d, 2k): run a's tokens then run b's tokens not reported by a, −inf for the
+    others; counts (d, 2k); jitter δ per row (NaN: no two common tokens); reference gap per row).
+    Tokens are matched through their hashes and every match is then confirmed by string
+    equality; None (use the row-by-row rule) if any is not confirmed (a hash collision)."""
+    d, k = rows.size, lpa.shape[1]
+    flat = (rows[:, None] * k + np.arange(k)).ravel()
+    ta = np.array(tka, dtype=object)[flat].reshape(d, k)
+    tb = np.array(tkb, dtype=object)[flat].reshape(d, k)
+    ha = np.fromiter(map(hash, ta.ravel()), np.int64, d * k).reshape(d, k)
+    hb = np.fromiter(map(hash, tb.ravel()), np.int64, d * k).reshape(d, k)
+    ca = np.array([chosen[0][s] for s in rows.tolist()], dtype=object)
+    cb = np.array([chosen[1][s] for s in rows.tolist()], dtype=object)
+    hca = np.fromiter(map(hash, ca), np.int64, d)
+    hcb = np.fromiter(map(hash, cb), np.int64, d)
+    match = ha[:, :, None] == hb[:, None, :]  # (d, k, k)
+    a_in_b = match.any(2)
+    b_in_a = match.any(1)
+    jb = match.argmax(2)
+    r = np.arange(d)[:, None]
+    # Confirm every hash match by string equality (exactness against collisions).
+    if not (ta[a_in_b] == tb[r, jb][a_in_b]).all():
+        return None
+    la, lb = lpa[rows], lpb[rows]
+    xb = np.where(a_in_b, lb[r, jb], lb.min(1)[:, None])
+    za = (la + xb) / 2
+    zb = np.where(b_in_a, -np.inf, (la.min(1)[:, None] + lb) / 2)
+    z = np.concatenate([za, zb], 1)
+    counts = np.zeros((d, 2 * k))
+    for hc, c in ((hca, ca), (hcb, cb)):
+        in_a = ha == hc[:, None]
+        in_b = (hb == hc[:, None]) & ~b_in_a
+        ia, ib = in_a.argmax(1), in_b.argmax(1)
+        slot = np.where(in_a.any(1), ia, np.where(in_b.any(1), k + ib, -1))
+        hit = slot >= 0
+        names = np.where(slot < k, ta[r[:, 0], np.minimum(ia, k - 1)], tb[r[:, 0], ib])
+        if not (names[hit] == c[hit]).all():
+            return None
+        counts[np.flatnonzero(hit), slot[hit]] += 1.0
+    # Jitter: the two common tokens with the largest summed logprob.
+    tot = np.where(a_in_b, la + xb, -np.inf)
+    order = np.argsort(-tot, axis=1, kind="stable")[:, :2]
+    a12 = np.take_along_axis(la, order, 1)
+    b12 = np.take_along_axis(xb, order, 1)
+    ga, gb = a12[:, 0] - a12[:, 1], b12[:, 0] - b12[:, 1]
+    dd = ga - gb
+    ok = (a_in_b.sum(1) >= 2) & np.isfinite(dd)
+    return z, counts, np.where(ok, dd, np.nan), (ga + gb) / 2
+
+
 def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     """`compare_trial` for two runs with uniform top-k (same k in both), else None."""
     if len(trial.runs) != 2:
@@ -149,10 +212,11 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     fa = list(chain.from_iterable(top_a[:m]))
     fb = list(chain.from_iterable(top_b[:m]))
     lpa = np.fromiter(map(_LOGPROB, fa), float, m * k).reshape(m, k)
-    lpb = np.fromiter(map(_LOGPROB, fb), float, m * k).reshape(m, k)
     tka = list(map(_TOKEN, fa))
-    tkb = list(map(_TOKEN, fb))
-    if tka == tkb:
+    identical = fa == fb  # bit-identical reports (a deterministic stack): convert once
+    lpb = lpa if identical else np.fromiter(map(_LOGPROB, fb), float, m * k).reshape(m, k)
+    tkb = tka if identical else list(map(_TOKEN, fb))
+    if identical or tka == tkb:
         same = np.ones(m, dtype=bool)
     else:
         same = _row_all(~np.fromiter(map(ne, tka, tkb), bool, m * k).reshape(m, k))
@@ -170,11 +234,25 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
         sq, jpos, jgaps = float(d @ d), int(d.size), ref
     else:
         sq, jpos, jgaps = float(d[ok] @ d[ok]), int(ok.sum()), ref[ok]
-    eq = lpa == lpb
-    ident = int(same.sum()) if eq.all() else int((same & _row_all(eq)).sum())
-    if not all_same:
+    if identical:
+        ident = m
+    else:
+        eq = lpa == lpb
+        ident = int(same.sum()) if eq.all() else int((same & _row_all(eq)).sum())
+    diff = None if all_same else np.flatnonzero(~same)
+    vec = None
+    if diff is not None:
+        vec = _differing_rows(diff, tka, tkb, lpa, lpb, (ra.tokens, rb.tokens))
+    if vec is not None:
+        jd, jr = vec[2], vec[3]
+        ok = ~np.isnan(jd)
+        if ok.any():
+            sq += float(jd[ok] @ jd[ok])
+            jpos += int(ok.sum())
+            jgaps = np.concatenate([jgaps, jr[ok]])
+    elif diff is not None:
         extra = []
-        for s in np.flatnonzero(~same).tolist():
+        for s in diff.tolist():
             r = _jitter_union(top_a[s], top_b[s])
             if r is not None:
                 sq += r[0] * r[0]
@@ -196,8 +274,14 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
             sb[pos] = row.index(c) if c in row else -1
         z = (lpa[rows] + lpb[rows]) / 2
         _add_rows(nb, z, sa[rows], sb[rows])
-        if not all_same:
-            for s in np.flatnonzero(~same).tolist():
+        if vec is not None:
+            w = _row_sum(vec[1])
+            nb.tail += int((2 - w).sum())
+            keep = w > 0  # rows without a scored choice add nothing (not even to min_k)
+            if keep.any():
+                nb.add(vec[0][keep], vec[1][keep])
+        elif diff is not None:
+            for s in diff.tolist():
                 zs, cs, tail = _union_node((top_a[s], top_b[s]), (ra.tokens[s], rb.tokens[s]))
                 nb.tail += tail
                 nb.add(zs[None, :], cs[None, :])
@@ -223,3 +307,9 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
         jitter_gaps=jgaps,
         nodes=nodes,
     )
+
+
+def compare_fast(trial: Trial, *, with_nodes: bool = True) -> Comparison:
+    """`compare.compare_trial`, through the two-run fast path when it applies."""
+    c = compare_pair(trial, with_nodes=with_nodes) if len(trial.runs) == 2 else None
+    return c if c is not None else compare_trial(trial, with_nodes=with_nodes)

@@ -155,9 +155,16 @@ def _random_pair(rng: np.random.Generator, i: int, k: int) -> Trial:
     return Trial(f"p{i}", tuple(runs))
 
 
-def test_pair_fast_path_equals_general_path() -> None:
-    from estimator.compare import compare_trial_general
-    from estimator.pair import compare_pair
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_pair_fast_path_equals_general_path(
+    vectorised: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with the row-by-row rule that is used when a token hash match is not confirmed."""
+    from estimator import pair
+    from estimator.pair import compare_fast, compare_pair
+
+    if not vectorised:
+        monkeypatch.setattr(pair, "_differing_rows", lambda *a: None)
 
     rng = np.random.default_rng(77)
     grid = OnlineConfig().grid
@@ -166,7 +173,7 @@ def test_pair_fast_path_equals_general_path() -> None:
     for i in range(300):
         trial = _random_pair(rng, i, int(rng.integers(2, 6)))
         fast = compare_pair(trial)
-        ref = compare_trial_general(trial)
+        ref = compare_trial(trial)
         if fast is None:
             continue
         used += 1
@@ -186,7 +193,7 @@ def test_pair_fast_path_equals_general_path() -> None:
         np.testing.assert_allclose(
             loglik_grid(fast.nodes, grid), loglik_grid(ref.nodes, grid), rtol=1e-10, atol=1e-10
         )
-        assert compare_trial(trial).jitter_sq_sum == fast.jitter_sq_sum  # dispatch
+        assert compare_fast(trial).jitter_sq_sum == fast.jitter_sq_sum  # dispatch
         seen["diverged"] += fast.diverged
         seen["tail"] += fast.nodes.tail_choices > 0
         seen["unsorted"] += any(
@@ -196,7 +203,9 @@ def test_pair_fast_path_equals_general_path() -> None:
         )
         seen["top_lists_differ"] += any(
             [t for t, _ in x] != [t for t, _ in y]
-            for x, y in zip(trial.runs[0].top_logprobs or (), trial.runs[1].top_logprobs or ())
+            for x, y in zip(
+                trial.runs[0].top_logprobs or (), trial.runs[1].top_logprobs or (), strict=False
+            )
         )
     assert used > 250
     assert min(seen.values()) >= 10, seen  # every branch of the fast path was exercised
