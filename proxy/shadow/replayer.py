@@ -237,6 +237,8 @@ class ShadowTap:
         if not isinstance(ticket, _Ticket):
             return
         if exchange.status != 200 or not exchange.completed:
+            log.info("primary not replayed: status %s, completed %s", exchange.status,
+                     exchange.completed)  # fmt: skip
             self.sampler.refund_rate(exchange.request.model_name)
             self.state.drop(ticket.key, "primary_incomplete")
             return
@@ -272,10 +274,9 @@ class ShadowTap:
             self.state.drop(ticket.key, "primary_incomplete")
             return
         prompt_tokens, completion_tokens = _usage_tokens(exchange)
-        length = completion_tokens if completion_tokens is not None else len(primary.tokens)
-        if length <= 0:
-            self.state.drop(ticket.key, "primary_incomplete")
-            return
+        # An empty primary (EOS first) is still worth one token of replay: a replay that does not
+        # stop at once is a divergence at position 0.
+        length = max(1, completion_tokens if completion_tokens is not None else len(primary.tokens))
         cost = self.config.replays * (length + (prompt_tokens or 0))
         if not self.sampler.spend_tokens(request.model_name, cost):
             self.state.drop(ticket.key, "budget")
@@ -354,7 +355,8 @@ class ShadowTap:
         seen: set[tuple[int, str, str]] = set()
         for div in comparison.exemplars:
             # One exemplar per distinct split: with k replays the same fork shows up in many pairs.
-            split = (div.position, *sorted((div.token_a, div.token_b)))
+            low, high = sorted((div.token_a, div.token_b))
+            split = (div.position, low, high)
             if split in seen:
                 continue
             seen.add(split)
