@@ -118,7 +118,9 @@ class ShadowCollector(Collector):
             "diverged": CounterMetricFamily(
                 "tbg_pairs_diverged", "Run pairs that diverged", labels=UMB
             ),
-            "tokens": CounterMetricFamily("tbg_tokens_compared", "Tokens at risk", labels=UMB),
+            "tokens_at_risk": CounterMetricFamily(
+                "tbg_tokens_compared", "Tokens at risk", labels=UMB
+            ),
             "exact_match_pairs": CounterMetricFamily(
                 "tbg_exact_match_pairs", "Run pairs identical", labels=UMB
             ),
@@ -134,15 +136,15 @@ class ShadowCollector(Collector):
             "tbg_nll", "Sum of -log-likelihood at T = grid_t", labels=[*UMB, "grid_t"]
         )
         jitter: dict[tuple[str, str], list[float]] = {}
-        for (upstream, model, bucket), c in self._state.counters():
+        for (upstream, model, bucket), st in self._state.counters():
             labels = [upstream, model, bucket]
             for name, fam in fams.items():
-                fam.add_metric(labels, float(getattr(c, name)))
+                fam.add_metric(labels, float(getattr(st, name)))
             acc = jitter.setdefault((upstream, model), [0.0, 0.0, 0.0])
-            acc[0] += c.jitter_sq_sum
-            acc[1] += c.jitter_positions
-            acc[2] += c.jitter_identical
-            for grid_t, value in zip(self._grid_labels, c.nll.tolist(), strict=True):
+            acc[0] += st.jitter_sq_sum
+            acc[1] += st.jitter_positions
+            acc[2] += st.jitter_identical_positions
+            for grid_t, value in zip(self._grid_labels, st.nll, strict=True):
                 nll.add_metric([*labels, grid_t], value)
         for (upstream, model), (sq, positions, identical) in jitter.items():
             jsq.add_metric([upstream, model], sq)

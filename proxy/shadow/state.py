@@ -11,13 +11,19 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from estimator.model import Trial
-from estimator.online import OnlineConfig, OnlineEstimator, OnlineSnapshot, TrialComparison
+from estimator.online import (
+    OnlineConfig,
+    OnlineEstimator,
+    OnlineSnapshot,
+    SufficientStats,
+    TrialComparison,
+)
 
 # First-divergence position histogram (tokens); powers of two like the load buckets.
 POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
@@ -29,36 +35,6 @@ DROP_REASONS: tuple[str, ...] = (
     "concurrency",
     "primary_incomplete",
 )
-
-
-@dataclass(slots=True)
-class Counters:
-    """Undecayed additive statistics for one (upstream, model_name, load_bucket)."""
-
-    grid_size: int
-    trials: int = 0
-    pairs: int = 0
-    diverged: int = 0
-    tokens: int = 0
-    exact_match_pairs: int = 0
-    jitter_sq_sum: float = 0.0
-    jitter_positions: int = 0
-    jitter_identical: int = 0
-    nll: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.nll = np.zeros(self.grid_size)
-
-    def add(self, c: TrialComparison) -> None:
-        self.trials += 1
-        self.pairs += c.pairs
-        self.diverged += c.diverged
-        self.tokens += c.tokens_at_risk
-        self.exact_match_pairs += c.exact_match_pairs
-        self.jitter_sq_sum += c.jitter_sq_sum
-        self.jitter_positions += c.jitter_positions
-        self.jitter_identical += c.jitter_identical_positions
-        self.nll += c.nll
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +79,6 @@ class ShadowState:
         self._clock = clock
         self._overall: dict[Key, OnlineEstimator] = {}
         self._by_load: dict[tuple[str, str, str], OnlineEstimator] = {}
-        self._counters: dict[tuple[str, str, str], Counters] = {}
         self._positions: dict[Key, list[int]] = {}
         self._position_sums: dict[Key, int] = {}
         self._last_update: dict[Key, float] = {}
@@ -119,8 +94,8 @@ class ShadowState:
         self._ensure(key)
         for bucket in buckets:
             lkey = (key[0], key[1], bucket)
-            if lkey not in self._counters:
-                self._counters[lkey] = Counters(len(self.grid))
+            if lkey not in self._by_load:
+                self._by_load[lkey] = OnlineEstimator(self.online)
 
     # -- accounting -----------------------------------------------------------------------------
     def _ensure(self, key: Key) -> None:
@@ -182,10 +157,6 @@ class ShadowState:
         comparison = overall.compare(trial)  # compared once, folded into both views
         overall.add(comparison)
         by_load.add(comparison)
-        counters = self._counters.get(lkey)
-        if counters is None:
-            counters = self._counters[lkey] = Counters(len(self.grid))
-        counters.add(comparison)
         self._positions.setdefault(key, [0] * len(POSITION_BOUNDS))
         self._position_sums[key] = self._position_sums.get(key, 0) + sum(
             comparison.first_divergences
@@ -206,11 +177,17 @@ class ShadowState:
             yield key, est.snapshot(), self._last_update.get(key, 0.0)
 
     def load_snapshots(self) -> Iterator[tuple[tuple[str, str, str], OnlineSnapshot]]:
+        """Estimates per load bucket that has seen at least one trial."""
         for lkey, est in self._by_load.items():
-            yield lkey, est.snapshot()
+            snap = est.snapshot()
+            if snap.pairs:
+                yield lkey, snap
 
-    def counters(self) -> Iterator[tuple[tuple[str, str, str], Counters]]:
-        yield from self._counters.items()
+    def counters(self) -> Iterator[tuple[tuple[str, str, str], SufficientStats]]:
+        """Undecayed additive statistics per (upstream, model_name, load_bucket), primed ones
+        included: what the Prometheus counters export."""
+        for lkey, est in self._by_load.items():
+            yield lkey, est.stats()
 
     def positions(self) -> Iterator[tuple[Key, list[int], int]]:
         """Per key: counts per POSITION_BOUNDS bucket (not cumulative) and the sum of positions."""
