@@ -109,14 +109,18 @@ def _add_rows(nb: _NodeBuilder, z: np.ndarray, sa: np.ndarray, sb: np.ndarray) -
     other blocks go through it."""
     ha, hb = sa >= 0, sb >= 0
     w = ha.astype(float) + hb
-    keep = w > 0
-    if not (ha.all() and hb.all()):
+    if w.sum() != 2 * w.size:  # some choice in the tail
+        keep = w > 0
         nb.tail += int((~ha).sum() + (~hb).sum())
         z, sa, sb, w = z[keep], sa[keep], sb[keep], w[keep]
     if z.shape[0] == 0:
         return
     gaps = z[:, :1] - z[:, 1:]
-    if not ((gaps[:, 1:] >= gaps[:, :-1]).all() and (gaps >= 0).all() and np.isfinite(gaps).all()):
+    # most likely first (gaps >= 0, non-decreasing) and finite (a finite sum implies it; an
+    # overflowing sum only sends the block to the general rule)
+    if not (
+        np.isfinite(gaps.sum()) and (gaps[:, 0] >= 0).all() and (gaps[:, 1:] >= gaps[:, :-1]).all()
+    ):
         counts = np.zeros(z.shape)
         r = np.arange(z.shape[0])
         np.add.at(counts, (r[sa >= 0], sa[sa >= 0]), 1.0)
@@ -210,12 +214,15 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     split = div and pos < n  # the pair's split node sits at pos = m − 1
 
     fa = list(chain.from_iterable(top_a[:m]))
-    fb = list(chain.from_iterable(top_b[:m]))
     lpa = np.fromiter(map(_LOGPROB, fa), float, m * k).reshape(m, k)
     tka = list(map(_TOKEN, fa))
-    identical = fa == fb  # bit-identical reports (a deterministic stack): convert once
-    lpb = lpa if identical else np.fromiter(map(_LOGPROB, fb), float, m * k).reshape(m, k)
-    tkb = tka if identical else list(map(_TOKEN, fb))
+    identical = top_a[:m] == top_b[:m]  # bit-identical reports (deterministic stack): convert once
+    if identical:
+        lpb, tkb = lpa, tka
+    else:
+        fb = list(chain.from_iterable(top_b[:m]))
+        lpb = np.fromiter(map(_LOGPROB, fb), float, m * k).reshape(m, k)
+        tkb = list(map(_TOKEN, fb))
     if identical or tka == tkb:
         same = np.ones(m, dtype=bool)
     else:
@@ -229,10 +236,11 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     ref = (ga + gb) / 2
     if not all_same:
         d, ref = d[same], ref[same]
-    ok = np.isfinite(d)
-    if ok.all():
-        sq, jpos, jgaps = float(d @ d), int(d.size), ref
+    sq = float(d @ d)
+    if np.isfinite(sq):  # every δ finite
+        jpos, jgaps = int(d.size), ref
     else:
+        ok = np.isfinite(d)
         sq, jpos, jgaps = float(d[ok] @ d[ok]), int(ok.sum()), ref[ok]
     if identical:
         ident = m
