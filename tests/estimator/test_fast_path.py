@@ -10,6 +10,7 @@ from estimator.compare import compare_trial
 from estimator.likelihood import Likelihood, loglik_grid, loglik_grid_reference
 from estimator.model import Run, Trial
 from estimator.online import OnlineConfig
+from estimator.pair import compare_fast
 
 VOCAB = [f"w{i}" for i in range(7)]
 
@@ -97,6 +98,9 @@ def test_fast_path_equals_reference_on_random_trials() -> None:
         fast = loglik_grid(nodes, grid)
         np.testing.assert_allclose(fast, ref, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(loglik_grid_reference(nodes, grid), ref, rtol=1e-9, atol=1e-9)
+        fast_nodes = compare_fast(trial).nodes  # the path the estimators use
+        assert fast_nodes is not None
+        np.testing.assert_allclose(loglik_grid(fast_nodes, grid), ref, rtol=1e-9, atol=1e-9)
         lk = Likelihood(nodes)
         exact = [lk.loglik(1 / t) for t in temps]
         np.testing.assert_allclose(exact, _reference_loglik(trial, temps), rtol=1e-9, atol=1e-9)
@@ -192,6 +196,9 @@ def test_pair_fast_path_equals_general_path(
         assert fast.nodes.linear == pytest.approx(ref.nodes.linear, rel=1e-12, abs=1e-12)
         np.testing.assert_allclose(
             loglik_grid(fast.nodes, grid), loglik_grid(ref.nodes, grid), rtol=1e-10, atol=1e-10
+        )
+        np.testing.assert_allclose(  # and the definition of §3b itself
+            loglik_grid(fast.nodes, grid), _reference_loglik(trial, grid), rtol=1e-9, atol=1e-9
         )
         assert compare_fast(trial).jitter_sq_sum == fast.jitter_sq_sum  # dispatch
         seen["diverged"] += fast.diverged
