@@ -14,6 +14,7 @@ class ShadowConfigError(ValueError):
 
 
 LoadSource = Literal["inflight", "vllm_metrics"]
+LogprobsSupport = Literal["auto", "yes", "no"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ class ShadowConfig:
     exemplars: int = 50
     record_text: bool = False
     load_source: LoadSource = "inflight"
+    # Whether the upstreams return logprobs: "auto" detects it from the first replay.
+    logprobs: LogprobsSupport = "auto"
     load_poll_seconds: float = 1.0
     replay_timeout_seconds: float = 120.0
     eligibility: Eligibility = Eligibility()
@@ -77,6 +80,7 @@ _TOP_KEYS = {
     "replay_timeout_seconds",
     "models",
     "eligibility",
+    "logprobs",
 } | _POLICY_KEYS
 
 
@@ -162,6 +166,11 @@ def parse_shadow_config(raw_in: Mapping[str, Any] | None, where: str = "shadow")
         raise ShadowConfigError(
             f"{where}.load_source: expected 'inflight' or 'vllm_metrics', got {load_source!r}"
         )
+    logprobs = raw.get("logprobs", "auto")
+    if logprobs not in ("auto", "yes", "no"):
+        raise ShadowConfigError(
+            f"{where}.logprobs: expected 'auto', 'yes' or 'no', got {logprobs!r}"
+        )
     return ShadowConfig(
         enabled=_flag(raw, "enabled", where, bool(raw)),
         defaults=defaults,
@@ -179,6 +188,7 @@ def parse_shadow_config(raw_in: Mapping[str, Any] | None, where: str = "shadow")
         exemplars=_integer(raw, "exemplars", where, 50, lo=0, hi=10_000),
         record_text=_flag(raw, "record_text", where, False),
         load_source=load_source,
+        logprobs=logprobs,
         load_poll_seconds=_number(raw, "load_poll_seconds", where, 1.0, lo=0.05, hi=3600.0),
         replay_timeout_seconds=_number(
             raw, "replay_timeout_seconds", where, 120.0, lo=0.0, lo_open=True

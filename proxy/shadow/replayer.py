@@ -156,8 +156,10 @@ class ShadowTap:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
-        # None = unknown; True once a replay came back with logprobs; False once it did not.
+        # Per upstream: absent = unknown (config "auto"); True once a replay came back with
+        # logprobs; False once it did not. "yes"/"no" in the config fix it for every upstream.
         self._logprobs_ok: dict[str, bool] = {}
+        self._logprobs_fixed = {"yes": True, "no": False}.get(config.logprobs)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def prime(self, keys: Iterable[Key]) -> None:
@@ -198,6 +200,11 @@ class ShadowTap:
             await asyncio.sleep(0.02)
         return True
 
+    def _supports_logprobs(self, upstream: str) -> bool | None:
+        if self._logprobs_fixed is not None:
+            return self._logprobs_fixed
+        return self._logprobs_ok.get(upstream)
+
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
@@ -221,7 +228,7 @@ class ShadowTap:
         # them must never turn a client's request into an error.
         augment = (
             self.config.augment_logprobs
-            and self._logprobs_ok.get(request.upstream) is True
+            and self._supports_logprobs(request.upstream) is True
             and not client_wants_logprobs(request.route, request.body)
         )
         ticket = _Ticket(key, self.load.current(request.upstream), augment)
@@ -300,7 +307,7 @@ class ShadowTap:
     async def _replay(self, request: RequestInfo, length: int) -> tuple[Run, int] | None:
         upstream = request.upstream
         key = (upstream, request.model_name)
-        ask_logprobs = self._logprobs_ok.get(upstream) is not False
+        ask_logprobs = self._supports_logprobs(upstream) is not False
         body = replay_body(
             request.route,
             request.body,
@@ -322,7 +329,8 @@ class ShadowTap:
             return None
         finally:
             self.load.replay_finished(upstream)
-        if status == 400 and ask_logprobs and upstream not in self._logprobs_ok:
+        detecting = self._logprobs_fixed is None and upstream not in self._logprobs_ok
+        if status == 400 and ask_logprobs and detecting:
             self._logprobs_ok[upstream] = False  # it rejects logprobs: ask without from now on
             return await self._replay(request, length)
         if status != 200:
@@ -337,7 +345,7 @@ class ShadowTap:
         except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
             self.state.replay_request(key, "error")
             return None
-        if ask_logprobs and upstream not in self._logprobs_ok:
+        if ask_logprobs and detecting:
             self._logprobs_ok[upstream] = run.top_logprobs is not None
         usage = data.get("usage") if isinstance(data, dict) else None
         tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0

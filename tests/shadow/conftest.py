@@ -33,6 +33,8 @@ class FakeLLM:
     calls: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     replays: int = 0
+    reject_logprobs: bool = False  # answer 400 to any request asking for logprobs
+    running: int | None = None  # exposed as vllm:num_requests_running on GET /metrics
 
     def answer(self, replay: int | None) -> list[str]:
         winner = TIE[1] if replay in self.flip_replays else TIE[0]
@@ -75,6 +77,10 @@ class FakeLLM:
             chat = request.path.endswith("/chat/completions")
             if chat and not isinstance(body.get("messages"), list):
                 return web.json_response({"error": {"message": "messages must be a list",
+                                                     "type": "invalid_request_error",
+                                                     "code": None}}, status=400)  # fmt: skip
+            if self.reject_logprobs and body.get("logprobs") not in (None, False):
+                return web.json_response({"error": {"message": "logprobs unsupported",
                                                      "type": "invalid_request_error",
                                                      "code": None}}, status=400)  # fmt: skip
             replay: int | None = None
@@ -128,7 +134,14 @@ class FakeLLM:
             await out.write_eof()
             return out
 
+        async def metrics(_request: web.Request) -> web.Response:
+            text = f'vllm:num_requests_running{{model_name="m"}} {self.running}\n'
+            return web.Response(
+                text=text if self.running is not None else "", content_type="text/plain"
+            )
+
         app = web.Application()
+        app.router.add_get("/metrics", metrics)
         app.router.add_post("/v1/chat/completions", handle)
         app.router.add_post("/v1/completions", handle)
         return app

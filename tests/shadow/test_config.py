@@ -37,6 +37,7 @@ def test_absent_section_disables_shadow_and_present_enables() -> None:
         ({"models": []}, "shadow.models"),
         ({"sampel_rate": 0.1}, "shadow.sampel_rate"),
         ({"eligibility": {"x": 1}}, "shadow.eligibility.x"),
+        ({"logprobs": "maybe"}, "shadow.logprobs"),
     ],
 )
 def test_bad_values_name_the_field(raw: dict[str, Any], field: str) -> None:

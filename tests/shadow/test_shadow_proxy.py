@@ -204,3 +204,44 @@ async def test_one_exemplar_per_distinct_split(make_stack: Any) -> None:
     assert est["diverged"] == 2  # (primary, replay 3) and (replay 2, replay 3) ...
     assert len(report["exemplars"]) == 1  # ... are one fork
     assert report["dropped_by_reason"] == {}
+
+
+async def test_upstream_without_logprobs_is_detected_and_never_fails_a_client(
+    make_stack: Any,
+) -> None:
+    stack: Stack = await make_stack(FakeLLM(reject_logprobs=True), {"replays": 2})
+    async with client(stack) as oai:
+        for _ in range(3):
+            out = await oai.chat.completions.create(**CHAT)
+            assert out.choices[0].message.content == "Hello, world A!"
+            await settle(stack)
+    report = await settle(stack)
+    assert report["accounting"] == {"sampled": 3, "replayed": 3, "failed": 0, "dropped": 0}
+    asked = [c for c in stack.fake.calls if c.get("logprobs")]
+    assert len(asked) == 1  # only the first replay asked; the 400 switched logprobs off
+    assert all(not c.get("logprobs") for c in stack.fake.calls if "max_tokens" not in c)
+    est = report["estimates"][0]
+    assert est["method"] == "hazard-only" and est["pairs"] == 9
+
+
+@pytest.mark.parametrize(("setting", "augmented"), [("yes", True), ("no", False)])
+async def test_configured_logprobs_support(make_stack: Any, setting: str, augmented: bool) -> None:
+    stack: Stack = await make_stack(shadow={"replays": 1, "logprobs": setting})
+    async with client(stack) as oai:
+        await oai.chat.completions.create(**CHAT)
+    await settle(stack)
+    primary, replay = stack.fake.calls
+    assert (primary.get("logprobs") is True) is augmented  # no detection round needed with "yes"
+    assert (replay.get("logprobs") is True) is augmented
+
+
+async def test_load_from_vllm_metrics(make_stack: Any) -> None:
+    stack: Stack = await make_stack(
+        FakeLLM(running=37),
+        {"replays": 1, "load_source": "vllm_metrics", "load_poll_seconds": 0.05},
+    )
+    await asyncio.sleep(0.3)  # a few polls
+    async with client(stack) as oai:
+        await oai.chat.completions.create(**CHAT)
+    report = await settle(stack)
+    assert list(report["estimates"][0]["by_load"]) == ["64+"]  # 37 running upstream, not 1 here
