@@ -54,6 +54,9 @@ class ShadowConfig:
     load_source: LoadSource = "inflight"
     # Whether the upstreams return logprobs: "auto" detects it from the first replay.
     logprobs: LogprobsSupport = "auto"
+    # upstream name -> env var holding a key used for that upstream's replays only (billing and
+    # rate limits separate from the primaries); other upstreams follow their own auth setting.
+    replay_key_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     load_poll_seconds: float = 1.0
     replay_timeout_seconds: float = 120.0
     eligibility: Eligibility = Eligibility()
@@ -81,6 +84,7 @@ _TOP_KEYS = {
     "models",
     "eligibility",
     "logprobs",
+    "replay_key_env",
 } | _POLICY_KEYS
 
 
@@ -171,6 +175,12 @@ def parse_shadow_config(raw_in: Mapping[str, Any] | None, where: str = "shadow")
         raise ShadowConfigError(
             f"{where}.logprobs: expected 'auto', 'yes' or 'no', got {logprobs!r}"
         )
+    key_env_raw = _mapping(raw.get("replay_key_env"), f"{where}.replay_key_env")
+    for name, env in key_env_raw.items():
+        if not isinstance(env, str) or not env:
+            raise ShadowConfigError(
+                f"{where}.replay_key_env.{name}: expected an environment variable name, got {env!r}"
+            )
     return ShadowConfig(
         enabled=_flag(raw, "enabled", where, bool(raw)),
         defaults=defaults,
@@ -189,6 +199,7 @@ def parse_shadow_config(raw_in: Mapping[str, Any] | None, where: str = "shadow")
         record_text=_flag(raw, "record_text", where, False),
         load_source=load_source,
         logprobs=logprobs,
+        replay_key_env=MappingProxyType({str(k): str(v) for k, v in key_env_raw.items()}),
         load_poll_seconds=_number(raw, "load_poll_seconds", where, 1.0, lo=0.05, hi=3600.0),
         replay_timeout_seconds=_number(
             raw, "replay_timeout_seconds", where, 120.0, lo=0.0, lo_open=True

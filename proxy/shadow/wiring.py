@@ -5,6 +5,7 @@ Called once from `make_app`; nothing here runs at import time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -23,8 +24,9 @@ SHADOW = web.AppKey("tbg_shadow", ShadowTap)
 class UpstreamTransport:
     """Replays through the proxy's own pooled session, with each upstream's auth and timeouts."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, replay_keys: Mapping[str, str]) -> None:
         self._app = app  # Upstreams exists only once the app has started
+        self._replay_keys = replay_keys  # upstream name -> dedicated replay key
 
     async def post_json(
         self,
@@ -36,7 +38,11 @@ class UpstreamTransport:
     ) -> tuple[int, bytes]:
         upstreams = self._app[UPSTREAMS]
         target = upstreams.upstream_for(upstream)
-        headers = upstreams.auth_headers(target, client_headers)
+        key = self._replay_keys.get(upstream)
+        if key is not None:
+            headers = {"Authorization": f"Bearer {key}"}
+        else:
+            headers = upstreams.auth_headers(target, client_headers)
         headers["Content-Type"] = "application/json"
         limit = min(timeout_s, target.timeouts.total or timeout_s)
         client_timeout = aiohttp.ClientTimeout(total=limit, connect=target.timeouts.connect)
@@ -64,12 +70,30 @@ def shadow_config(config: Config) -> ShadowConfig:
         raise ConfigError(str(exc)) from None
 
 
-def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
+def replay_keys(config: Config, shadow: ShadowConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """Resolve `shadow.replay_key_env` once, at start; a bad entry stops the start."""
+    names = {u.name for u in config.upstreams}
+    keys: dict[str, str] = {}
+    for upstream, env in shadow.replay_key_env.items():
+        where = f"shadow.replay_key_env.{upstream}"
+        if upstream not in names:
+            raise ConfigError(f"{where}: no upstream named {upstream!r}")
+        value = environ.get(env)
+        if not value:
+            raise ConfigError(f"{where}: environment variable {env} is not set")
+        keys[upstream] = value
+    return keys
+
+
+def install_shadow(
+    app: web.Application, config: Config, environ: Mapping[str, str] | None = None
+) -> ShadowTap | None:
     """Build and register the shadow path when enabled; returns the tap for the forwarder."""
     shadow = shadow_config(config)
     if not shadow.enabled:
         return None
-    tap = ShadowTap(shadow, UpstreamTransport(app), app[IN_FLIGHT])
+    keys = replay_keys(config, shadow, os.environ if environ is None else environ)
+    tap = ShadowTap(shadow, UpstreamTransport(app, keys), app[IN_FLIGHT])
     app[SHADOW] = tap
     models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
     tap.prime([(u.name, m) for u in config.upstreams for m in u.models])

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from openai import AsyncOpenAI
 
+from proxy.config import ConfigError
 from tests.shadow.conftest import FakeLLM, Stack
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "secret prompt 42"}],
@@ -245,3 +246,31 @@ async def test_load_from_vllm_metrics(make_stack: Any) -> None:
         await oai.chat.completions.create(**CHAT)
     report = await settle(stack)
     assert list(report["estimates"][0]["by_load"]) == ["64+"]  # 37 running upstream, not 1 here
+
+
+async def test_dedicated_replay_key(make_stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TBG_TEST_REPLAY_KEY", "sk-replays")
+    stack: Stack = await make_stack(
+        shadow={"replays": 1, "replay_key_env": {"fake": "TBG_TEST_REPLAY_KEY"}}
+    )
+    async with client(stack) as oai:
+        await oai.chat.completions.create(**CHAT)
+    await settle(stack)
+    assert [h.get("Authorization") for h in stack.fake.headers] == [
+        "Bearer sk-client",  # the primary: the client's own (passthrough)
+        "Bearer sk-replays",  # the replay: billed to the dedicated key
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key_env", "message"),
+    [
+        ({"fake": "TBG_TEST_UNSET_KEY"}, "shadow.replay_key_env.fake: environment variable"),
+        ({"nope": "HOME"}, "shadow.replay_key_env.nope: no upstream named"),
+    ],
+)
+async def test_bad_replay_key_stops_the_start(
+    make_stack: Any, key_env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        await make_stack(shadow={"replay_key_env": key_env})
