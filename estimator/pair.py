@@ -12,8 +12,9 @@ whose two top-k token lists differ, and the split node, take the node-by-node un
 
 from __future__ import annotations
 
-from itertools import chain
-from operator import itemgetter, ne
+import math
+from itertools import chain, compress
+from operator import eq, itemgetter, ne
 
 import numpy as np
 
@@ -23,8 +24,6 @@ from estimator.compare import (
     _lp_at,
     _NodeBuilder,
     _pair_divergence,
-    _row_all,
-    _row_sum,
     compare_trial,
 )
 from estimator.model import TopLogprobs, Trial
@@ -136,65 +135,75 @@ def _add_rows(nb: _NodeBuilder, z: np.ndarray, sa: np.ndarray, sb: np.ndarray) -
     nb.min_k = min(nb.min_k, z.shape[1])
 
 
-def _differing_rows(
-    rows: np.ndarray,
-    tka: list[str],
-    tkb: list[str],
-    lpa: np.ndarray,
-    lpb: np.ndarray,
+def _differing_rows_py(
+    rows: list[int],
+    top_a: tuple[TopLogprobs, ...],
+    top_b: tuple[TopLogprobs, ...],
     chosen: tuple[tuple[str, ...], tuple[str, ...]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+) -> tuple[list[list[float]], list[float], float, int, int, list[float], list[float]] | None:
     """Positions ``rows`` where the two top-k token lists differ (reordered or swapped tokens,
-    common on a noisy server), vectorised: the union rule of `_union_node` and the jitter rule
-    of `_jitter_union` on all rows at once.
+    common on a noisy server), in plain Python (a handful of rows of k entries: cheaper than any
+    numpy call per row): the union rule of `_union_node` (same ẑ arithmetic, same stable order)
+    and the jitter rule of `_jitter_union` (top two common tokens by summed logprob, ties in run
+    a's order, as the vectorised rule had it).
 
-    Returns (z (d, 2k): run a's tokens then run b's tokens not reported by a, −inf for the
-    others; counts (d, 2k); jitter δ per row (NaN: no two common tokens); reference gap per row).
-    Tokens are matched through their hashes and every match is then confirmed by string
-    equality; None (use the row-by-row rule) if any is not confirmed (a hash collision)."""
-    d, k = rows.size, lpa.shape[1]
-    flat = (rows[:, None] * k + np.arange(k)).ravel()
-    ta = np.array(tka, dtype=object)[flat].reshape(d, k)
-    tb = np.array(tkb, dtype=object)[flat].reshape(d, k)
-    ha = np.fromiter(map(hash, ta.ravel()), np.int64, d * k).reshape(d, k)
-    hb = np.fromiter(map(hash, tb.ravel()), np.int64, d * k).reshape(d, k)
-    ca = np.array([chosen[0][s] for s in rows.tolist()], dtype=object)
-    cb = np.array([chosen[1][s] for s in rows.tolist()], dtype=object)
-    hca = np.fromiter(map(hash, ca), np.int64, d)
-    hcb = np.fromiter(map(hash, cb), np.int64, d)
-    match = ha[:, :, None] == hb[:, None, :]  # (d, k, k)
-    a_in_b = match.any(2)
-    b_in_a = match.any(1)
-    jb = match.argmax(2)
-    r = np.arange(d)[:, None]
-    # Confirm every hash match by string equality (exactness against collisions).
-    if not (ta[a_in_b] == tb[r, jb][a_in_b]).all():
-        return None
-    la, lb = lpa[rows], lpb[rows]
-    xb = np.where(a_in_b, lb[r, jb], lb.min(1)[:, None])
-    za = (la + xb) / 2
-    zb = np.where(b_in_a, -np.inf, (la.min(1)[:, None] + lb) / 2)
-    z = np.concatenate([za, zb], 1)
-    counts = np.zeros((d, 2 * k))
-    for hc, c in ((hca, ca), (hcb, cb)):
-        in_a = ha == hc[:, None]
-        in_b = (hb == hc[:, None]) & ~b_in_a
-        ia, ib = in_a.argmax(1), in_b.argmax(1)
-        slot = np.where(in_a.any(1), ia, np.where(in_b.any(1), k + ib, -1))
-        hit = slot >= 0
-        names = np.where(slot < k, ta[r[:, 0], np.minimum(ia, k - 1)], tb[r[:, 0], ib])
-        if not (names[hit] == c[hit]).all():
+    Returns (gap rows of the scored rows, most likely first without the argmax, unpadded;
+    their weights; Σ chosen gaps; tail choices; smallest union size over scored rows (0: none);
+    jitter δ and reference gap of the rows with two common tokens). None when a row has a
+    non-finite logprob (those take the row-by-row numpy rule, which defines the edge cases)."""
+    isfinite = math.isfinite
+    gap_rows: list[list[float]] = []
+    weights: list[float] = []
+    linear = 0.0
+    tail = 0
+    min_u = 0
+    jd: list[float] = []
+    jr: list[float] = []
+    ca_all, cb_all = chosen
+    for s in rows:
+        da = dict(top_a[s])
+        db = dict(top_b[s])
+        names = list(da)
+        if da.keys() == db.keys():  # the same tokens reordered (the usual case)
+            z = [(x + db[t]) / 2 for t, x in da.items()]
+            both = names
+        else:
+            fa = min(da.values())
+            fb = min(db.values())
+            z = [(x + db.get(t, fb)) / 2 for t, x in da.items()]
+            for t, x in db.items():
+                if t not in da:
+                    names.append(t)
+                    z.append((fa + x) / 2)
+            both = [t for t in names if t in da and t in db]
+        if not isfinite(sum(z)):
             return None
-        counts[np.flatnonzero(hit), slot[hit]] += 1.0
-    # Jitter: the two common tokens with the largest summed logprob.
-    tot = np.where(a_in_b, la + xb, -np.inf)
-    order = np.argsort(-tot, axis=1, kind="stable")[:, :2]
-    a12 = np.take_along_axis(la, order, 1)
-    b12 = np.take_along_axis(xb, order, 1)
-    ga, gb = a12[:, 0] - a12[:, 1], b12[:, 0] - b12[:, 1]
-    dd = ga - gb
-    ok = (a_in_b.sum(1) >= 2) & np.isfinite(dd)
-    return z, counts, np.where(ok, dd, np.nan), (ga + gb) / 2
+        # ẑ most likely first; only the values matter (tied entries have equal gaps)
+        zs = sorted(z, reverse=True)
+        top = zs[0]
+        w = 0.0
+        for c in (ca_all[s], cb_all[s]):
+            if c in da or c in db:
+                w += 1.0
+                linear += top - z[names.index(c)]
+            else:
+                tail += 1
+        if w > 0:
+            gap_rows.append([top - x for x in zs[1:]])
+            weights.append(w)
+            u = len(z)
+            min_u = u if min_u == 0 else min(min_u, u)
+        if len(both) >= 2:
+            tot = {t: da[t] + db[t] for t in both}
+            # stable: ties keep run a's order (reverse=True keeps equal items in order)
+            t1, t2 = sorted(tot, key=tot.__getitem__, reverse=True)[:2]
+            ga = da[t1] - da[t2]
+            gb = db[t1] - db[t2]
+            dd = ga - gb
+            if isfinite(dd):
+                jd.append(dd)
+                jr.append((ga + gb) / 2)
+    return gap_rows, weights, linear, tail, min_u, jd, jr
 
 
 def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
@@ -224,17 +233,18 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
         lpb = np.fromiter(map(_LOGPROB, fb), float, m * k).reshape(m, k)
         tkb = list(map(_TOKEN, fb))
     if identical or tka == tkb:
+        diff: list[int] = []
+    else:  # rows whose token lists differ: a few, found without a numpy call per row
+        diff = sorted({i // k for i in compress(range(m * k), map(ne, tka, tkb))})
+    if diff:
         same = np.ones(m, dtype=bool)
-    else:
-        same = _row_all(~np.fromiter(map(ne, tka, tkb), bool, m * k).reshape(m, k))
-    all_same = bool(same.all())
-
+        same[diff] = False
     # Jitter (science.md §3c) over the m positions.
     ga = lpa[:, 0] - lpa[:, 1]
     gb = lpb[:, 0] - lpb[:, 1]
     d = ga - gb
     ref = (ga + gb) / 2
-    if not all_same:
+    if diff:
         d, ref = d[same], ref[same]
     sq = float(d @ d)
     if np.isfinite(sq):  # every δ finite
@@ -242,25 +252,19 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     else:
         ok = np.isfinite(d)
         sq, jpos, jgaps = float(d[ok] @ d[ok]), int(ok.sum()), ref[ok]
-    if identical:
-        ident = m
-    else:
-        eq = lpa == lpb
-        ident = int(same.sum()) if eq.all() else int((same & _row_all(eq)).sum())
-    diff = None if all_same else np.flatnonzero(~same)
-    vec = None
-    if diff is not None:
-        vec = _differing_rows(diff, tka, tkb, lpa, lpb, (ra.tokens, rb.tokens))
-    if vec is not None:
-        jd, jr = vec[2], vec[3]
-        ok = ~np.isnan(jd)
-        if ok.any():
-            sq += float(jd[ok] @ jd[ok])
-            jpos += int(ok.sum())
-            jgaps = np.concatenate([jgaps, jr[ok]])
-    elif diff is not None:
+    # bit-identical positions: same tokens and same logprobs (tuple equality per position)
+    ident = m if identical else sum(map(eq, top_a[:m], top_b[:m]))
+    py = _differing_rows_py(diff, top_a, top_b, (ra.tokens, rb.tokens)) if diff else None
+    if py is not None:
+        jd, jr = py[5], py[6]
+        if jd:
+            for x in jd:  # in row order, as the general path adds them
+                sq += x * x
+            jpos += len(jd)
+            jgaps = np.concatenate([jgaps, jr])
+    elif diff:
         extra = []
-        for s in diff.tolist():
+        for s in diff:
             r = _jitter_union(top_a[s], top_b[s])
             if r is not None:
                 sq += r[0] * r[0]
@@ -273,23 +277,29 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     if with_nodes:
         nb = _NodeBuilder()
         # Rows with the same top-k tokens (the shared prefix and, usually, the split node) in
-        # one block; the rest node by node with the union rule.
-        rows = slice(0, m) if all_same else np.flatnonzero(same)
+        # one block; the rest with the union rule.
         sa = _chosen_slots(tka, k, ra.tokens, m)
         sb = sa.copy()
-        if split and same[pos]:
+        if split and pos not in diff:
             row, c = tkb[pos * k : (pos + 1) * k], rb.tokens[pos]
             sb[pos] = row.index(c) if c in row else -1
-        z = (lpa[rows] + lpb[rows]) / 2
-        _add_rows(nb, z, sa[rows], sb[rows])
-        if vec is not None:
-            w = _row_sum(vec[1])
-            nb.tail += int((2 - w).sum())
-            keep = w > 0  # rows without a scored choice add nothing (not even to min_k)
-            if keep.any():
-                nb.add(vec[0][keep], vec[1][keep])
-        elif diff is not None:
-            for s in diff.tolist():
+        if diff:
+            rows = np.flatnonzero(same)
+            _add_rows(nb, (lpa[rows] + lpb[rows]) / 2, sa[rows], sb[rows])
+        else:
+            _add_rows(nb, (lpa + lpb) / 2, sa, sb)
+        if py is not None:
+            gap_rows, ws, lin, tail, min_u = py[:5]
+            nb.tail += tail
+            nb.linear += lin
+            if ws:
+                width = max(map(len, gap_rows))
+                inf = math.inf
+                nb.gaps.append(np.array([r_ + [inf] * (width - len(r_)) for r_ in gap_rows]))
+                nb.weights.append(np.array(ws))
+                nb.min_k = min(nb.min_k, min_u)
+        elif diff:
+            for s in diff:
                 zs, cs, tail = _union_node((top_a[s], top_b[s]), (ra.tokens[s], rb.tokens[s]))
                 nb.tail += tail
                 nb.add(zs[None, :], cs[None, :])
