@@ -19,7 +19,8 @@ Conventions (documented in docs/estimators.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, compress, count
+from operator import ne
 
 import numpy as np
 
@@ -154,7 +155,7 @@ def _pair_divergence(a: Run, b: Run) -> tuple[int, bool, int]:
     n = min(len(ta), len(tb))
     k = 0
     if ta[:n] != tb[:n]:
-        k = next(i for i in range(n) if ta[i] != tb[i])
+        k = next(compress(count(), map(ne, ta, tb)))  # the first differing position
         return k, True, k + 1
     if len(ta) != len(tb):
         short = a if len(ta) < len(tb) else b
@@ -294,6 +295,14 @@ class _NodeBuilder:
         width = max(1, max(g.shape[1] for g in self.gaps))
         if len(self.gaps) == 1 and self.gaps[0].shape[1] == width:
             return Nodes(self.gaps[0], self.weights[0], self.linear, self.tail, self.min_k)
+        if all(g.shape[1] == width for g in self.gaps):
+            return Nodes(
+                np.concatenate(self.gaps),
+                np.concatenate(self.weights),
+                self.linear,
+                self.tail,
+                self.min_k,
+            )
         gaps = np.full((sum(w.size for w in self.weights), width), np.inf)
         i = 0
         for g, w in zip(self.gaps, self.weights, strict=True):

@@ -63,35 +63,49 @@ def loglik_grid(nodes: Nodes, grid: np.ndarray) -> np.ndarray:
     one row of k−1 gaps per combination, and summed per column with one bincount, so no work is
     spent on dead combinations. Exponents are clipped at −700 before exp (e^−700 ≈ 1e−304 is below
     double precision next to a live gap's e^−40 and keeps exp off its slow underflow path)."""
-    grid = np.asarray(grid, dtype=float)
-    out = -nodes.linear / grid
-    g = nodes.gaps
-    if nodes.weights.size == 0:
-        return out
-    cut = _CUT * grid
-    gt = np.ascontiguousarray(g.T)  # (k−1, nodes): reductions over rows are fast
-    first = np.searchsorted(cut, gt.min(0), side="right")  # first live column per node
-    w = nodes.weights
-    live = first < grid.size
-    if not live.all():
-        gt, w, first = gt[:, live], w[live], first[live]
-    if first.size == 0:
-        return out
-    cnt = grid.size - first
-    rows = np.repeat(np.arange(first.size), cnt)
-    # column of each flat combination: first[v] + (offset within node v's run)
-    cols = np.arange(rows.size) + np.repeat(first - (np.cumsum(cnt) - cnt), cnt)
-    x = gt.take(rows, axis=1)  # (k−1, combinations)
-    x *= (-1.0 / grid).take(cols)  # inf gaps give −inf
-    np.maximum(x, -700.0, out=x)
-    np.exp(x, out=x)
-    s = x[0].copy()
-    for j in range(1, x.shape[0]):
-        s += x[j]
-    np.log1p(s, out=s)
-    s *= w.take(rows)
-    nll = np.bincount(cols, weights=s, minlength=grid.size)
-    return np.asarray(out - nll, dtype=float)
+    return -GridLoglik(grid).nll(nodes)
+
+
+class GridLoglik:
+    """`loglik_grid` on one fixed grid, with the per-grid constants computed once (the online
+    estimator keeps one): ``nll(nodes)`` = −ℓ on the grid, the same numbers as
+    −loglik_grid(nodes, grid)."""
+
+    def __init__(self, grid: np.ndarray) -> None:
+        self.grid = np.asarray(grid, dtype=float)
+        self._cut = _CUT * self.grid
+        self._neg_inv = -1.0 / self.grid
+        self._arange = np.arange(self.grid.size * 256)
+
+    def _ar(self, n: int) -> np.ndarray:
+        if self._arange.size < n:
+            self._arange = np.arange(2 * n)
+        return self._arange[:n]
+
+    def nll(self, nodes: Nodes) -> np.ndarray:
+        grid = self.grid
+        lin = nodes.linear / grid  # −ℓ = linear/T + Σ_v w_v log(1 + Σ_j e^{−g_vj/T})
+        w = nodes.weights
+        if w.size == 0:
+            return np.asarray(lin, dtype=float)
+        gt = np.ascontiguousarray(nodes.gaps.T)  # (k−1, nodes): reductions over rows are fast
+        first = np.searchsorted(self._cut, gt.min(0), side="right")  # first live column per node
+        cnt = grid.size - first  # dead nodes (first == grid size) get no combination
+        ends = np.cumsum(cnt)
+        total = int(ends[-1])
+        if total == 0:
+            return np.asarray(lin, dtype=float)
+        rows = np.repeat(self._ar(first.size), cnt)
+        # column of each flat combination: first[v] + (offset within node v's run)
+        cols = self._ar(total) + np.repeat(first - ends + cnt, cnt)
+        x = gt.take(rows, axis=1)  # (k−1, combinations)
+        x *= self._neg_inv.take(cols)  # inf gaps give −inf
+        np.maximum(x, -700.0, out=x)
+        np.exp(x, out=x)
+        s = np.add.reduce(x, axis=0)  # row by row, in order
+        np.log1p(s, out=s)
+        s *= w.take(rows)
+        return np.bincount(cols, weights=s, minlength=grid.size) + lin
 
 
 def loglik_grid_reference(nodes: Nodes, grid: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from scipy import stats as st
 
 from estimator.compare import Divergence
 from estimator.jitter import sigma_to_temperature
-from estimator.likelihood import loglik_grid
+from estimator.likelihood import GridLoglik
 from estimator.model import Trial
 from estimator.pair import compare_fast
 from estimator.stats import divergence_hazard
@@ -238,6 +238,7 @@ class OnlineEstimator:
     def __init__(self, config: OnlineConfig | None = None) -> None:
         self.config = config or OnlineConfig()
         self._grid = self.config.grid
+        self._grid_nll = GridLoglik(self._grid)
         self._lam = 2.0 ** (-1.0 / self.config.half_life_comparisons)
         n = len(_COUNTERS)
         self._dec = np.zeros(n)  # decayed counters
@@ -249,7 +250,7 @@ class OnlineEstimator:
         """The comparison of one trial, without touching the state."""
         c = compare_fast(trial)
         scored = c.nodes is not None and c.nodes.weights.size > 0
-        nll = -loglik_grid(c.nodes, self._grid) if c.nodes is not None and scored else None
+        nll = self._grid_nll.nll(c.nodes) if c.nodes is not None and scored else None
         return TrialComparison(
             pairs=c.pairs,
             diverged=c.diverged,

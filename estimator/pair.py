@@ -13,8 +13,9 @@ whose two top-k token lists differ, and the split node, take the node-by-node un
 from __future__ import annotations
 
 import math
-from itertools import chain, compress
-from operator import eq, itemgetter, ne
+from itertools import chain, compress, count
+from operator import add, eq, itemgetter, ne
+from typing import Any
 
 import numpy as np
 
@@ -86,124 +87,188 @@ def _jitter_union(a_top: TopLogprobs, b_top: TopLogprobs) -> tuple[float, float]
     return dd, (a[t1] - a[t2] + b[t1] - b[t2]) / 2
 
 
-def _chosen_slots(tok: list[str], k: int, chosen: tuple[str, ...], m: int) -> np.ndarray:
-    """Index in the top-k of the chosen token at each of the first m positions (−1: tail)."""
-    slots = np.zeros(m, dtype=np.intp)
-    first = tok[0::k]
-    if first == list(chosen[:m]):
-        return slots
-    miss = np.flatnonzero(np.fromiter(map(ne, first, chosen[:m]), bool, m))
-    for s in miss.tolist():
-        row = tok[s * k : (s + 1) * k]
-        c = chosen[s]
-        slots[s] = row.index(c) if c in row else -1
-    return slots
-
-
-def _add_rows(nb: _NodeBuilder, z: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> None:
-    """Nodes where both runs report the same top-k tokens: reference logits z (rows, k); run a
-    chose top-k entry sa[row], run b sb[row] (−1: a tail token, not scored). Rows already most
-    likely first with finite logprobs (the usual case) are added directly: gaps z₀ − z_j, weight
-    = scored choices, linear term Σ (z₀ − z_chosen), exactly what _NodeBuilder.add computes;
-    other blocks go through it."""
-    ha, hb = sa >= 0, sb >= 0
-    w = ha.astype(float) + hb
-    if w.sum() != 2 * w.size:  # some choice in the tail
-        keep = w > 0
-        nb.tail += int((~ha).sum() + (~hb).sum())
-        z, sa, sb, w = z[keep], sa[keep], sb[keep], w[keep]
-    if z.shape[0] == 0:
-        return
-    gaps = z[:, :1] - z[:, 1:]
-    # most likely first (gaps >= 0, non-decreasing) and finite (a finite sum implies it; an
-    # overflowing sum only sends the block to the general rule)
-    if not (
-        np.isfinite(gaps.sum()) and (gaps[:, 0] >= 0).all() and (gaps[:, 1:] >= gaps[:, :-1]).all()
-    ):
-        counts = np.zeros(z.shape)
-        r = np.arange(z.shape[0])
-        np.add.at(counts, (r[sa >= 0], sa[sa >= 0]), 1.0)
-        np.add.at(counts, (r[sb >= 0], sb[sb >= 0]), 1.0)
-        nb.add(z, counts)
-        return
-    for sl in (sa, sb):
-        off = np.flatnonzero(sl > 0)  # rows where this run did not choose the argmax
-        if off.size:
-            nb.linear += float(gaps[off, sl[off] - 1].sum())
-    nb.gaps.append(gaps)
-    nb.weights.append(w)
-    nb.min_k = min(nb.min_k, z.shape[1])
-
-
 def _differing_rows_py(
     rows: list[int],
     top_a: tuple[TopLogprobs, ...],
     top_b: tuple[TopLogprobs, ...],
     chosen: tuple[tuple[str, ...], tuple[str, ...]],
-) -> tuple[list[list[float]], list[float], float, int, int, list[float], list[float]] | None:
-    """Positions ``rows`` where the two top-k token lists differ (reordered or swapped tokens,
-    common on a noisy server), in plain Python (a handful of rows of k entries: cheaper than any
-    numpy call per row): the union rule of `_union_node` (same ẑ arithmetic, same stable order)
-    and the jitter rule of `_jitter_union` (top two common tokens by summed logprob, ties in run
-    a's order, as the vectorised rule had it).
+    k: int,
+) -> _Differing | None:
+    """Positions ``rows`` where the two top-k token lists differ (common on a noisy server), in
+    plain Python (a handful of rows of k entries: cheaper than numpy calls per row).
 
-    Returns (gap rows of the scored rows, most likely first without the argmax, unpadded;
-    their weights; Σ chosen gaps; tail choices; smallest union size over scored rows (0: none);
-    jitter δ and reference gap of the rows with two common tokens). None when a row has a
-    non-finite logprob (those take the row-by-row numpy rule, which defines the edge cases)."""
+    A row whose two lists hold the same k distinct tokens in another order is *aligned*: run b's
+    logprobs are put in run a's token order, and the row then joins the block of rows with the
+    same tokens (its ẑ is the same per-token mean as the union rule's; the block sorts rows that
+    are not most likely first). Other rows take the union rule of `_union_node` here (same ẑ
+    arithmetic; only the sorted values matter, tied entries having equal gaps). Jitter of every
+    row: the rule of `_jitter_union` (the two common tokens with the largest summed logprob, ties
+    in run a's order), in row order as the general path appends them.
+    None when a row has a non-finite logprob (those take the row-by-row numpy rule, which
+    defines the edge cases)."""
     isfinite = math.isfinite
-    gap_rows: list[list[float]] = []
-    weights: list[float] = []
-    linear = 0.0
-    tail = 0
-    min_u = 0
-    jd: list[float] = []
-    jr: list[float] = []
+    out = _Differing()
     ca_all, cb_all = chosen
     for s in rows:
-        da = dict(top_a[s])
-        db = dict(top_b[s])
+        ra_, rb_ = top_a[s], top_b[s]
+        db = dict(rb_)
+        ta = list(map(_TOKEN, ra_))
+        lbo: list[Any] = list(map(db.get, ta))  # None: not reported by run b
+        if len(db) == k and None not in lbo and len(set(ta)) == k:
+            la = list(map(_LOGPROB, ra_))
+            tot = list(map(add, la, lbo))
+            if isfinite(sum(tot)):
+                out.aligned.append(s)
+                out.lb_aligned.append(lbo)
+                i1 = tot.index(max(tot))  # first maximum = a stable descending sort's first
+                tot[i1] = -math.inf
+                i2 = tot.index(max(tot))
+                ga = la[i1] - la[i2]
+                gb = lbo[i1] - lbo[i2]
+                dd = ga - gb
+                if isfinite(dd):
+                    out.jd.append(dd)
+                    out.jr.append((ga + gb) / 2)
+                continue
+        out.union.append(s)
+        da = dict(ra_)
         names = list(da)
-        if da.keys() == db.keys():  # the same tokens reordered (the usual case)
-            z = [(x + db[t]) / 2 for t, x in da.items()]
-            both = names
-        else:
-            fa = min(da.values())
-            fb = min(db.values())
-            z = [(x + db.get(t, fb)) / 2 for t, x in da.items()]
-            for t, x in db.items():
-                if t not in da:
-                    names.append(t)
-                    z.append((fa + x) / 2)
-            both = [t for t in names if t in da and t in db]
+        la = list(da.values())
+        fa = min(la)
+        fb = min(db.values())
+        lb = [db.get(t, fb) for t in names]
+        z = [(x + y) / 2 for x, y in zip(la, lb, strict=True)]
+        common = [i for i, t in enumerate(names) if t in db]
+        for t, x in db.items():
+            if t not in da:
+                names.append(t)
+                z.append((fa + x) / 2)
         if not isfinite(sum(z)):
             return None
-        # ẑ most likely first; only the values matter (tied entries have equal gaps)
-        zs = sorted(z, reverse=True)
+        zs = sorted(z, reverse=True)  # ẑ most likely first
         top = zs[0]
         w = 0.0
         for c in (ca_all[s], cb_all[s]):
             if c in da or c in db:
                 w += 1.0
-                linear += top - z[names.index(c)]
+                out.linear += top - z[names.index(c)]
             else:
-                tail += 1
+                out.tail += 1
         if w > 0:
-            gap_rows.append([top - x for x in zs[1:]])
-            weights.append(w)
+            out.gap_rows.append([top - x for x in zs[1:]])
+            out.weights.append(w)
             u = len(z)
-            min_u = u if min_u == 0 else min(min_u, u)
-        if len(both) >= 2:
-            tot = {t: da[t] + db[t] for t in both}
-            # stable: ties keep run a's order (reverse=True keeps equal items in order)
-            t1, t2 = sorted(tot, key=tot.__getitem__, reverse=True)[:2]
-            ga = da[t1] - da[t2]
-            gb = db[t1] - db[t2]
+            out.min_u = u if out.min_u == 0 else min(out.min_u, u)
+        if len(common) >= 2:
+            tot = [la[i] + lb[i] for i in common]
+            i1 = tot.index(max(tot))
+            tot[i1] = -math.inf
+            i2 = tot.index(max(tot))
+            i1, i2 = common[i1], common[i2]
+            ga = la[i1] - la[i2]
+            gb = lb[i1] - lb[i2]
             dd = ga - gb
             if isfinite(dd):
-                jd.append(dd)
-                jr.append((ga + gb) / 2)
-    return gap_rows, weights, linear, tail, min_u, jd, jr
+                out.jd.append(dd)
+                out.jr.append((ga + gb) / 2)
+    return out
+
+
+class _Differing:
+    """What `_differing_rows_py` found (see there)."""
+
+    __slots__ = (
+        "aligned",
+        "gap_rows",
+        "jd",
+        "jr",
+        "lb_aligned",
+        "linear",
+        "min_u",
+        "tail",
+        "union",
+        "weights",
+    )
+
+    def __init__(self) -> None:
+        self.aligned: list[int] = []  # rows joining the same-token block
+        self.lb_aligned: list[list[float]] = []  # run b's logprobs there, in run a's order
+        self.union: list[int] = []  # rows scored here with the union rule:
+        self.gap_rows: list[list[float]] = []  # gaps of the scored ones, most likely first
+        self.weights: list[float] = []
+        self.linear = 0.0
+        self.tail = 0
+        self.min_u = 0  # smallest union size among the scored ones (0: none)
+        self.jd: list[float] = []  # jitter δ of every differing row with two common tokens
+        self.jr: list[float] = []  # and its reference gap
+
+
+def _slot(top: TopLogprobs, c: str) -> int:
+    """Index of token c in one position's top-k (−1: a tail token)."""
+    for j, (t, _) in enumerate(top):
+        if t == c:
+            return j
+    return -1
+
+
+def _same_rows(
+    nb: _NodeBuilder,
+    z: np.ndarray,
+    keep: np.ndarray | None,
+    slots_a: dict[int, int],
+    slots_b: dict[int, int],
+) -> None:
+    """Nodes at the positions where both runs report the same top-k tokens (in run a's order):
+    reference logits z (m, k) (rows outside ``keep`` skipped; None: all rows); run a chose the
+    top-k entry slots_a.get(row, 0), run b slots_b.get(row, 0) (−1: a tail token, not scored).
+    With finite logprobs (the usual case) the block is added directly: gaps ẑ_max − ẑ_j in
+    descending order of ẑ (rows that are not most likely first are sorted, one np.sort for the
+    block), weight = scored choices, linear term Σ (ẑ_max − ẑ_chosen): exactly what
+    _NodeBuilder.add computes; otherwise the block goes through it."""
+    tails = [r for r, j in chain(slots_a.items(), slots_b.items()) if j < 0]
+    w = None
+    if tails:
+        w = np.full(z.shape[0], 2.0)
+        for r in tails:
+            w[r] -= 1.0
+        nb.tail += len(tails)
+        scored = w > 0
+        keep = scored if keep is None else keep & scored
+    zk = z if keep is None else z[keep]
+    if zk.shape[0] == 0:
+        return
+    if not np.isfinite(zk.sum()):  # (an overflowing sum only sends the block here too)
+        counts = np.zeros(z.shape)
+        counts[:, 0] = 2.0
+        for r, j in chain(slots_a.items(), slots_b.items()):
+            counts[r, 0] -= 1.0
+            if j >= 0:
+                counts[r, j] += 1.0
+        nb.add(zk, counts if keep is None else counts[keep])
+        return
+    c0 = lin0 = None  # entry-0 choices per row and ẑ_max − ẑ_0, when some row is not sorted
+    if (zk[:, :-1] >= zk[:, 1:]).all():
+        gaps = zk[:, :1] - zk[:, 1:]
+    else:
+        zs = np.sort(zk, axis=1)
+        gaps = zs[:, -1:] - zs[:, -2::-1]
+        lin0 = zs[:, -1] - zk[:, 0]  # ẑ_max − ẑ_0: exactly 0 on sorted rows
+        c0 = np.full(z.shape[0], 2.0) if w is None else w.copy()
+    for slots in (slots_a, slots_b):
+        for r, j in slots.items():
+            if j > 0 and (keep is None or keep[r]):
+                zl = z[r].tolist()
+                nb.linear += max(zl) - zl[j]
+                if c0 is not None:
+                    c0[r] -= 1.0
+    if c0 is not None and lin0 is not None:
+        nb.linear += float((c0 if keep is None else c0[keep]) @ lin0)
+    nb.gaps.append(gaps)
+    if w is None:
+        nb.weights.append(np.full(zk.shape[0], 2.0))
+    else:
+        nb.weights.append(w if keep is None else w[keep])
+    nb.min_k = min(nb.min_k, z.shape[1])
 
 
 def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
@@ -221,30 +286,30 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     n = min(len(ra.tokens), len(rb.tokens))
     m = min(at_risk, n)  # positions that feed jitter and nodes
     split = div and pos < n  # the pair's split node sits at pos = m − 1
+    head_a, head_b = top_a[:m], top_b[:m]
 
-    fa = list(chain.from_iterable(top_a[:m]))
+    fa = list(chain.from_iterable(head_a))
     lpa = np.fromiter(map(_LOGPROB, fa), float, m * k).reshape(m, k)
-    tka = list(map(_TOKEN, fa))
-    identical = top_a[:m] == top_b[:m]  # bit-identical reports (deterministic stack): convert once
+    identical = head_a == head_b  # bit-identical reports (deterministic stack): convert once
+    diff: list[int] = []
     if identical:
-        lpb, tkb = lpa, tka
+        lpb = lpa
     else:
-        fb = list(chain.from_iterable(top_b[:m]))
+        fb = list(chain.from_iterable(head_b))
         lpb = np.fromiter(map(_LOGPROB, fb), float, m * k).reshape(m, k)
-        tkb = list(map(_TOKEN, fb))
-    if identical or tka == tkb:
-        diff: list[int] = []
-    else:  # rows whose token lists differ: a few, found without a numpy call per row
-        diff = sorted({i // k for i in compress(range(m * k), map(ne, tka, tkb))})
-    if diff:
-        same = np.ones(m, dtype=bool)
-        same[diff] = False
-    # Jitter (science.md §3c) over the m positions.
+        # rows whose token lists differ: a few, found without a Python step per token
+        tok_ne = map(ne, map(_TOKEN, fa), map(_TOKEN, fb))
+        diff = sorted({i // k for i in compress(count(), tok_ne)})
+
+    # Jitter (science.md §3c) over the m positions: rows with the same token lists here, the
+    # differing rows below (in row order, after these, as the general path appends them).
     ga = lpa[:, 0] - lpa[:, 1]
     gb = lpb[:, 0] - lpb[:, 1]
     d = ga - gb
     ref = (ga + gb) / 2
     if diff:
+        same = np.ones(m, dtype=bool)
+        same[diff] = False
         d, ref = d[same], ref[same]
     sq = float(d @ d)
     if np.isfinite(sq):  # every δ finite
@@ -253,15 +318,14 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
         ok = np.isfinite(d)
         sq, jpos, jgaps = float(d[ok] @ d[ok]), int(ok.sum()), ref[ok]
     # bit-identical positions: same tokens and same logprobs (tuple equality per position)
-    ident = m if identical else sum(map(eq, top_a[:m], top_b[:m]))
-    py = _differing_rows_py(diff, top_a, top_b, (ra.tokens, rb.tokens)) if diff else None
-    if py is not None:
-        jd, jr = py[5], py[6]
-        if jd:
-            for x in jd:  # in row order, as the general path adds them
-                sq += x * x
-            jpos += len(jd)
-            jgaps = np.concatenate([jgaps, jr])
+    ident = m if identical else sum(map(eq, head_a, head_b))
+    dr = _differing_rows_py(diff, top_a, top_b, (ra.tokens, rb.tokens), k) if diff else None
+    if dr is not None:
+        for x in dr.jd:  # in row order, as the general path adds them
+            sq += x * x
+        if dr.jd:
+            jpos += len(dr.jd)
+            jgaps = np.concatenate([jgaps, dr.jr])
     elif diff:
         extra = []
         for s in diff:
@@ -276,28 +340,40 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     nodes = None
     if with_nodes:
         nb = _NodeBuilder()
-        # Rows with the same top-k tokens (the shared prefix and, usually, the split node) in
-        # one block; the rest with the union rule.
-        sa = _chosen_slots(tka, k, ra.tokens, m)
-        sb = sa.copy()
-        if split and pos not in diff:
-            row, c = tkb[pos * k : (pos + 1) * k], rb.tokens[pos]
-            sb[pos] = row.index(c) if c in row else -1
-        if diff:
-            rows = np.flatnonzero(same)
-            _add_rows(nb, (lpa[rows] + lpb[rows]) / 2, sa[rows], sb[rows])
-        else:
-            _add_rows(nb, (lpa + lpb) / 2, sa, sb)
-        if py is not None:
-            gap_rows, ws, lin, tail, min_u = py[:5]
-            nb.tail += tail
-            nb.linear += lin
-            if ws:
-                width = max(map(len, gap_rows))
+        # One block: rows with the same top-k tokens (the shared prefix and, usually, the split
+        # node) and aligned rows; the rest with the union rule. Run a chose entry 0 (the
+        # argmax) except at the positions found here; run b chose as run a before the split.
+        outside = diff if dr is None else dr.union  # rows not in the block
+        keep = None
+        if outside:
+            keep = np.ones(m, dtype=bool)
+            keep[outside] = False
+        if dr is not None and dr.aligned:
+            lpb[dr.aligned] = dr.lb_aligned  # lpb is this call's own array
+        ca = ra.tokens
+        miss = compress(count(), map(ne, map(_TOKEN, fa[::k]), ca[:m]))
+        slots_a = {s: _slot(head_a[s], ca[s]) for s in miss}
+        if outside:
+            for s in outside:
+                slots_a.pop(s, None)
+        slots_b = slots_a
+        if split and (keep is None or keep[pos]):
+            slots_b = dict(slots_a)
+            slots_b.pop(pos, None)
+            jb = _slot(head_a[pos], rb.tokens[pos])  # same tokens as run b's, in a's order
+            if jb != 0:
+                slots_b[pos] = jb
+        _same_rows(nb, lpa if identical else (lpa + lpb) / 2, keep, slots_a, slots_b)
+        if dr is not None:
+            nb.tail += dr.tail
+            nb.linear += dr.linear
+            if dr.weights:
+                width = max(k - 1, max(map(len, dr.gap_rows)))
                 inf = math.inf
-                nb.gaps.append(np.array([r_ + [inf] * (width - len(r_)) for r_ in gap_rows]))
-                nb.weights.append(np.array(ws))
-                nb.min_k = min(nb.min_k, min_u)
+                rows_ = [r_ + [inf] * (width - len(r_)) for r_ in dr.gap_rows]
+                nb.gaps.append(np.array(rows_))
+                nb.weights.append(np.array(dr.weights))
+                nb.min_k = min(nb.min_k, dr.min_u)
         elif diff:
             for s in diff:
                 zs, cs, tail = _union_node((top_a[s], top_b[s]), (ra.tokens[s], rb.tokens[s]))
