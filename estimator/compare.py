@@ -153,9 +153,8 @@ def _pair_divergence(a: Run, b: Run) -> tuple[int, bool, int]:
     """(K, diverged, tokens at risk) for one pair."""
     ta, tb = a.tokens, b.tokens
     n = min(len(ta), len(tb))
-    k = 0
-    if ta[:n] != tb[:n]:
-        k = next(compress(count(), map(ne, ta, tb)))  # the first differing position
+    k = next(compress(count(), map(ne, ta, tb)), n)  # the first differing position, if any
+    if k < n:
         return k, True, k + 1
     if len(ta) != len(tb):
         short = a if len(ta) < len(tb) else b

@@ -173,7 +173,9 @@ def test_pair_fast_path_equals_general_path(
     rng = np.random.default_rng(77)
     grid = OnlineConfig().grid
     used = 0
-    seen = dict.fromkeys(("diverged", "tail", "unsorted", "top_lists_differ"), 0)
+    seen = dict.fromkeys(
+        ("diverged", "tail", "unsorted", "top_lists_differ", "reordered", "other_tokens"), 0
+    )
     for i in range(300):
         trial = _random_pair(rng, i, int(rng.integers(2, 6)))
         fast = compare_pair(trial)
@@ -214,5 +216,15 @@ def test_pair_fast_path_equals_general_path(
                 trial.runs[0].top_logprobs or (), trial.runs[1].top_logprobs or (), strict=False
             )
         )
+        # differing rows: same tokens in another order (aligned into the block, which is then
+        # sorted) and other token sets (union rule)
+        pairs_ = list(
+            zip(trial.runs[0].top_logprobs or (), trial.runs[1].top_logprobs or (), strict=False)
+        )
+        seen["reordered"] += any(
+            [t for t, _ in x] != [t for t, _ in y] and dict(x).keys() == dict(y).keys()
+            for x, y in pairs_
+        )
+        seen["other_tokens"] += any(dict(x).keys() != dict(y).keys() for x, y in pairs_)
     assert used > 250
     assert min(seen.values()) >= 10, seen  # every branch of the fast path was exercised
