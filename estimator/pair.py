@@ -3,12 +3,12 @@ replay) that both report top-k logprobs with one k at every position.
 
 The trie of two runs is their shared prefix plus at most one split node, so no trie walk is
 needed: the first m positions (m = positions at risk, capped at the common length) are turned into
-arrays once, and one vectorised pass over them gives the jitter sums and the trie nodes together.
-Only the positions that can matter are converted (nothing after the first divergence). Positions
-whose two top-k token lists differ, and the split node, take the node-by-node union rule of
-`compare.py`. Results equal `compare.compare_trial` (tests/estimator/test_fast_path.py);
-`None` means "not applicable, use the general path".
-"""
+arrays once (nothing after the first divergence), and one vectorised pass over them gives the
+jitter sums and the trie nodes together. Positions whose two top-k token lists differ (a few per
+pair on a noisy server) are handled in plain Python: the same tokens reordered are aligned into
+the block, other token sets take the node-by-node union rule of `compare.py`. Results equal
+`compare.compare_trial` (tests/estimator/test_fast_path.py); `None` means "not applicable, use
+the general path"."""
 
 from __future__ import annotations
 
