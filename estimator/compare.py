@@ -18,6 +18,7 @@ Conventions (documented in docs/estimators.md):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain, compress, count
 from operator import ne
@@ -185,16 +186,7 @@ def _slow_node(
             xs.append(have.get(t, floor))
     names = list(union)
     z = np.array([np.mean(union[t]) for t in names])
-    order = np.argsort(-z, kind="stable")
-    index = {names[i]: r for r, i in enumerate(order)}
-    counts = np.zeros(len(names))
-    tail = 0
-    for c in chosen:
-        if c in index:
-            counts[index[c]] += 1
-        else:
-            tail += 1
-    return z[order], counts, tail
+    return rank_choices(names, z, chosen)
 
 
 def _row_sum(a: np.ndarray) -> np.ndarray:
@@ -428,3 +420,20 @@ def compare_trial(trial: Trial, *, with_nodes: bool = True) -> Comparison:
         jitter_gaps=np.concatenate(jgaps) if jgaps else np.zeros(0),
         nodes=nodes,
     )
+
+
+def rank_choices(
+    names: list[str], z: np.ndarray, chosen: Iterable[str]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A union node's reference logits sorted most likely first, the count of runs choosing each
+    token, and how many choices fell in the tail beyond the reported tokens."""
+    order = np.argsort(-z, kind="stable")
+    index = {names[i]: r for r, i in enumerate(order)}
+    counts = np.zeros(len(names))
+    tail = 0
+    for c in chosen:
+        if c in index:
+            counts[index[c]] += 1
+        else:
+            tail += 1
+    return z[order], counts, tail

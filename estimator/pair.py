@@ -26,6 +26,7 @@ from estimator.compare import (
     _NodeBuilder,
     _pair_divergence,
     compare_trial,
+    rank_choices,
 )
 from estimator.model import TopLogprobs, Trial
 
@@ -61,16 +62,7 @@ def _union_node(
             xs.append(have.get(t, floor))
     names = list(union)
     z = np.array([(xs[0] + xs[1]) / 2 for xs in union.values()])  # = np.mean of the two
-    order = np.argsort(-z, kind="stable")
-    index = {names[i]: r for r, i in enumerate(order)}
-    counts = np.zeros(len(names))
-    tail = 0
-    for c in chosen:
-        if c in index:
-            counts[index[c]] += 1
-        else:
-            tail += 1
-    return z[order], counts, tail
+    return rank_choices(names, z, chosen)
 
 
 def _jitter_union(a_top: TopLogprobs, b_top: TopLogprobs) -> tuple[float, float] | None:

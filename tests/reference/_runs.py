@@ -9,19 +9,13 @@ from dataclasses import dataclass
 
 import openai
 
+from reference.loadcheck import PROMPTS  # the same fixed prompt set as the load check
+
+__all__ = ["PROMPTS"]
+
 # One torch thread per server: the test machine's cores are shared (oversubscribed OpenMP spins).
 THREADS = ("--threads", "1")
 
-PROMPTS = (
-    "Write a haiku about the sea.",
-    "What is 17*23?",
-    "List three fruits.",
-    "Explain gravity briefly.",
-    "Who wrote Hamlet?",
-    "Give me a name for a cat.",
-    "Describe Paris in one sentence.",
-    "What is Python?",
-)
 # Completions prompt whose first token is a near-tie: " a" vs " the" (Δ ≈ 0.125 nats in bf16),
 # the third candidate ≈ 2 nats further down.
 NEAR_TIE_PROMPT = "The coin landed on"
