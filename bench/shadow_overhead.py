@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,12 @@ import numpy as np
 import orjson
 import yaml
 
+from reference.launch import free_port
+
 BODY = orjson.dumps(
     {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "temperature": 0,
      "max_tokens": 16}
 )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -161,42 +161,29 @@ async def _drive(base_url: str, opts: DemoOptions, progress: list[int]) -> list[
     async def one(i: int) -> None:
         prompt = PROMPTS[i % len(PROMPTS)]
         kind = rng.choice(("chat", "chat-stream", "completions", "completions-stream"))
+        stream = kind.endswith("-stream")
         try:
+            result: Any
             if kind.startswith("chat"):
                 messages: Any = [{"role": "user", "content": prompt}]
-                if kind == "chat":
-                    await client.chat.completions.create(
-                        model="smollm2",
-                        messages=messages,
-                        temperature=0,
-                        max_tokens=opts.max_tokens,
-                    )
-                else:
-                    stream = await client.chat.completions.create(
-                        model="smollm2",
-                        messages=messages,
-                        temperature=0,
-                        max_tokens=opts.max_tokens,
-                        stream=True,
-                    )
-                    async for _ in stream:
-                        pass
+                result = await client.chat.completions.create(
+                    model="smollm2",
+                    messages=messages,
+                    temperature=0,
+                    max_tokens=opts.max_tokens,
+                    stream=stream,
+                )
             else:
-                text = f"Question: {prompt}\nAnswer:"
-                if kind == "completions":
-                    await client.completions.create(
-                        model="smollm2", prompt=text, temperature=0, max_tokens=opts.max_tokens
-                    )
-                else:
-                    cstream = await client.completions.create(
-                        model="smollm2",
-                        prompt=text,
-                        temperature=0,
-                        max_tokens=opts.max_tokens,
-                        stream=True,
-                    )
-                    async for _ in cstream:
-                        pass
+                result = await client.completions.create(
+                    model="smollm2",
+                    prompt=f"Question: {prompt}\nAnswer:",
+                    temperature=0,
+                    max_tokens=opts.max_tokens,
+                    stream=stream,
+                )
+            if stream:
+                async for _ in result:
+                    pass
         except Exception as exc:  # the demo reports errors; it does not die on one
             errors.append(f"{kind}: {type(exc).__name__}: {exc}")
         finally:

@@ -27,6 +27,15 @@ HOST = "127.0.0.1"
 PARENT_ENV = "TBG_REFERENCE_PARENT_PID"
 
 
+def models_answer(base_url: str) -> bool:
+    """True when an OpenAI-compatible server at `base_url` (…/v1) answers GET /models with 200."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
 class ReferenceStartError(RuntimeError):
     """The reference upstream did not come up."""
 
@@ -107,11 +116,7 @@ class ReferenceProcess:
             time.sleep(0.2)
 
     def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
+        return models_answer(self.base_url)
 
     def stderr_tail(self, limit: int = 4000) -> str:
         if self._stderr is None:

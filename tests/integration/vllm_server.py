@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+from reference.launch import free_port, models_answer
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_SCRIPT = REPO / "deploy" / "vllm-cpu" / "run"
@@ -46,12 +45,6 @@ def model_dir() -> Path:
 def venv_ready() -> bool:
     """True when deploy/vllm-cpu/setup finished (marker written only after an import check)."""
     return (venv_dir() / ".tbg-vllm-ready").is_file()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -119,7 +112,7 @@ class VllmProcess:
                 rc = self.proc.returncode
                 self.stop()
                 raise VllmError(f"vLLM exited ({rc}) before it was ready:\n{self.log_tail()}")
-            if self._models_answer():
+            if models_answer(self.base_url):
                 self.ready_seconds = time.monotonic() - t0
                 return self
             if time.monotonic() > deadline:
@@ -128,13 +121,6 @@ class VllmProcess:
                     f"vLLM not ready after {self.ready_timeout:.0f}s:\n{self.log_tail()}"
                 )
             time.sleep(0.5)
-
-    def _models_answer(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
 
     def check_alive(self) -> None:
         """Raise VllmError with the log tail if the server has died."""

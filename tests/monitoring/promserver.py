@@ -4,7 +4,6 @@ stopped by the caller. Queried through its HTTP API."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,17 +14,12 @@ from typing import Any
 import httpx
 import yaml
 
+from reference.launch import free_port
+
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
 AMTOOL = shutil.which("amtool")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Prometheus:

@@ -5,29 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 
 import httpx
 import orjson
 
 from proxy.app import LIFECYCLE
+from reference.launch import free_port
 
 from .fakes import FakeUpstream, _serve_fake, proxy_stack
 from .test_forwarding import MESSAGES, single
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_tbg_serve_with_only_an_upstream_flag() -> None:
     fake = FakeUpstream()
     fake_runner = await _serve_fake(fake)
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
