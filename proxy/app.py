@@ -39,7 +39,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     """Build the proxy application.
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
-    shadow path builds its own tap (proxy/shadow/wiring.py); its ConfigError propagates.
+    shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
     """
     app = web.Application(handler_args={"max_field_size": 65536})
     registry = CollectorRegistry(auto_describe=True)
@@ -53,7 +53,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_shutdown.append(_mark_draining)
 
-    if tap is None and config.shadow:
+    if tap is None and config.shadow_config.enabled:
         from proxy.shadow.wiring import install_shadow  # numpy/scipy only when shadow is configured
 
         tap = install_shadow(app, config)

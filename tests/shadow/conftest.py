@@ -4,6 +4,7 @@ proxy app on loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,7 +183,9 @@ async def make_stack() -> AsyncIterator[Callable[..., Any]]:
         shadow_cfg = {"enabled": True, "sample_rate": 1.0, "replays": 2,
                       "replays_per_minute": 1e6, "tokens_per_minute": 1e9, **(shadow or {})}  # fmt: skip
         up = {"name": "fake", "base_url": f"{base}/v1", "models": ["m"], **(upstream or {})}
-        config = build_config({"upstreams": [up], "shadow": shadow_cfg}, {"FAKE_KEY": "sk-up"})
+        config = build_config(
+            {"upstreams": [up], "shadow": shadow_cfg}, {**os.environ, "FAKE_KEY": "sk-up"}
+        )
         app = make_app(config)
         proxy, prunner = await serve(app, make_runner(app))
         runners.append(prunner)
