@@ -41,8 +41,10 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
     shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
     """
-    app = web.Application(handler_args={"max_field_size": 65536})
     registry = CollectorRegistry(auto_describe=True)
+    app = web.Application(
+        handler_args={"max_field_size": 65536}, middlewares=[errors.error_middleware(registry)]
+    )
     in_flight = InFlight()
     metrics = ProxyMetrics(registry, (u.name for u in config.upstreams), in_flight)
     app[CONFIG] = config
@@ -113,7 +115,4 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _not_found(request: web.Request) -> web.Response:
-    error = errors.ProxyError(
-        404, f"No route for {request.path}.", "invalid_request_error", "not_found"
-    )
-    return errors.error_response(error)
+    raise errors.not_found(request.path)  # mapped to its body by errors.error_middleware

@@ -431,7 +431,7 @@ class Forwarder:
 
     def _tap_failed(self, stage: str, exc: BaseException) -> None:
         self._metrics.tap_errors.labels(stage).inc()
-        log.error("tap raised", extra={"stage": stage, "error": type(exc).__name__})
+        log.error("tap raised", extra={"stage": stage, "error": type(exc).__name__}, exc_info=exc)
 
     def _observe(self, request: web.Request, st: _State) -> None:
         now = time.monotonic()
