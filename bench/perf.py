@@ -4,6 +4,7 @@ One run, one machine, one fast deterministic upstream (bench/fake_upstream.py). 
   direct        client -> fake upstream
   tbg           client -> `tbg serve` (shadow off) -> upstream
   tbg-shadow10  client -> `tbg serve` (shadow sampling 10 %, 2 replays) -> upstream
+  tbg-accesslog `tbg serve` at the default log_level INFO (a JSON access-log line per request)
   nginx         plain reverse proxy (proxy_buffering off, upstream keepalive): the floor
   vllm-router   the Rust router (PyPI wheel `vllm-router`)
   litellm       LiteLLM proxy (PyPI `litellm[proxy]`)
@@ -53,7 +54,7 @@ BODY = orjson.dumps(
      "max_tokens": 16}
 )  # fmt: skip
 STREAM_BODY = orjson.dumps({**orjson.loads(BODY), "stream": True})
-ALL_ARMS = ("direct", "tbg", "tbg-shadow10", "nginx", "vllm-router", "litellm")
+ALL_ARMS = ("direct", "tbg", "tbg-shadow10", "tbg-accesslog", "nginx", "vllm-router", "litellm")
 
 
 @dataclass
@@ -64,12 +65,14 @@ class Arm:
     headers: dict[str, str] | None = None
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float = 120) -> None:
+def _wait(
+    url: str, proc: subprocess.Popen[bytes], name: str, err: Any, timeout: float = 120
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"{name} exited: {err[-2000:]}")
+            err.seek(0)
+            raise RuntimeError(f"{name} exited: {err.read().decode(errors='replace')[-2000:]}")
         with contextlib.suppress(OSError):
             req = urllib.request.Request(url, headers={"Authorization": f"Bearer {MASTER_KEY}"})
             urllib.request.urlopen(req, timeout=2).read()
@@ -83,24 +86,28 @@ def _wait(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float = 1
 def started(
     args: list[str], ready: str, name: str, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
-    try:
-        _wait(ready, proc, name)
-        yield proc
-    finally:
-        proc.terminate()
+    # stderr to a file, never an unread pipe: a chatty server (access log on) would block on it.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            _wait(ready, proc, name, err)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-def _tbg(stack: contextlib.ExitStack, tmp: Path, upstream: str, rate: float | None) -> Arm:
+def _tbg(
+    stack: contextlib.ExitStack, tmp: Path, upstream: str, rate: float | None, log: bool = False
+) -> Arm:
     port = free_port()
     config: dict[str, Any] = {
-        "host": "127.0.0.1", "port": port, "log_level": "WARNING",
+        "host": "127.0.0.1", "port": port, "log_level": "INFO" if log else "WARNING",
         "upstreams": [{"name": "fake", "base_url": upstream, "models": ["bench"]}],
     }  # fmt: skip
     if rate is not None:
@@ -111,7 +118,7 @@ def _tbg(stack: contextlib.ExitStack, tmp: Path, upstream: str, rate: float | No
     proc = stack.enter_context(
         started(["tbg", "serve", "--config", str(path)], f"http://127.0.0.1:{port}/healthz", "tbg")
     )
-    name = "tbg" if rate is None else f"tbg-shadow{round(rate * 100)}"
+    name = "tbg-accesslog" if log else "tbg" if rate is None else f"tbg-shadow{round(rate * 100)}"
     return Arm(name, f"http://127.0.0.1:{port}/v1", pid=proc.pid)
 
 
@@ -120,6 +127,8 @@ def _nginx_conf(tmp: Path, port: int, upstream_port: int | None, static: bool) -
     (root / "logs").mkdir(parents=True)
     (root / "static").mkdir()
     (root / "static" / "file.json").write_bytes(b"{}" * 200)
+    for d in (tmp, root, root / "static"):  # nginx workers drop root: let them read the file
+        d.chmod(0o755)
     if static:
         location = f"location / {{ root {root}/static; }}"
         ups = ""
@@ -347,6 +356,8 @@ def main() -> int:
                 arms.append(Arm("direct", upstream))
             elif name == "tbg":
                 arms.append(_tbg(stack, tmp, upstream, None))
+            elif name == "tbg-accesslog":  # the default log_level INFO: one JSON line per request
+                arms.append(_tbg(stack, tmp, upstream, None, log=True))
             elif name.startswith("tbg-shadow"):
                 arms.append(_tbg(stack, tmp, upstream, int(name[len("tbg-shadow") :]) / 100))
             elif name == "nginx":
