@@ -231,7 +231,9 @@ class ShadowTap:
             and self._supports_logprobs(request.upstream) is True
             and not client_wants_logprobs(request.route, request.body)
         )
-        ticket = _Ticket(key, self.load.current(request.upstream), augment)
+        # plan() runs before the primary is counted in flight; a replay counts itself, so the
+        # primary counts itself too (+1) for both to see the same load at the same batch size.
+        ticket = _Ticket(key, self.load.current(request.upstream) + 1, augment)
         if not augment:
             return TapPlan(token=ticket)
         body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)
