@@ -14,13 +14,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy import stats as st
 
 from estimator.compare import Divergence
 from estimator.jitter import sigma_to_temperature
 from estimator.likelihood import GridLoglik
 from estimator.model import Trial
 from estimator.pair import compare_fast
+from estimator.profile import grid_profile
 from estimator.stats import divergence_hazard
 
 __all__ = [
@@ -154,38 +154,12 @@ class SufficientStats:
 def profile_from_grid(
     grid: np.ndarray, nll: np.ndarray, *, diverged: bool, level: float = 0.95
 ) -> tuple[float, float, float]:
-    """(estimate, lower, upper) from Σ −ℓ on a log grid: argmin refined by a parabola in log T,
-    interval ends by linear interpolation in log T of the 2Δℓ = χ²₁ crossings. Without a
-    divergence: (0, 0, one-sided upper at 2Δℓ = χ²₁(2·level − 1)). Bounds are clipped to the grid
-    (lower 0 below it)."""
-    x = np.log(grid)
-    y = np.asarray(nll, dtype=float)
-    if not diverged:
-        crit = float(st.chi2.ppf(2 * level - 1, 1)) / 2
-        return 0.0, 0.0, _crossing(x, y - y[0] - crit, 0, +1, grid)
-    i = int(np.argmin(y))
-    crit = float(st.chi2.ppf(level, 1)) / 2
-    est = x[i]
-    if 0 < i < len(y) - 1:
-        a, b, c = y[i - 1], y[i], y[i + 1]
-        den = a - 2 * b + c
-        if den > 0:
-            est = x[i] + 0.5 * (a - c) / den * (x[1] - x[0])
-    d = y - y[i] - crit
-    lo = _crossing(x, d, i, -1, grid)
-    hi = _crossing(x, d, i, +1, grid)
-    return float(np.exp(est)), lo, hi
-
-
-def _crossing(x: np.ndarray, d: np.ndarray, i: int, step: int, grid: np.ndarray) -> float:
-    j = i
-    while 0 <= j + step < len(d) and d[j + step] < 0:
-        j += step
-    if not 0 <= j + step < len(d):
-        return 0.0 if step < 0 else float(grid[-1])
-    k = j + step
-    t = d[j] / (d[j] - d[k]) if d[j] != d[k] else 0.0
-    return float(np.exp(x[j] + t * (x[k] - x[j])))
+    """(estimate, lower, upper) from Σ −ℓ on a log grid, read off local parabolas in log T
+    (estimator.profile; the recording rules do the same arithmetic). Without a divergence:
+    (0, 0, one-sided upper at 2Δℓ = χ²₁(2·level − 1)). Bounds are clipped to the grid (lower 0 below
+    it)."""
+    p = grid_profile(grid, nll, diverged=diverged, level=level)
+    return p.estimate, p.lower, p.upper
 
 
 def _snapshot(
