@@ -219,6 +219,7 @@ class OnlineEstimator:
         self._tot = np.zeros(n)  # undecayed counters
         self._dec_nll = np.zeros(self._grid.size)
         self._tot_nll = np.zeros(self._grid.size)
+        self._snap: OnlineSnapshot | None = None  # computed once per change, not per scrape
 
     def compare(self, trial: Trial) -> TrialComparison:
         """The comparison of one trial, without touching the state."""
@@ -267,8 +268,14 @@ class OnlineEstimator:
         self._dec_nll *= f
         self._dec_nll += tc.nll
         self._tot_nll += tc.nll
+        self._snap = None
 
     def snapshot(self) -> OnlineSnapshot:
+        if self._snap is None:
+            self._snap = self._compute_snapshot()
+        return self._snap
+
+    def _compute_snapshot(self) -> OnlineSnapshot:
         dec = dict(zip(_COUNTERS, self._dec.tolist(), strict=True))
         tot = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))
         return _snapshot(dec, self._dec_nll, self._grid, tot, self.config.level)

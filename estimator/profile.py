@@ -73,7 +73,10 @@ def grid_profile(
     grid: np.ndarray, nll: np.ndarray, *, diverged: bool, level: float = 0.95
 ) -> Profile:
     """(estimate, lower, upper) from Σ −ℓ on a grid equally spaced in log T (module docstring).
-    An end beyond the grid is clipped: lower 0, upper the largest grid temperature."""
+
+    The minimum on the smallest grid temperature (or nothing diverged) reads as T̂ = 0 with a
+    one-sided upper bound; an end beyond the grid is clipped: lower 0, upper the largest grid
+    temperature. Step by step the same as the recording rules (rules_gen.tbg_group)."""
     g = np.asarray(grid, dtype=float)
     f = np.asarray(nll, dtype=float)
     x0, h = math.log(g[0]), math.log(g[1] / g[0])
@@ -83,18 +86,16 @@ def grid_profile(
     def temp(pos: float) -> float:
         return math.exp(x0 + pos * h)
 
-    if not diverged:
+    i = int(np.argmin(f))
+    if i == 0 or not diverged:
         right = _end(f, a, b, float(f[0]) + one, +1)
         return Profile(0.0, 0.0, float(g[-1]) if right is None else temp(right))
-    i = int(np.argmin(f))
     pos, m = float(i), float(f[i])
-    if 0 < i < f.size - 1 and a[i] > 0:
-        t = -b[i] / (2 * a[i])
-        pos, m = i + t, float(f[i] - b[i] * b[i] / (4 * a[i]))
+    if i < f.size - 1 and a[i] > 0:
+        pos, m = i - b[i] / (2 * a[i]), float(f[i] - b[i] * b[i] / (4 * a[i]))
     left = _end(f, a, b, m + two, -1)
     right = _end(f, a, b, m + two, +1)
-    lower = 0.0 if left is None or left > pos else temp(left)
-    upper = float(g[-1]) if right is None or right < pos else temp(right)
-    if i == 0:  # still rising from the smallest grid temperature: below the grid's resolution
-        lower = 0.0
-    return Profile(temp(pos), lower, upper)
+    est = temp(pos)
+    lower = 0.0 if left is None else min(temp(left), est)
+    upper = float(g[-1]) if right is None else max(temp(right), est)
+    return Profile(est, lower, upper)
