@@ -18,6 +18,7 @@ and a one-sided 95 % upper bound: the largest grid point within 1.355 (= 2.71 / 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class Params:
     baseline_interval: str = "1m"
     drift_factor: float = 2.0
     suffix: str = ""  # appended to group names in the test copy
+    runbook_base: str = RUNBOOK_BASE  # where runbook_url points (your fork or wiki)
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
@@ -326,6 +328,10 @@ def recording_groups(p: Params) -> list[dict[str, Any]]:
             ),
         },
         {
+            "record": _name("upstream_model_name", "tbg_shadow_eligible", f"rate{Params().starve}"),
+            "expr": f"sum by ({um}) (rate(tbg_shadow_eligible_total[{p.starve}]))",
+        },
+        {
             "record": _name("upstream_model_name", "tbg_chat_requests", f"rate{Params().starve}"),
             "expr": (
                 f'sum by ({um}) (rate(tbg_requests_total{{route=~"chat|completions"}}[{p.starve}]))'
@@ -339,8 +345,8 @@ def recording_groups(p: Params) -> list[dict[str, Any]]:
     ]
 
 
-def _runbook(alert: str) -> str:
-    return f"{RUNBOOK_BASE}/{alert}.md"
+def _runbook(alert: str, p: Params) -> str:
+    return f"{p.runbook_base.rstrip('/')}/{alert}.md"
 
 
 def alert_rules(p: Params) -> list[dict[str, Any]]:
@@ -354,6 +360,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
     pairs_l = _name("upstream_model_name", "tbg_pairs_compared", f"increase{L}")
     pairs_s = _name("upstream_model_name", "tbg_pairs_compared", f"increase{S}")
     chat = _name("upstream_model_name", "tbg_chat_requests", f"rate{Params().starve}")
+    eligible = _name("upstream_model_name", "tbg_shadow_eligible", f"rate{Params().starve}")
 
     def drift(baseline: str) -> dict[str, Any]:
         alert = f"TbgDriftAbove{baseline}Baseline"
@@ -375,7 +382,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     f" above the upper bound of the same window {baseline} ago, and the estimate is"
                     f" more than {p.drift_factor:g}x the baseline estimate."
                 ),
-                "runbook_url": _runbook(alert),
+                "runbook_url": _runbook(alert, p),
             },
         }
 
@@ -398,15 +405,19 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     '{{ $value | printf "%.4g" }}, above the configured ceiling (tbg_temperature_ceiling);'
                     f" the last {S} agree, with at least {p.min_pairs_long} compared pairs."
                 ),
-                "runbook_url": _runbook("TbgAboveCeiling"),
+                "runbook_url": _runbook("TbgAboveCeiling", p),
             },
         },
         drift("1d"),
         drift("7d"),
         {
             "alert": "TbgEstimatorStarved",
+            # Only greedy traffic of a model that is sampled (sample rate > 0) can starve: traffic at
+            # T > 0, models at sample_rate 0 and proxies with shadow replay off stay quiet.
             "expr": (
-                f"{chat} > 0\nunless on ({um})\n"
+                f"{eligible} > 0\n"
+                "and on (model_name) max by (model_name) (tbg_shadow_sample_rate) > 0\n"
+                f"unless on ({um})\n"
                 f"sum by ({um}) (increase(tbg_pairs_compared_total[{p.starve}])) > 0"
             ),
             "for": p.for_starved,
@@ -415,10 +426,11 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "summary": "No shadow comparisons for {{ $labels.model_name }} on "
                 "{{ $labels.upstream }} while traffic flows",
                 "description": (
-                    'Chat/completions traffic is {{ $value | printf "%.3g" }} req/s but no replay '
-                    f"pair was compared in the last {Params().starve}: the T_bg estimate is starved."
+                    'Temperature-0 traffic is {{ $value | printf "%.3g" }} req/s and the model is '
+                    f"sampled, but no replay pair was compared in the last {Params().starve}: the "
+                    "T_bg estimate is starved."
                 ),
-                "runbook_url": _runbook("TbgEstimatorStarved"),
+                "runbook_url": _runbook("TbgEstimatorStarved", p),
             },
         },
         {
@@ -436,7 +448,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "No replica updated its estimate for "
                     "{{ $value | humanizeDuration }} although traffic flows."
                 ),
-                "runbook_url": _runbook("TbgEstimateStale"),
+                "runbook_url": _runbook("TbgEstimateStale", p),
             },
         },
         {
@@ -453,7 +465,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "{{ $value | humanizePercentage }} of sampled requests failed to replay over "
                     f"the last {ops}."
                 ),
-                "runbook_url": _runbook("TbgShadowReplayFailures"),
+                "runbook_url": _runbook("TbgShadowReplayFailures", p),
             },
         },
         {
@@ -472,7 +484,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "{{ $value | humanizePercentage }} of sampled requests were dropped with reason "
                     f"{{{{ $labels.reason }}}} over the last {ops}."
                 ),
-                "runbook_url": _runbook("TbgShadowReplayDrops"),
+                "runbook_url": _runbook("TbgShadowReplayDrops", p),
             },
         },
         {
@@ -489,7 +501,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "{{ $value | humanizePercentage }} of requests to {{ $labels.upstream }} "
                     f"failed (transport errors or 5xx) over the last {ops}."
                 ),
-                "runbook_url": _runbook("TbgUpstreamErrors"),
+                "runbook_url": _runbook("TbgUpstreamErrors", p),
             },
         },
         {
@@ -503,7 +515,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "p99 of the time spent in the proxy itself is "
                     "{{ $value | humanizeDuration }} over the last 5m (target: 1ms, alert: 5ms)."
                 ),
-                "runbook_url": _runbook("TbgProxyAddedLatencyHigh"),
+                "runbook_url": _runbook("TbgProxyAddedLatencyHigh", p),
             },
         },
     ]
@@ -563,8 +575,11 @@ def write(directory: Path = RULES_DIR, p: Params | None = None) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    out = Path(argv[0]) if argv else RULES_DIR
-    for path in write(out):
+    ap = argparse.ArgumentParser(description="Render the tbg-proxy Prometheus rules.")
+    ap.add_argument("out", nargs="?", default=str(RULES_DIR), help="output folder")
+    ap.add_argument("--runbook-base", default=RUNBOOK_BASE, help="base URL of the runbooks")
+    a = ap.parse_args(argv)
+    for path in write(Path(a.out), Params(runbook_base=a.runbook_base)):
         print(path)
     return 0
 

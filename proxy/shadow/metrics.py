@@ -227,8 +227,15 @@ class ShadowCollector(Collector):
         )
         for (upstream, model), n in self._state.replay_tokens.items():
             tokens.add_metric([upstream, model], float(n))
+        eligible = CounterMetricFamily(
+            "tbg_shadow_eligible",
+            "Greedy (temperature-0) primaries that shadow replay may sample",
+            labels=UM,
+        )
+        for (upstream, model), n in self._state.eligible.items():
+            eligible.add_metric([upstream, model], float(n))
         yield from fams.values()
-        yield from (dropped, requests, tokens)
+        yield from (dropped, requests, tokens, eligible)
 
     def _static(self) -> Iterator[Metric]:
         grid = GaugeMetricFamily(
@@ -245,10 +252,17 @@ class ShadowCollector(Collector):
             "Configured replay token budget",
             labels=["model_name"],
         )
+        rate = GaugeMetricFamily(
+            "tbg_shadow_sample_rate",
+            "Configured shadow sample rate (0: not measured; the starvation alert reads it)",
+            labels=["model_name"],
+        )
         for model in (*self._models, "other"):
             policy = self._config.policy(model)
             ceiling.add_metric([model], policy.ceiling)
             budget.add_metric([model], policy.tokens_per_minute)
+            rate.add_metric([model], policy.sample_rate)
+        yield rate
         depth = GaugeMetricFamily("tbg_shadow_queue_depth", "Finished primaries waiting for replay")
         depth.add_metric([], float(self._queue_depth()))
         inflight = GaugeMetricFamily("tbg_shadow_replays_in_flight", "Replays in flight")

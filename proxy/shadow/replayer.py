@@ -213,6 +213,7 @@ class ShadowTap:
         if not is_greedy(request.route, request.body, self.config.eligibility):
             return None
         key = (request.upstream, request.model_name)
+        self.state.count_eligible(key)
         decision = self.sampler.decide(request.model_name)
         if not decision.sampled:
             return None

@@ -86,6 +86,7 @@ class ShadowState:
         self.dropped: dict[tuple[str, str, str], int] = {}
         self.replay_requests: dict[tuple[str, str, str], int] = {}
         self.replay_tokens: dict[Key, int] = {}
+        self.eligible: dict[Key, int] = {}  # greedy primaries seen, sampled or not
         self.exemplars: deque[Exemplar] = deque(maxlen=max(exemplar_limit, 0))
 
     def prime(self, key: Key, buckets: tuple[str, ...]) -> None:
@@ -110,6 +111,9 @@ class ShadowState:
         for outcome in ("ok", "error"):
             self.replay_requests[(key[0], key[1], outcome)] = 0
         self.replay_tokens.setdefault(key, 0)
+
+    def count_eligible(self, key: Key) -> None:
+        self.eligible[key] = self.eligible.get(key, 0) + 1
 
     def count(self, key: Key, what: str, n: int = 1) -> None:
         self._ensure(key)
