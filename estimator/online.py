@@ -218,6 +218,7 @@ class OnlineEstimator:
         self._dec = np.zeros(n)  # decayed counters
         self._tot = np.zeros(n)  # undecayed counters
         self._dec_nll = np.zeros(self._grid.size)
+        self._dec_w2 = 0.0  # Σ w² over pairs (each pair enters with weight 1, then decays)
         self._tot_nll = np.zeros(self._grid.size)
         self._snap: OnlineSnapshot | None = None  # computed once per change, not per scrape
 
@@ -267,6 +268,7 @@ class OnlineEstimator:
         self._tot += row
         self._dec_nll *= f
         self._dec_nll += tc.nll
+        self._dec_w2 = self._dec_w2 * f * f + tc.pairs
         self._tot_nll += tc.nll
         self._snap = None
 
@@ -278,7 +280,11 @@ class OnlineEstimator:
     def _compute_snapshot(self) -> OnlineSnapshot:
         dec = dict(zip(_COUNTERS, self._dec.tolist(), strict=True))
         tot = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))
-        return _snapshot(dec, self._dec_nll, self._grid, tot, self.config.level)
+        # Decayed weights w <= 1 make the weighted log-likelihood's curvature (Σ w·I) overstate
+        # the estimate's variance (Σ w²·I / (Σ w·I)²): scaling by Σw / Σw² (Kish's effective sample
+        # size over Σw) gives the interval the weighted estimate's own spread. 1 without decay.
+        scale = dec["pairs"] / self._dec_w2 if self._dec_w2 > 0 else 1.0
+        return _snapshot(dec, self._dec_nll * scale, self._grid, tot, self.config.level)
 
     def stats(self) -> SufficientStats:
         kw = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))
