@@ -258,10 +258,10 @@ async def test_load_from_vllm_metrics(make_stack: Any) -> None:
     assert list(report["estimates"][0]["by_load"]) == ["64+"]  # 37 running upstream, not 1 here
 
 
-async def test_dedicated_replay_key(make_stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TBG_TEST_REPLAY_KEY", "sk-replays")
+async def test_dedicated_replay_key(make_stack: Any) -> None:
     stack: Stack = await make_stack(
-        shadow={"replays": 1, "replay_key_env": {"fake": "TBG_TEST_REPLAY_KEY"}}
+        shadow={"replays": 1, "replay_key_env": {"fake": "TBG_TEST_REPLAY_KEY"}},
+        env={"TBG_TEST_REPLAY_KEY": "sk-replays"},  # read from the injected environment
     )
     async with client(stack) as oai:
         await oai.chat.completions.create(**CHAT)
