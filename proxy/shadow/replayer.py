@@ -305,7 +305,7 @@ class ShadowTap:
         if not replays:
             self.state.count(ticket.key, "failed")
             return
-        self._compare(request, primary, replays, max(loads))
+        await self._compare(request, primary, replays, max(loads))
 
     async def _replay(self, request: RequestInfo, length: int) -> tuple[Run, int] | None:
         upstream = request.upstream
@@ -355,12 +355,18 @@ class ShadowTap:
         self.state.replay_request(key, "ok", tokens if isinstance(tokens, int) else 0)
         return run, load
 
-    def _compare(self, request: RequestInfo, primary: Run, replays: list[Run], load: int) -> None:
+    async def _compare(
+        self, request: RequestInfo, primary: Run, replays: list[Run], load: int
+    ) -> None:
         key = (request.upstream, request.model_name)
         digest = hashlib.blake2b(request.raw_body, key=self._hash_key, digest_size=8).hexdigest()
         context = TrialContext(request.upstream, request.model_name, load_bucket(load))
         runs = comparable_runs((primary, *replays))
-        comparison = self.state.record(Trial(digest, runs, context))
+        trial = Trial(digest, runs, context)
+        # The comparison (trie, likelihood on the grid) is pure and the heavy part: it runs in a
+        # worker thread so primaries keep the event loop; folding it into the state stays here.
+        comparison = await asyncio.to_thread(self.state.compare, trial)
+        self.state.record(trial, comparison)
         self.state.count(key, "replayed")
         now = time.time()
         seen: set[tuple[int, str, str]] = set()
