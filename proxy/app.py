@@ -57,6 +57,8 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
         from proxy.shadow.wiring import install_shadow  # numpy/scipy only when shadow is configured
 
         tap = install_shadow(app, config)
+    if tap is None:
+        app.router.add_get("/tbg", _tbg_off)
     forward = Forwarder(config, metrics, in_flight, tap)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -110,6 +112,20 @@ async def _readyz(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _tbg_off(request: web.Request) -> web.Response:
+    """GET /tbg without shadow replay: say so and how to turn it on, instead of a bare 404."""
+    body = {
+        "shadow": "off",
+        "estimates": [],
+        "message": (
+            "Shadow replay is off, so nothing is measured. Turn it on with `tbg serve --config F` "
+            "and a `shadow:` section (`enabled: true`, `sample_rate`, `replays`; see "
+            "docs/configuration.md)."
+        ),
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def _not_found(request: web.Request) -> web.Response:
