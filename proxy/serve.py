@@ -127,7 +127,9 @@ async def serve(config: Config) -> None:
                 "choose another --port"
             ) from None
         started = True
-        print(_measuring(config), file=sys.stderr, flush=True)
+        measuring = _measuring(config)
+        if sys.stderr.isatty():  # a person at a terminal; pipelines get it in the JSON log below
+            print(measuring, file=sys.stderr, flush=True)
         log.info(
             "listening",
             extra={
@@ -135,6 +137,7 @@ async def serve(config: Config) -> None:
                 "port": config.port,
                 "upstreams": [u.name for u in config.upstreams],
                 "proxy_auth": bool(config.api_keys),
+                "measuring": measuring,
             },
         )
         await stop.wait()

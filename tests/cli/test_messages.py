@@ -64,7 +64,11 @@ def test_quick_start_says_what_it_measures_and_tbg_explains_itself() -> None:
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
+        while True:  # JSON log records on a pipe; the same sentence is printed on a terminal
+            record = orjson.loads(proc.stderr.readline())
+            if record.get("msg") == "listening":
+                break
+        line = record["measuring"]
         assert line.startswith(f"tbg serve: proxy at http://127.0.0.1:{port}/v1 -> ")
         assert "shadow replay off: nothing is measured" in line
         deadline = time.monotonic() + 20
