@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -149,6 +149,8 @@ class ShadowTap:
         self._rng = rng or random.Random()
         self.sampler = Sampler(config, rng=self._rng)
         self.load = LoadTracker(in_flight)
+        # Counts a bug in the shadow path (tbg_internal_errors_total{where="shadow"}); set by wiring.
+        self.on_internal_error: Callable[[], None] = lambda: None
         online = OnlineConfig(half_life_comparisons=config.half_life_comparisons)
         self.state = ShadowState(online, config.exemplars)
         # Request hashes are keyed per process: stable within it, useless for guessing prompts.
@@ -269,8 +271,9 @@ class ShadowTap:
                 self.state.count(job.ticket.key, "failed")
                 raise
             except Exception:  # a bug here must cost one trial, never the worker
-                log.exception("shadow trial failed")
+                log.exception("shadow trial failed")  # with its stack (proxy.logs)
                 self.state.count(job.ticket.key, "failed")
+                self.on_internal_error()
             finally:
                 self._busy -= 1
 
