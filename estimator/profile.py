@@ -12,9 +12,9 @@ first version. So each end is read off a local parabola:
   a_i = (f_{i+1} − 2f_i + f_{i−1})/2;
 * the estimate is the vertex of the parabola at the grid minimum, with the minimum value m;
 * an end is the root of p_i(t) = m + c (c = χ²₁(level)/2; with no divergence T̂ = 0 and the one-sided
-  c = χ²₁(2·level − 1)/2 above f at the smallest grid temperature) that lies within half a step of its
-  own grid point (|t| ≤ ½): the grid point nearest to the crossing. Where two cells claim it (a root
-  exactly on a cell edge) the outer one wins.
+  c = χ²₁(2·level − 1)/2 above f at the smallest grid temperature) read from the grid points next to
+  the crossing: a cell vouches for roots within ROOT_WINDOW = 0.75 steps of its point, and where two
+  cells claim a crossing the outer root wins (the two agree to a small fraction of a step).
 
 The recording rules (deploy/prometheus/rules_gen.py) do the same arithmetic in PromQL on the pooled
 counters with a static neighbour map, so /tbg, the gauges and the fleet's rules agree; `grid_profile`
@@ -29,7 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as st
 
-__all__ = ["Profile", "critical_values", "grid_profile", "parabolas"]
+__all__ = ["ROOT_WINDOW", "Profile", "critical_values", "grid_profile", "parabolas"]
+
+# A cell vouches for roots up to 0.75 grid steps from its point, not only its own half step: two
+# neighbouring parabolas disagree slightly at their shared edge, and with a window of exactly ½ a root
+# can fall between them and be claimed by neither (an interval end lost to the grid edge).
+ROOT_WINDOW = 0.75
 
 
 def critical_values(level: float) -> tuple[float, float]:
@@ -61,7 +66,7 @@ def _end(f: np.ndarray, a: np.ndarray, b: np.ndarray, level: float, side: int) -
     with np.errstate(invalid="ignore", divide="ignore"):
         disc = b * b - 4 * a * c
         root = (-b + side * np.sqrt(disc)) / (2 * a)
-    ok = (a > 0) & (disc >= 0) & (np.abs(root) <= 0.5)
+    ok = (a > 0) & (disc >= 0) & (np.abs(root) <= ROOT_WINDOW)
     idx = np.flatnonzero(ok)
     if idx.size == 0:
         return None

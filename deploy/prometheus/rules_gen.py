@@ -34,6 +34,7 @@ RUNBOOK_BASE = "https://github.com/tbg-proxy/tbg-proxy/blob/main/docs/runbooks"
 # bound); the same numbers as estimator.profile.critical_values (tests/monitoring checks it).
 TWO_SIDED_95 = 1.920729410347062
 ONE_SIDED_95 = 1.3527717270477029
+ROOT_WINDOW = 0.75  # estimator.profile.ROOT_WINDOW (tests/monitoring checks it)
 
 GRID_T = "max by (grid_t) (tbg_grid_temperature)"
 CEILING = "max by (model_name) (tbg_temperature_ceiling)"
@@ -154,7 +155,7 @@ def tbg_group(
         offset = f"({t} * on (grid_t) group_left () {step})"
         return (
             f"(\n  {offset} + on (grid_t) group_left () {log_t}\n)\n"
-            f"and on ({by}, grid_t) (abs({t}) <= 0.5)\nand on ({by}, grid_t) ({curv} > 0)"
+            f"and on ({by}, grid_t) (abs({t}) <= {ROOT_WINDOW})\nand on ({by}, grid_t) ({curv} > 0)"
         )
 
     return [

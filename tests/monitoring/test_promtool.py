@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from estimator.profile import critical_values
+from estimator.profile import ROOT_WINDOW, critical_values
 from grafana import promql
 from tests.monitoring import pooled_cases
 from tests.monitoring.common import PROM_DIR, ROOT, RULES_DIR, RUNBOOKS, rules_gen
@@ -41,6 +41,7 @@ def test_committed_pooled_tests_are_generated() -> None:
 def test_rule_thresholds_are_the_estimators() -> None:
     gen = rules_gen()
     assert critical_values(0.95) == (gen.TWO_SIDED_95, gen.ONE_SIDED_95)
+    assert gen.ROOT_WINDOW == ROOT_WINDOW
 
 
 def test_committed_rules_are_generated_from_rules_gen() -> None:
