@@ -343,8 +343,8 @@ def summary(
     if timed_out:
         lines.append("  stopped at the time limit")
     lines.append(
-        "  T_bg is a temperature on the model's own logit scale: 0 = bit-reproducible at T=0; the"
-        " paper's hosted stacks measured 0.01-0.2 (docs/science.md)."
+        "  T_bg is a sampling temperature on the model's own logit scale: 0 = bit-reproducible at"
+        " T=0; larger = more run-to-run variation (what the numbers mean: docs/science.md)."
     )
     lines.append(
         f"  served (now stopped): {proxy_url}/v1 (OpenAI API), {proxy_url}/metrics, {proxy_url}/tbg"
