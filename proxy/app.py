@@ -8,10 +8,13 @@ the handler (and with it the upstream request) and shutdown drains in-flight req
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy import errors
@@ -34,6 +37,8 @@ __all__ = [
     "make_runner",
 ]
 
+log = logging.getLogger("tbg.proxy")
+
 
 def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     """Build the proxy application.
@@ -41,7 +46,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
     shadow path builds its own tap (proxy/shadow/wiring.py); its ConfigError propagates.
     """
-    app = web.Application(handler_args={"max_field_size": 65536})
+    app = web.Application(handler_args={"max_field_size": 65536}, middlewares=[_internal_errors])
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
     metrics = ProxyMetrics(registry, (u.name for u in config.upstreams), in_flight)
@@ -57,6 +62,8 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
         from proxy.shadow.wiring import install_shadow  # numpy/scipy only when shadow is configured
 
         tap = install_shadow(app, config)
+    if tap is None:
+        app.router.add_get("/tbg", _tbg_off)
     forward = Forwarder(config, metrics, in_flight, tap)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -110,6 +117,45 @@ async def _readyz(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def _internal_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where anything unexpected on any route becomes an OpenAI-style 500 body: logged
+    with its stack (never its message) and counted in tbg_internal_errors_total{where="handler"}."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, asyncio.CancelledError):
+        raise
+    except errors.ProxyError as exc:
+        return errors.error_response(exc)
+    except Exception:
+        request.app[METRICS].internal_errors.labels("handler").inc()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "?"  # the pattern, not the path
+        log.exception("internal error", extra={"method": request.method, "route": route})
+        return errors.error_response(
+            errors.ProxyError(
+                500,
+                "The proxy hit an internal error; it is logged and counted. Please retry.",
+                "server_error",
+                "internal_error",
+            )
+        )
+
+
+async def _tbg_off(request: web.Request) -> web.Response:
+    """GET /tbg without shadow replay: say so and how to turn it on, instead of a bare 404."""
+    body = {
+        "shadow": "off",
+        "estimates": [],
+        "message": (
+            "Shadow replay is off, so nothing is measured. Turn it on with `tbg serve --config F` "
+            "and a `shadow:` section (`enabled: true`, `sample_rate`, `replays`; see "
+            "docs/configuration.md)."
+        ),
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def _not_found(request: web.Request) -> web.Response:

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.shadow.config import ShadowConfig, ShadowConfigError, parse_shadow_config
+
 AuthMode = Literal["passthrough", "inject"]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -86,8 +88,12 @@ class Config:
     log_level: str = "INFO"
     api_keys_env: str | None = None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: proxy auth off
-    # The YAML `shadow:` section, unparsed (proxy/shadow/config.py owns its schema).
+    # The YAML `shadow:` section as written, and validated at load (proxy/shadow/config.py owns its
+    # schema) together with its cross-field checks, so a bad value stops the start like any other.
     shadow: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    shadow_settings: ShadowConfig = field(default_factory=ShadowConfig)
+    # upstream name -> dedicated replay key, resolved from the injected environment at load
+    replay_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:
@@ -190,6 +196,7 @@ def build_config(
     shadow = merged.get("shadow") or {}
     if not isinstance(shadow, Mapping):
         raise ConfigError("shadow: must be a mapping")
+    settings, keys = _shadow(shadow, upstreams, environ)
     log_level = str(merged.get("log_level", "INFO")).upper()
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {sorted(_LOG_LEVELS)}")
@@ -207,7 +214,39 @@ def build_config(
         api_keys_env=api_keys_env,
         api_keys=api_keys,
         shadow=MappingProxyType(dict(shadow)),
+        shadow_settings=settings,
+        replay_keys=MappingProxyType(keys),
     )
+
+
+def _shadow(
+    raw: Mapping[str, Any], upstreams: tuple[UpstreamConfig, ...], environ: Mapping[str, str]
+) -> tuple[ShadowConfig, dict[str, str]]:
+    """The `shadow:` section and its cross-field checks: per-model overrides name configured
+    models (when the upstreams declare any), replay keys name upstreams and are set in `environ`."""
+    try:
+        settings = parse_shadow_config(raw)
+    except ShadowConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    declared = {m for u in upstreams for m in u.models}
+    if declared:
+        for name in settings.models:
+            if name not in declared:
+                raise ConfigError(
+                    f"shadow.models.{name}: no upstream serves a model named {name!r}"
+                    f" (configured: {', '.join(sorted(declared))})"
+                )
+    names = {u.name for u in upstreams}
+    keys: dict[str, str] = {}
+    for upstream, env in settings.replay_key_env.items():
+        where = f"shadow.replay_key_env.{upstream}"
+        if upstream not in names:
+            raise ConfigError(f"{where}: no upstream named {upstream!r}")
+        value = environ.get(env)
+        if not value:
+            raise ConfigError(f"{where}: environment variable {env} is not set")
+        keys[upstream] = value
+    return settings, keys
 
 
 def _upstream_from_flag(index: int, spec: str) -> UpstreamConfig:

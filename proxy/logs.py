@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from typing import Any, TextIO
 
 import orjson
@@ -33,6 +34,12 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
+            # Where it happened, frame by frame; never the exception's message or locals, which can
+            # carry prompt or completion text.
+            entry["exc_frames"] = [
+                {"file": f.filename, "line": f.lineno, "function": f.name}
+                for f in traceback.extract_tb(record.exc_info[2])
+            ]
         return orjson.dumps(entry, default=str).decode()
 
 

@@ -137,3 +137,17 @@ def test_tbg_serve_bad_config_has_no_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "upstreams[0].base_url:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_shadow_section_is_validated_at_load_with_cross_field_checks() -> None:
+    up = {"name": "a", "base_url": "http://127.0.0.1:9/v1", "models": ["m"]}
+    with pytest.raises(ConfigError, match=r"^shadow\.sample_rate: "):
+        build_config({"upstreams": [up], "shadow": {"sample_rate": 2}}, {})
+    with pytest.raises(ConfigError, match=r"^shadow\.models\.mm: no upstream serves"):
+        build_config({"upstreams": [up], "shadow": {"models": {"mm": {"sample_rate": 1}}}}, {})
+    with pytest.raises(ConfigError, match=r"^shadow\.replay_key_env\.a: environment variable K"):
+        build_config({"upstreams": [up], "shadow": {"replay_key_env": {"a": "K"}}}, {})
+    cfg = build_config({"upstreams": [up], "shadow": {"enabled": True, "replay_key_env": {"a": "K"}}},
+                       {"K": "sk-replay"})  # fmt: skip
+    assert cfg.shadow_settings.enabled and dict(cfg.replay_keys) == {"a": "sk-replay"}
+    assert "sk-replay" not in repr(cfg)
