@@ -8,13 +8,11 @@ the handler (and with it the upstream request) and shutdown drains in-flight req
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy import errors
@@ -44,12 +42,15 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     """Build the proxy application.
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
-    shadow path builds its own tap (proxy/shadow/wiring.py); its ConfigError propagates.
+    shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
     """
-    app = web.Application(handler_args={"max_field_size": 65536}, middlewares=[_internal_errors])
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
     metrics = ProxyMetrics(registry, (u.name for u in config.upstreams), in_flight)
+    app = web.Application(
+        handler_args={"max_field_size": 65536},
+        middlewares=[errors.error_middleware(metrics.internal_errors)],
+    )
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[IN_FLIGHT] = in_flight
@@ -58,7 +59,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_shutdown.append(_mark_draining)
 
-    if tap is None and config.shadow:
+    if tap is None and config.shadow_config.enabled:
         from proxy.shadow.wiring import install_shadow  # numpy/scipy only when shadow is configured
 
         tap = install_shadow(app, config)
@@ -119,31 +120,6 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-@web.middleware
-async def _internal_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place where anything unexpected on any route becomes an OpenAI-style 500 body: logged
-    with its stack (never its message) and counted in tbg_internal_errors_total{where="handler"}."""
-    try:
-        return await handler(request)
-    except (web.HTTPException, asyncio.CancelledError):
-        raise
-    except errors.ProxyError as exc:
-        return errors.error_response(exc)
-    except Exception:
-        request.app[METRICS].internal_errors.labels("handler").inc()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "?"  # the pattern, not the path
-        log.exception("internal error", extra={"method": request.method, "route": route})
-        return errors.error_response(
-            errors.ProxyError(
-                500,
-                "The proxy hit an internal error; it is logged and counted. Please retry.",
-                "server_error",
-                "internal_error",
-            )
-        )
-
-
 async def _tbg_off(request: web.Request) -> web.Response:
     """GET /tbg without shadow replay: say so and how to turn it on, instead of a bare 404."""
     body = {
@@ -159,7 +135,4 @@ async def _tbg_off(request: web.Request) -> web.Response:
 
 
 async def _not_found(request: web.Request) -> web.Response:
-    error = errors.ProxyError(
-        404, f"No route for {request.path}.", "invalid_request_error", "not_found"
-    )
-    return errors.error_response(error)
+    raise errors.not_found(request.path)  # mapped to its body by errors.error_middleware

@@ -433,11 +433,7 @@ class Forwarder:
     def _tap_failed(self, stage: str, exc: BaseException) -> None:
         self._metrics.tap_errors.labels(stage).inc()
         self._metrics.internal_errors.labels("tap").inc()
-        log.error(
-            "tap raised",
-            extra={"stage": stage, "error": type(exc).__name__},
-            exc_info=(type(exc), exc, exc.__traceback__),
-        )
+        log.error("tap raised", extra={"stage": stage, "error": type(exc).__name__}, exc_info=exc)
 
     def _observe(self, request: web.Request, st: _State) -> None:
         now = time.monotonic()

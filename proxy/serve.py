@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-keys-env", help="env var holding the proxy's API keys, comma-separated"
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    quick = parser.add_argument_group(
+        "quick start", "measure with no config file; any of the last three turns shadow replay on"
+    )
+    quick.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a model the one --upstream serves; repeatable",
+    )
+    quick.add_argument("--sample-rate", metavar="R", help="share of eligible requests replayed")
+    quick.add_argument("--replays", metavar="N", help="replays per sampled request")
+    quick.add_argument("--ceiling", metavar="T", help="T_bg alert ceiling")
     return parser
 
 
@@ -59,6 +72,10 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         drain_seconds=args.drain_seconds,
         api_keys_env=args.api_keys_env,
         log_level=args.log_level,
+        models=tuple(args.model),
+        sample_rate=args.sample_rate,
+        replays=args.replays,
+        ceiling=args.ceiling,
     )
 
 
@@ -90,7 +107,7 @@ class StartError(RuntimeError):
 def _measuring(config: Config) -> str:
     """One line on stderr at start: what this proxy measures, so a quick start is not silent."""
     url = f"http://{config.host}:{config.port}"
-    shadow = config.shadow_settings
+    shadow = config.shadow_config
     if not shadow.enabled:
         what = "shadow replay off: nothing is measured (GET /tbg says how to turn it on)"
     else:

@@ -190,7 +190,7 @@ class ShadowTap:
         # Jobs still queued were sampled but will never be replayed: account for them.
         while not self._queue.empty():
             job = self._queue.get_nowait()
-            self.state.drop(job.ticket.key, "queue_full")
+            self.state.drop(job.ticket.key, "shutdown")
 
     async def idle(self, within_s: float) -> bool:
         """Wait until the queue is empty and no worker is busy (tests, the demo). False if not
@@ -330,7 +330,7 @@ class ShadowTap:
                 self.config.replay_timeout_seconds,
             )
         except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
-            log.info("replay to %s failed: %s", upstream, type(exc).__name__)
+            log.warning("replay to %s failed: %s", upstream, type(exc).__name__, exc_info=exc)
             self.state.replay_request(key, "error")
             return None
         finally:

@@ -32,8 +32,8 @@ DROP_REASONS: tuple[str, ...] = (
     "queue_full",
     "rate_limit",
     "budget",
-    "concurrency",
     "primary_incomplete",
+    "shutdown",  # sampled, still queued when the proxy stopped
 )
 
 

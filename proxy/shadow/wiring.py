@@ -1,5 +1,5 @@
-"""Wires the shadow path into the proxy app: parses `config.shadow`, builds the ShadowTap, registers
-its collector and the GET /tbg route, and owns its workers in the app's cleanup context.
+"""Wires the shadow path into the proxy app: takes the validated `config.shadow_config`, builds
+the ShadowTap, registers its collector and the GET /tbg route, and owns its workers in the app's cleanup context.
 Called once from `make_app`; nothing here runs at import time.
 """
 
@@ -13,7 +13,6 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.keys import IN_FLIGHT, METRICS, REGISTRY, UPSTREAMS
 from proxy.shadow.api import make_handler
-from proxy.shadow.config import ShadowConfig
 from proxy.shadow.metrics import ShadowCollector
 from proxy.shadow.replayer import ShadowTap
 
@@ -61,14 +60,9 @@ class UpstreamTransport:
             return await response.text()
 
 
-def shadow_config(config: Config) -> ShadowConfig:
-    """The `shadow:` section, validated once by load_config/build_config."""
-    return config.shadow_settings
-
-
 def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
     """Build and register the shadow path when enabled; returns the tap for the forwarder."""
-    shadow = shadow_config(config)
+    shadow = config.shadow_config  # validated, replay keys resolved, by load_config
     if not shadow.enabled:
         return None
     tap = ShadowTap(shadow, UpstreamTransport(app, config.replay_keys), app[IN_FLIGHT])
