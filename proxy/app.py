@@ -126,9 +126,9 @@ async def _tbg_off(request: web.Request) -> web.Response:
         "shadow": "off",
         "estimates": [],
         "message": (
-            "Shadow replay is off, so nothing is measured. Turn it on with `tbg serve --config F` "
-            "and a `shadow:` section (`enabled: true`, `sample_rate`, `replays`; see "
-            "docs/configuration.md)."
+            "Shadow replay is off, so nothing is measured. Turn it on with `tbg serve --upstream URL "
+            "--model NAME --sample-rate 0.1`, or a `shadow:` section in the config file "
+            "(`enabled: true`, `sample_rate`, `replays`; see docs/configuration.md)."
         ),
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
