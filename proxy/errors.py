@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 
 log = logging.getLogger("proxy.errors")
 
@@ -109,16 +109,9 @@ def where_of(request: web.Request) -> str:
     return first if first in WHERE else "other"
 
 
-def error_middleware(registry: CollectorRegistry) -> Middleware:
-    """Build the middleware and its counter (one per app registry)."""
-    internal = Counter(
-        "tbg_internal_errors_total",
-        "Unexpected exceptions (bugs) caught by the error middleware or logged by background tasks.",
-        ("where",),
-        registry=registry,
-    )
-    for where in WHERE:
-        internal.labels(where)
+def error_middleware(internal: Counter) -> Middleware:
+    """Build the middleware around the app's `tbg_internal_errors_total{where}` counter
+    (proxy.metrics; `where` is one of WHERE for requests, tap or shadow for the background paths)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.keys import IN_FLIGHT, REGISTRY, UPSTREAMS
+from proxy.keys import IN_FLIGHT, METRICS, REGISTRY, UPSTREAMS
 from proxy.shadow.api import make_handler
 from proxy.shadow.metrics import ShadowCollector
 from proxy.shadow.replayer import ShadowTap
@@ -67,6 +67,7 @@ def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
         return None
     tap = ShadowTap(shadow, UpstreamTransport(app, config.replay_keys), app[IN_FLIGHT])
     app[SHADOW] = tap
+    tap.on_internal_error = app[METRICS].internal_errors.labels("shadow").inc
     models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
     tap.prime([(u.name, m) for u in config.upstreams for m in u.models])
     app[REGISTRY].register(
