@@ -12,7 +12,7 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from proxy.errors import error_middleware
 from proxy.forward import Forwarder
@@ -101,7 +101,9 @@ async def test_aiohttp_http_errors_keep_their_status_in_the_openai_shape() -> No
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("/elsewhere")
 
-    app = web.Application(middlewares=[error_middleware(registry)])
+    internal = Counter("tbg_internal_errors_total", "bugs", ("where",), registry=registry)
+    internal.labels("other")
+    app = web.Application(middlewares=[error_middleware(internal)])
     app.router.add_get("/forbidden", forbidden)
     app.router.add_get("/redirect", redirect)
     runner = web.AppRunner(app, access_log=None)
