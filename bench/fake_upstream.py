@@ -97,7 +97,11 @@ def make_app(n_tokens: int, delay_s: float) -> web.Application:
     async def models(_request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "bench", "object": "model"}]})
 
+    async def health(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")  # vllm-router probes GET /health
+
     app = web.Application()
+    app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", completion)
     app.router.add_post("/v1/completions", completion)
     app.router.add_get("/v1/models", models)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy import stats as st
 
 from estimator.compare import Divergence
 from estimator.jitter import sigma_to_temperature
 from estimator.likelihood import GridLoglik
 from estimator.model import Trial
 from estimator.pair import compare_fast
+from estimator.profile import grid_profile
 from estimator.stats import divergence_hazard
 
 __all__ = [
@@ -154,38 +154,12 @@ class SufficientStats:
 def profile_from_grid(
     grid: np.ndarray, nll: np.ndarray, *, diverged: bool, level: float = 0.95
 ) -> tuple[float, float, float]:
-    """(estimate, lower, upper) from Σ −ℓ on a log grid: argmin refined by a parabola in log T,
-    interval ends by linear interpolation in log T of the 2Δℓ = χ²₁ crossings. Without a
-    divergence: (0, 0, one-sided upper at 2Δℓ = χ²₁(2·level − 1)). Bounds are clipped to the grid
-    (lower 0 below it)."""
-    x = np.log(grid)
-    y = np.asarray(nll, dtype=float)
-    if not diverged:
-        crit = float(st.chi2.ppf(2 * level - 1, 1)) / 2
-        return 0.0, 0.0, _crossing(x, y - y[0] - crit, 0, +1, grid)
-    i = int(np.argmin(y))
-    crit = float(st.chi2.ppf(level, 1)) / 2
-    est = x[i]
-    if 0 < i < len(y) - 1:
-        a, b, c = y[i - 1], y[i], y[i + 1]
-        den = a - 2 * b + c
-        if den > 0:
-            est = x[i] + 0.5 * (a - c) / den * (x[1] - x[0])
-    d = y - y[i] - crit
-    lo = _crossing(x, d, i, -1, grid)
-    hi = _crossing(x, d, i, +1, grid)
-    return float(np.exp(est)), lo, hi
-
-
-def _crossing(x: np.ndarray, d: np.ndarray, i: int, step: int, grid: np.ndarray) -> float:
-    j = i
-    while 0 <= j + step < len(d) and d[j + step] < 0:
-        j += step
-    if not 0 <= j + step < len(d):
-        return 0.0 if step < 0 else float(grid[-1])
-    k = j + step
-    t = d[j] / (d[j] - d[k]) if d[j] != d[k] else 0.0
-    return float(np.exp(x[j] + t * (x[k] - x[j])))
+    """(estimate, lower, upper) from Σ −ℓ on a log grid, read off local parabolas in log T
+    (estimator.profile; the recording rules do the same arithmetic). Without a divergence:
+    (0, 0, one-sided upper at 2Δℓ = χ²₁(2·level − 1)). Bounds are clipped to the grid (lower 0 below
+    it)."""
+    p = grid_profile(grid, nll, diverged=diverged, level=level)
+    return p.estimate, p.lower, p.upper
 
 
 def _snapshot(
@@ -244,7 +218,9 @@ class OnlineEstimator:
         self._dec = np.zeros(n)  # decayed counters
         self._tot = np.zeros(n)  # undecayed counters
         self._dec_nll = np.zeros(self._grid.size)
+        self._dec_w2 = 0.0  # Σ w² over pairs (each pair enters with weight 1, then decays)
         self._tot_nll = np.zeros(self._grid.size)
+        self._snap: OnlineSnapshot | None = None  # computed once per change, not per scrape
 
     def compare(self, trial: Trial) -> TrialComparison:
         """The comparison of one trial, without touching the state."""
@@ -292,12 +268,23 @@ class OnlineEstimator:
         self._tot += row
         self._dec_nll *= f
         self._dec_nll += tc.nll
+        self._dec_w2 = self._dec_w2 * f * f + tc.pairs
         self._tot_nll += tc.nll
+        self._snap = None
 
     def snapshot(self) -> OnlineSnapshot:
+        if self._snap is None:
+            self._snap = self._compute_snapshot()
+        return self._snap
+
+    def _compute_snapshot(self) -> OnlineSnapshot:
         dec = dict(zip(_COUNTERS, self._dec.tolist(), strict=True))
         tot = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))
-        return _snapshot(dec, self._dec_nll, self._grid, tot, self.config.level)
+        # Decayed weights w <= 1 make the weighted log-likelihood's curvature (Σ w·I) overstate
+        # the estimate's variance (Σ w²·I / (Σ w·I)²): scaling by Σw / Σw² (Kish's effective sample
+        # size over Σw) gives the interval the weighted estimate's own spread. 1 without decay.
+        scale = dec["pairs"] / self._dec_w2 if self._dec_w2 > 0 else 1.0
+        return _snapshot(dec, self._dec_nll * scale, self._grid, tot, self.config.level)
 
     def stats(self) -> SufficientStats:
         kw = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))

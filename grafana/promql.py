@@ -72,7 +72,8 @@ def substitute(expr: str, variables: dict[str, str] | None = None) -> str:
             raise KeyError(f"unknown template variable ${name} in {expr!r}")
         return values[name]
 
-    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]", repl, expr)
+    # `$1` inside a string (label_replace's replacement) is a regex group, not a variable.
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$([A-Za-z_]\w*)|\[\[(\w+)\]\]", repl, expr)
 
 
 def _tokens(expr: str) -> list[tuple[str, str]]:

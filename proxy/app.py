@@ -8,6 +8,7 @@ the handler (and with it the upstream request) and shutdown drains in-flight req
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import orjson
@@ -34,17 +35,22 @@ __all__ = [
     "make_runner",
 ]
 
+log = logging.getLogger("tbg.proxy")
+
 
 def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     """Build the proxy application.
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
-    shadow path builds its own tap (proxy/shadow/wiring.py); its ConfigError propagates.
+    shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
     """
-    app = web.Application(handler_args={"max_field_size": 65536})
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
     metrics = ProxyMetrics(registry, (u.name for u in config.upstreams), in_flight)
+    app = web.Application(
+        handler_args={"max_field_size": 65536},
+        middlewares=[errors.error_middleware(metrics.internal_errors)],
+    )
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[IN_FLIGHT] = in_flight
@@ -53,10 +59,12 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_shutdown.append(_mark_draining)
 
-    if tap is None and config.shadow:
+    if tap is None and config.shadow_config.enabled:
         from proxy.shadow.wiring import install_shadow  # numpy/scipy only when shadow is configured
 
         tap = install_shadow(app, config)
+    if tap is None:
+        app.router.add_get("/tbg", _tbg_off)
     forward = Forwarder(config, metrics, in_flight, tap)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -112,8 +120,19 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _tbg_off(request: web.Request) -> web.Response:
+    """GET /tbg without shadow replay: say so and how to turn it on, instead of a bare 404."""
+    body = {
+        "shadow": "off",
+        "estimates": [],
+        "message": (
+            "Shadow replay is off, so nothing is measured. Turn it on with `tbg serve --upstream URL "
+            "--model NAME --sample-rate 0.1`, or a `shadow:` section in the config file "
+            "(`enabled: true`, `sample_rate`, `replays`; see docs/configuration.md)."
+        ),
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
 async def _not_found(request: web.Request) -> web.Response:
-    error = errors.ProxyError(
-        404, f"No route for {request.path}.", "invalid_request_error", "not_found"
-    )
-    return errors.error_response(error)
+    raise errors.not_found(request.path)  # mapped to its body by errors.error_middleware

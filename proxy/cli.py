@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     lines = ["usage: tbg <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in _COMMANDS.items()]
-    lines += ["", "`tbg <command> --help` for the options of one command."]
+    lines += ["", "`tbg <command> --help` for the options of one command; `tbg --version`."]
     return "\n".join(lines)
 
 
@@ -26,9 +27,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in {"-h", "--help"}:
         print(_usage())
         return 0 if args else 2
+    if args[0] in {"-V", "--version"}:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"tbg {version('tbg-proxy')}")
+        except PackageNotFoundError:  # running from a checkout that is not installed
+            print("tbg (not installed)")
+        return 0
     name, rest = args[0], args[1:]
     if name not in _COMMANDS:
-        print(f"tbg: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, list(_COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"tbg: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(_COMMANDS[name][0])
     entry: Callable[[list[str]], int] = module.main

@@ -9,7 +9,6 @@ e.g. `upstreams[1].base_url: must be an absolute http(s) URL`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+
+from proxy.shadow.config import (
+    ShadowConfig,
+    ShadowConfigError,
+    as_float,
+    as_int,
+    parse_shadow_config,
+)
 
 AuthMode = Literal["passthrough", "inject"]
 
@@ -86,8 +93,12 @@ class Config:
     log_level: str = "INFO"
     api_keys_env: str | None = None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: proxy auth off
-    # The YAML `shadow:` section, unparsed (proxy/shadow/config.py owns its schema).
+    # The YAML `shadow:` section as given (quick-start flags merged in), kept for reference;
+    # `shadow_config` is the validated form every consumer uses.
     shadow: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    shadow_config: ShadowConfig = field(default_factory=ShadowConfig)
+    # upstream name -> key from `shadow.replay_key_env`, resolved from the injected environment.
+    replay_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:
@@ -108,6 +119,12 @@ class Overrides:
     drain_seconds: float | None = None
     api_keys_env: str | None = None
     log_level: str | None = None
+    # Quick start (`tbg serve --upstream URL --model M --sample-rate R`): models served by the one
+    # flag upstream, and shadow settings that also turn shadow replay on.
+    models: tuple[str, ...] = ()
+    sample_rate: float | str | None = None  # strings go through the schema like YAML values
+    replays: int | str | None = None
+    ceiling: float | str | None = None
 
 
 def load_config(overrides: Overrides, environ: Mapping[str, str]) -> Config:
@@ -161,8 +178,16 @@ def build_config(
         if value is not None:
             merged[key] = value
 
+    if overrides.models and len(cli_upstreams) != 1:
+        raise ConfigError(
+            "--model: needs exactly one --upstream (with a config file, list models under "
+            "upstreams[].models)"
+        )
     if cli_upstreams:
         upstreams = tuple(_upstream_from_flag(i, spec) for i, spec in enumerate(cli_upstreams))
+        if overrides.models:
+            models = tuple(_str(m, f"--model[{j}]") for j, m in enumerate(overrides.models))
+            upstreams = (_replace_models(upstreams[0], models),)
         # The file's upstreams are replaced, so its default_upstream no longer applies.
         merged["default_upstream"] = environ.get("TBG_DEFAULT_UPSTREAM") or upstreams[0].name
     else:
@@ -187,9 +212,17 @@ def build_config(
         if not api_keys:
             raise ConfigError(f"api_keys_env: environment variable {api_keys_env} holds no keys")
 
-    shadow = merged.get("shadow") or {}
-    if not isinstance(shadow, Mapping):
+    shadow_raw = merged.get("shadow") or {}
+    if not isinstance(shadow_raw, Mapping):
         raise ConfigError("shadow: must be a mapping")
+    shadow = dict(shadow_raw)
+    for key in ("sample_rate", "replays", "ceiling"):
+        value = getattr(overrides, key)
+        if value is not None:
+            shadow[key] = value
+            shadow["enabled"] = True  # a quick-start shadow flag turns replay on
+    shadow_config = _shadow(shadow, upstreams)
+    replay_keys = _replay_keys(shadow_config, upstreams, environ)
     log_level = str(merged.get("log_level", "INFO")).upper()
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {sorted(_LOG_LEVELS)}")
@@ -206,7 +239,55 @@ def build_config(
         log_level=log_level,
         api_keys_env=api_keys_env,
         api_keys=api_keys,
-        shadow=MappingProxyType(dict(shadow)),
+        shadow=MappingProxyType(shadow),
+        shadow_config=shadow_config,
+        replay_keys=MappingProxyType(replay_keys),
+    )
+
+
+def _shadow(raw: Mapping[str, Any], upstreams: Sequence[UpstreamConfig]) -> ShadowConfig:
+    """Validate `shadow:` here, with the rest, so a bad value exits 2 like any other field."""
+    try:
+        shadow = parse_shadow_config(raw)
+    except ShadowConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    served = {m for u in upstreams for m in u.models}
+    if served:  # with no model lists every upstream serves any name: nothing to check against
+        for name in shadow.models:
+            if name not in served:
+                raise ConfigError(
+                    f"shadow.models.{name}: no upstream serves model {name!r} "
+                    f"(configured: {', '.join(sorted(served))})"
+                )
+    return shadow
+
+
+def _replay_keys(
+    shadow: ShadowConfig, upstreams: Sequence[UpstreamConfig], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Resolve `shadow.replay_key_env` from the injected environment (never os.environ)."""
+    names = {u.name for u in upstreams}
+    keys: dict[str, str] = {}
+    for upstream, env in shadow.replay_key_env.items():
+        where = f"shadow.replay_key_env.{upstream}"
+        if upstream not in names:
+            raise ConfigError(f"{where}: no upstream named {upstream!r}")
+        value = environ.get(env)
+        if not value:
+            raise ConfigError(f"{where}: environment variable {env} is not set")
+        keys[upstream] = value
+    return keys
+
+
+def _replace_models(upstream: UpstreamConfig, models: tuple[str, ...]) -> UpstreamConfig:
+    return UpstreamConfig(
+        name=upstream.name,
+        base_url=upstream.base_url,
+        auth=upstream.auth,
+        api_key_env=upstream.api_key_env,
+        api_key=upstream.api_key,
+        timeouts=upstream.timeouts,
+        models=models,
     )
 
 
@@ -327,10 +408,7 @@ def _opt_str(value: Any, where: str) -> str | None:
 
 
 def _int(value: Any, where: str, *, low: int, high: int | None = None) -> int:
-    try:
-        number = int(value) if not isinstance(value, bool | float) else None
-    except (TypeError, ValueError):
-        number = None
+    number = as_int(value)
     if number is None or number < low or (high is not None and number > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ConfigError(f"{where}: must be an integer {bounds}, got {value!r}")
@@ -338,10 +416,7 @@ def _int(value: Any, where: str, *, low: int, high: int | None = None) -> int:
 
 
 def _float(value: Any, where: str, *, pos: bool = False) -> float:
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number < 0 or (pos and number == 0):
+    number = as_float(value)
+    if number is None or number < 0 or (pos and number == 0):
         raise ConfigError(f"{where}: must be a {'positive' if pos else 'non-negative'} number")
     return number

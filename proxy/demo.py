@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from proxy.shadow.config import ModelPolicy
+
 PROMPTS: tuple[str, ...] = (
     "Write a short poem about the sea.",
     "Explain what a hash table is in two sentences.",
@@ -281,19 +283,49 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
                     load.cancel()
                     await load
             await runner.cleanup()
-    out.write(summary(final, errors, proxy_url, timed_out) + "\n")
+    truth = opts.temperature if opts.mode == "thermostat" else None
+    out.write(summary(final, errors, proxy_url, timed_out, truth=truth) + "\n")
     return 1 if timed_out or errors else 0
 
 
-def summary(final: dict[str, Any], errors: list[str], proxy_url: str, timed_out: bool) -> str:
+def verdict(lower: float, upper: float, ceiling: float) -> str:
+    """What the interval says about the ceiling, and what to do about it."""
+    if upper < ceiling:
+        return (
+            f"below the ceiling {ceiling:g}: greedy outputs vary no more than an ideal copy of the "
+            f"model sampling at T <= {upper:.3g}; nothing to do"
+        )
+    if lower > ceiling:
+        return (
+            f"ABOVE the ceiling {ceiling:g}: this stack's T=0 outputs are measurably random; see "
+            "docs/runbooks/TbgAboveCeiling.md (batch-invariant kernels, lower batch sizes)"
+        )
+    return (
+        f"undecided against the ceiling {ceiling:g} (the interval contains it): send more requests "
+        "(--requests) to narrow it"
+    )
+
+
+def summary(
+    final: dict[str, Any],
+    errors: list[str],
+    proxy_url: str,
+    timed_out: bool,
+    *,
+    truth: float | None = None,
+    ceiling: float = ModelPolicy().ceiling,
+) -> str:
     acc = final["accounting"]
     lines = ["", "summary"]
     for e in final["estimates"]:
+        known = f" (the reference samples at T = {truth:g})" if truth is not None else ""
         lines.append(
             f"  T_bg({e['model_name']} via {e['upstream']}) = {_fmt(e['estimate'])}, 95% interval "
-            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}], method {e['method']}; "
+            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}]{known}, method {e['method']}; "
             f"{e['diverged']} of {e['pairs']} run pairs diverged"
         )
+        if e["method"] == "likelihood":
+            lines.append(f"    verdict: {verdict(e['lower'], e['upper'], ceiling)}")
     reasons = ", ".join(f"{k} {v}" for k, v in final.get("dropped_by_reason", {}).items())
     lines.append(
         f"  accounting: sampled {acc['sampled']} = replayed {acc['replayed']} + dropped "
@@ -310,7 +342,13 @@ def summary(final: dict[str, Any], errors: list[str], proxy_url: str, timed_out:
         lines.append(f"  {len(errors)} client errors, first: {errors[0]}")
     if timed_out:
         lines.append("  stopped at the time limit")
-    lines.append(f"  served: {proxy_url}/v1 (OpenAI API), {proxy_url}/metrics, {proxy_url}/tbg")
+    lines.append(
+        "  T_bg is a sampling temperature on the model's own logit scale: 0 = bit-reproducible at"
+        " T=0; larger = more run-to-run variation (what the numbers mean: docs/science.md)."
+    )
+    lines.append(
+        f"  served (now stopped): {proxy_url}/v1 (OpenAI API), {proxy_url}/metrics, {proxy_url}/tbg"
+    )
     return "\n".join(lines)
 
 

@@ -86,6 +86,7 @@ class Forwarder:
         self._in_flight = in_flight
         self._tap = tap
         self._keys = tuple(k.encode() for k in config.api_keys)
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any, Any, Any]] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         tail = "/" + request.match_info.get("tail", "")
@@ -431,19 +432,26 @@ class Forwarder:
 
     def _tap_failed(self, stage: str, exc: BaseException) -> None:
         self._metrics.tap_errors.labels(stage).inc()
-        log.error("tap raised", extra={"stage": stage, "error": type(exc).__name__})
+        self._metrics.internal_errors.labels("tap").inc()
+        log.error("tap raised", extra={"stage": stage, "error": type(exc).__name__}, exc_info=exc)
 
     def _observe(self, request: web.Request, st: _State) -> None:
         now = time.monotonic()
         duration = now - st.started
-        m = self._metrics
-        m.requests.labels(st.route, st.model_name, st.upstream, str(st.status)).inc()
-        m.added.labels(st.route).observe(max(0.0, duration - st.upstream_wait))
+        key = (st.route, st.model_name, st.upstream, st.status)
+        children = self._children.get(key)
+        if children is None:  # label values are bounded, so this cache is too
+            children = self._children[key] = self._label_children(st)
+        requests, added, dur, ttfb_hist = children
+        requests.inc()
+        added.observe(max(0.0, duration - st.upstream_wait))
         ttfb = None if st.first_byte_at is None else st.first_byte_at - st.started
-        if st.upstream != NO_UPSTREAM:
-            m.duration.labels(st.route, st.model_name, st.upstream).observe(duration)
-            if ttfb is not None:
-                m.ttfb.labels(st.route, st.model_name, st.upstream).observe(ttfb)
+        if dur is not None:
+            dur.observe(duration)
+            if ttfb is not None and ttfb_hist is not None:
+                ttfb_hist.observe(ttfb)
+        if not access_log.isEnabledFor(logging.INFO):  # skip building the record when it is off
+            return
         access_log.info(
             "request",
             extra={
@@ -457,6 +465,16 @@ class Forwarder:
                 "added_s": round(max(0.0, duration - st.upstream_wait), 6),
             },
         )
+
+    def _label_children(self, st: _State) -> tuple[Any, Any, Any, Any]:
+        """The metric children for one label set, resolved once (`.labels()` locks and hashes)."""
+        m = self._metrics
+        requests = m.requests.labels(st.route, st.model_name, st.upstream, str(st.status))
+        added = m.added.labels(st.route)
+        if st.upstream == NO_UPSTREAM:
+            return requests, added, None, None
+        labels = (st.route, st.model_name, st.upstream)
+        return requests, added, m.duration.labels(*labels), m.ttfb.labels(*labels)
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

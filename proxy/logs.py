@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
+from types import TracebackType
 from typing import Any, TextIO
 
 import orjson
@@ -33,7 +35,17 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
+            # Where it happened, frame by frame; never str(exc): messages can carry prompt text.
+            entry["exc_frames"] = frames(record.exc_info[2])
         return orjson.dumps(entry, default=str).decode()
+
+
+def frames(tb: TracebackType | None, limit: int = 30) -> list[dict[str, Any]]:
+    """The innermost `limit` frames of a traceback as {file, line, function}, outermost first."""
+    return [
+        {"file": f.filename, "line": f.lineno, "function": f.name}
+        for f in traceback.extract_tb(tb)[-limit:]
+    ]
 
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from proxy.errors import WHERE
 from proxy.inflight import InFlight
 
 ROUTES = ("chat", "completions", "embeddings", "models", "responses", "other")
@@ -21,6 +22,8 @@ OTHER_MODEL = "other"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _ADDED_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+INTERNAL_ERROR_PLACES = (*WHERE, "tap", "shadow")  # request routes, then background paths
 
 
 class ProxyMetrics:
@@ -86,6 +89,15 @@ class ProxyMetrics:
             ("stage",),
             registry=registry,
         )
+        self.internal_errors = Counter(
+            "tbg_internal_errors_total",
+            "Unexpected exceptions (bugs) by where they happened: a request route, the tap or the "
+            "shadow path; each is logged with its stack.",
+            ("where",),
+            registry=registry,
+        )
+        for where in INTERNAL_ERROR_PLACES:
+            self.internal_errors.labels(where)
         for name in upstreams:
             self.in_flight.labels(name).set_function(_InFlightReader(in_flight, name))
             for kind in UPSTREAM_ERROR_KINDS:

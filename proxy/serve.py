@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -45,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-keys-env", help="env var holding the proxy's API keys, comma-separated"
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    quick = parser.add_argument_group(
+        "quick start", "measure with no config file; any of the last three turns shadow replay on"
+    )
+    quick.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a model the one --upstream serves; repeatable",
+    )
+    quick.add_argument("--sample-rate", metavar="R", help="share of eligible requests replayed")
+    quick.add_argument("--replays", metavar="N", help="replays per sampled request")
+    quick.add_argument("--ceiling", metavar="T", help="T_bg alert ceiling")
     return parser
 
 
@@ -58,6 +72,10 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         drain_seconds=args.drain_seconds,
         api_keys_env=args.api_keys_env,
         log_level=args.log_level,
+        models=tuple(args.model),
+        sample_rate=args.sample_rate,
+        replays=args.replays,
+        ceiling=args.ceiling,
     )
 
 
@@ -70,12 +88,38 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(config.log_level)
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(config))
+        else:
+            uvloop.run(serve(config))
+    except StartError as exc:
+        print(f"tbg serve: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+class StartError(RuntimeError):
+    """The proxy cannot start (e.g. its port is taken); the message says what to change."""
+
+
+def _measuring(config: Config) -> str:
+    """One line on stderr at start: what this proxy measures, so a quick start is not silent."""
+    url = f"http://{config.host}:{config.port}"
+    shadow = config.shadow_config
+    if not shadow.enabled:
+        what = "shadow replay off: nothing is measured (GET /tbg says how to turn it on)"
+    else:
+        models = sorted({m for u in config.upstreams for m in u.models}) or [
+            "every model as 'other'"
+        ]
+        what = (
+            f"shadow replay on: {', '.join(models)}; sample rate {shadow.defaults.sample_rate:g}, "
+            f"{shadow.replays} replays, ceiling {shadow.defaults.ceiling:g}; live T_bg at {url}/tbg"
+        )
+    ups = ", ".join(f"{u.name} ({u.base_url})" for u in config.upstreams)
+    return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}"
 
 
 async def serve(config: Config) -> None:
@@ -87,9 +131,22 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    started = False
     try:
         site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise StartError(
+                f"{config.host}:{config.port} is already in use: stop what listens there or "
+                "choose another --port"
+            ) from None
+        started = True
+        measuring = _measuring(config)
+        if sys.stderr.isatty():  # a person at a terminal; pipelines get it in the JSON log below
+            print(measuring, file=sys.stderr, flush=True)
         log.info(
             "listening",
             extra={
@@ -97,6 +154,7 @@ async def serve(config: Config) -> None:
                 "port": config.port,
                 "upstreams": [u.name for u in config.upstreams],
                 "proxy_auth": bool(config.api_keys),
+                "measuring": measuring,
             },
         )
         await stop.wait()
@@ -106,4 +164,5 @@ async def serve(config: Config) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
-        log.info("stopped")
+        if started:
+            log.info("stopped")

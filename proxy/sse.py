@@ -16,6 +16,7 @@ import orjson
 
 _BOUNDARY = re.compile(rb"\r?\n\r?\n")
 _DONE = "[DONE]"
+_LINES = re.compile(r"\r\n|\r|\n")
 
 
 class SSESplitter:
@@ -65,7 +66,9 @@ def parse_event(raw: bytes) -> SSEEvent:
     """Parse one complete event's bytes (as returned by SSESplitter)."""
     data_lines: list[str] = []
     name: str | None = None
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    # Only CRLF, CR and LF end SSE lines; str.splitlines() would also split on U+2028/U+2029/
+    # U+0085/\x1c-\x1e, which JSON (orjson, vLLM) carries unescaped inside strings.
+    for line in _LINES.split(raw.decode("utf-8", errors="replace")):
         if not line or line.startswith(":"):
             continue
         key, _, value = line.partition(":")

@@ -18,6 +18,7 @@ and a one-sided 95 % upper bound: the largest grid point within 1.355 (= 2.71 / 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +30,16 @@ HERE = Path(__file__).resolve().parent
 RULES_DIR = HERE / "rules"
 RUNBOOK_BASE = "https://github.com/tbg-proxy/tbg-proxy/blob/main/docs/runbooks"
 
-# Profile-likelihood thresholds (half the chi-square(1) quantiles).
-TWO_SIDED_95 = 1.92  # 3.84 / 2
-ONE_SIDED_95 = 1.355  # 2.71 / 2
+# Profile-likelihood drops: chi2.ppf(0.95, 1) / 2 and chi2.ppf(0.90, 1) / 2 (the one-sided 95 %
+# bound); the same numbers as estimator.profile.critical_values (tests/monitoring checks it).
+TWO_SIDED_95 = 1.920729410347062
+ONE_SIDED_95 = 1.3527717270477029
+ROOT_WINDOW = 0.75  # estimator.profile.ROOT_WINDOW (tests/monitoring checks it)
 
 GRID_T = "max by (grid_t) (tbg_grid_temperature)"
 CEILING = "max by (model_name) (tbg_temperature_ceiling)"
+FLEET_NLL = "tbg_nll_total"  # per (upstream, model_name), the fine grid
+LOAD_NLL = "tbg_nll_by_load_total"  # per load bucket, every second grid point
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Params:
     baseline_interval: str = "1m"
     drift_factor: float = 2.0
     suffix: str = ""  # appended to group names in the test copy
+    runbook_base: str = RUNBOOK_BASE  # where runbook_url points (your fork or wiki)
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
@@ -83,35 +89,88 @@ def _name(level: str, metric: str, op: str) -> str:
     return f"{level}:{metric}:{op}"
 
 
-def tbg_group(level_labels: tuple[str, ...], window: str, op_window: str) -> list[dict[str, str]]:
-    """Recording rules for the pooled grid estimate at one aggregation level and window.
+def _grid_info(grid: str) -> str:
+    """The static neighbour map of one grid: interior points with their neighbours' labels; the
+    value is the grid's step in log T (constant, the same on every replica)."""
+    return f'max by (grid_t, grid_prev, grid_next) (tbg_grid_info{{grid="{grid}"}})'
 
-    `window` is the PromQL range; `op_window` the window written into the rule names (always the
-    production one, so the test copy's names match the dashboards and alerts).
+
+def _shift(series: str, by: str, side: str, grid: str) -> str:
+    """`series` (labels `by`, grid_t) moved one grid point: at grid_t, the value of its `side`
+    ("prev" or "next") neighbour, via the static neighbour map."""
+    moved = (
+        f'label_replace(label_replace({series}, "grid_{side}", "$1", "grid_t", "(.*)"),'
+        ' "grid_t", "", "grid_t", ".*")'
+    )
+    return (
+        f"max by ({by}, grid_t) (\n  {moved}\n"
+        f"  + on (grid_{side}) group_left (grid_t) (0 * {_grid_info(grid)})\n)"
+    )
+
+
+def tbg_group(
+    level_labels: tuple[str, ...], window: str, op_window: str, *, metric: str, grid: str
+) -> list[dict[str, str]]:
+    """Recording rules for the pooled estimate at one aggregation level and window (the same
+    arithmetic as estimator.profile.grid_profile, see docs/monitoring.md).
+
+    The pooled Σ −ℓ on the grid; each interior grid point's parabola through its neighbours
+    (a, b in grid steps); the estimate at the vertex of the parabola at the grid minimum; each end
+    the root of the parabola of the grid point nearest to the crossing (|t| <= 1/2). `window` is the
+    PromQL range; `op_window` the window written into the rule names (always the production one, so
+    the test copy's names match the dashboards and alerts).
     """
     by = ", ".join(level_labels)
     level = "_".join(level_labels)
-    nll = _name(f"{level}_grid_t", "tbg_nll", f"increase{op_window}")
-    excess = _name(f"{level}_grid_t", "tbg_nll_excess", f"increase{op_window}")
-    argmin = _name(level, "tbg_temperature_argmin", f"mle{op_window}")
-    floor = _name(level, "tbg_temperature_at_grid_floor", f"mle{op_window}")
-    est = _name(level, "tbg_temperature", f"mle{op_window}")
-    lower = _name(level, "tbg_temperature_lower", f"mle{op_window}")
-    upper = _name(level, "tbg_temperature_upper", f"mle{op_window}")
-    pairs = _name(level, "tbg_pairs_compared", f"increase{op_window}")
+    w = f"{op_window}"
 
-    def within(threshold: float) -> str:
-        return f"({GRID_T} + on (grid_t) group_right () 0 * ({excess} <= {threshold}))"
+    def n(metric_: str, op: str, grid_t: bool = False) -> str:
+        return _name(f"{level}_grid_t" if grid_t else level, metric_, f"{op}{w}")
+
+    nll = n("tbg_nll", "increase", True)
+    excess = n("tbg_nll_excess", "increase", True)
+    prev, nxt = n("tbg_nll_prev", "increase", True), n("tbg_nll_next", "increase", True)
+    curv, slope = (
+        n("tbg_nll_parabola_a", "increase", True),
+        n("tbg_nll_parabola_b", "increase", True),
+    )
+    argmin = n("tbg_temperature_argmin", "mle")
+    floor = n("tbg_temperature_at_grid_floor", "mle")
+    vertex = n("tbg_nll_vertex_log_temperature", "mle")
+    minimum = n("tbg_nll_min", "mle")
+    thr = n("tbg_nll_threshold", "mle")
+    roots_lo = n("tbg_nll_root_lower_log_temperature", "mle", True)
+    roots_hi = n("tbg_nll_root_upper_log_temperature", "mle", True)
+    est = n("tbg_temperature", "mle")
+    lower = n("tbg_temperature_lower", "mle")
+    upper = n("tbg_temperature_upper", "mle")
+    pairs = n("tbg_pairs_compared", "increase")
+    step = f"max by (grid_t) ({_grid_info(grid)})"
+    log_t = f"ln({GRID_T})"
+    at_min = f"on ({by}, grid_t) ({excess} <= 0)"
+
+    def root(sign: str) -> str:
+        disc = f"({slope} ^ 2 - 4 * {curv} * ({nll} - on ({by}) group_left () {thr}))"
+        t = f"((-{slope} {sign} sqrt({disc})) / (2 * {curv}))"
+        offset = f"({t} * on (grid_t) group_left () {step})"
+        return (
+            f"(\n  {offset} + on (grid_t) group_left () {log_t}\n)\n"
+            f"and on ({by}, grid_t) (abs({t}) <= {ROOT_WINDOW})\nand on ({by}, grid_t) ({curv} > 0)"
+        )
 
     return [
         {
             "record": nll,
-            "expr": f"sum by ({by}, grid_t) (increase(tbg_nll_total[{window}]))",
+            "expr": f"sum by ({by}, grid_t) (increase({metric}[{window}]))",
         },
         {
             "record": excess,
             "expr": f"{nll} - on ({by}) group_left () min by ({by}) ({nll})",
         },
+        {"record": prev, "expr": _shift(nll, by, "prev", grid)},
+        {"record": nxt, "expr": _shift(nll, by, "next", grid)},
+        {"record": curv, "expr": f"({nxt} + {prev}) / 2 - {nll}"},
+        {"record": slope, "expr": f"({nxt} - {prev}) / 2"},
         {
             "record": argmin,
             "expr": f"min by ({by}) ({GRID_T} + on (grid_t) group_right () 0 * ({excess} <= 0))",
@@ -120,16 +179,48 @@ def tbg_group(level_labels: tuple[str, ...], window: str, op_window: str) -> lis
             "record": floor,
             "expr": f"{argmin} <= bool on () group_left () min(tbg_grid_temperature)",
         },
-        {"record": est, "expr": f"{argmin} * (1 - {floor})"},
         {
-            "record": lower,
-            "expr": f"min by ({by}) {within(TWO_SIDED_95)} * (1 - {floor})",
+            # log T at the vertex of the parabola at the minimum (the grid point itself on an edge)
+            "record": vertex,
+            "expr": (
+                f"min by ({by}) (\n"
+                f"  (-{slope} / (2 * {curv})) * on (grid_t) group_left () {step}\n"
+                f"  + on (grid_t) group_left () {log_t}\n"
+                f"  and {at_min} and on ({by}, grid_t) ({curv} > 0)\n)\n"
+                f"or\nln({argmin})"
+            ),
         },
         {
+            "record": minimum,
+            "expr": (
+                f"min by ({by}) ({nll} - {slope} ^ 2 / (4 * {curv}) and {at_min}"
+                f" and on ({by}, grid_t) ({curv} > 0))\nor\nmin by ({by}) ({nll})"
+            ),
+        },
+        {
+            # two-sided 95 % drop above the minimum; one-sided (2.71 / 2) when T̂ is on the floor
+            "record": thr,
+            "expr": f"{minimum} + {TWO_SIDED_95!r} - ({TWO_SIDED_95 - ONE_SIDED_95!r} * {floor})",
+        },
+        {"record": roots_lo, "expr": root("-")},
+        {"record": roots_hi, "expr": root("+")},
+        {"record": est, "expr": f"exp({vertex}) * (1 - {floor})"},
+        {
+            # the nearest cell's root, clipped to the estimate; 0 when the interval leaves the grid
+            "record": lower,
+            "expr": (
+                f"exp(min by ({by}) ({roots_lo})) < on ({by}) {est}\n"
+                f"or on ({by}) ({est} and on ({by}) exp(min by ({by}) ({roots_lo})))\n"
+                f"or on ({by}) {est} * 0"
+            ),
+        },
+        {
+            # the nearest cell's root, clipped to the estimate; the grid's top when it leaves it
             "record": upper,
             "expr": (
-                f"(max by ({by}) {within(TWO_SIDED_95)} and on ({by}) ({floor} == 0))\n"
-                f"or\n(max by ({by}) {within(ONE_SIDED_95)} and on ({by}) ({floor} == 1))"
+                f"exp(max by ({by}) ({roots_hi})) > on ({by}) {est}\n"
+                f"or on ({by}) ({est} and on ({by}) exp(max by ({by}) ({roots_hi})))\n"
+                f"or on ({by}) ({est} * 0 + on () group_left () max(tbg_grid_temperature))"
             ),
         },
         {
@@ -151,9 +242,11 @@ def recording_groups(p: Params) -> list[dict[str, Any]]:
     long_, short_ = Params().long, Params().short
     ops_ = Params().ops
     estimate_rules = (
-        tbg_group(("upstream", "model_name"), p.short, short_)
-        + tbg_group(("upstream", "model_name"), p.long, long_)
-        + tbg_group(("upstream", "model_name", "load_bucket"), p.long, long_)
+        tbg_group(("upstream", "model_name"), p.short, short_, metric=FLEET_NLL, grid="fleet")
+        + tbg_group(("upstream", "model_name"), p.long, long_, metric=FLEET_NLL, grid="fleet")
+        + tbg_group(
+            ("upstream", "model_name", "load_bucket"), p.long, long_, metric=LOAD_NLL, grid="load"
+        )
     )
     model_free: list[dict[str, str]] = []
     for level_labels in (("upstream", "model_name"), ("upstream", "model_name", "load_bucket")):
@@ -236,6 +329,10 @@ def recording_groups(p: Params) -> list[dict[str, Any]]:
             ),
         },
         {
+            "record": _name("upstream_model_name", "tbg_shadow_eligible", f"rate{Params().starve}"),
+            "expr": f"sum by ({um}) (rate(tbg_shadow_eligible_total[{p.starve}]))",
+        },
+        {
             "record": _name("upstream_model_name", "tbg_chat_requests", f"rate{Params().starve}"),
             "expr": (
                 f'sum by ({um}) (rate(tbg_requests_total{{route=~"chat|completions"}}[{p.starve}]))'
@@ -249,8 +346,8 @@ def recording_groups(p: Params) -> list[dict[str, Any]]:
     ]
 
 
-def _runbook(alert: str) -> str:
-    return f"{RUNBOOK_BASE}/{alert}.md"
+def _runbook(alert: str, p: Params) -> str:
+    return f"{p.runbook_base.rstrip('/')}/{alert}.md"
 
 
 def alert_rules(p: Params) -> list[dict[str, Any]]:
@@ -264,6 +361,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
     pairs_l = _name("upstream_model_name", "tbg_pairs_compared", f"increase{L}")
     pairs_s = _name("upstream_model_name", "tbg_pairs_compared", f"increase{S}")
     chat = _name("upstream_model_name", "tbg_chat_requests", f"rate{Params().starve}")
+    eligible = _name("upstream_model_name", "tbg_shadow_eligible", f"rate{Params().starve}")
 
     def drift(baseline: str) -> dict[str, Any]:
         alert = f"TbgDriftAbove{baseline}Baseline"
@@ -285,7 +383,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     f" above the upper bound of the same window {baseline} ago, and the estimate is"
                     f" more than {p.drift_factor:g}x the baseline estimate."
                 ),
-                "runbook_url": _runbook(alert),
+                "runbook_url": _runbook(alert, p),
             },
         }
 
@@ -308,15 +406,19 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     '{{ $value | printf "%.4g" }}, above the configured ceiling (tbg_temperature_ceiling);'
                     f" the last {S} agree, with at least {p.min_pairs_long} compared pairs."
                 ),
-                "runbook_url": _runbook("TbgAboveCeiling"),
+                "runbook_url": _runbook("TbgAboveCeiling", p),
             },
         },
         drift("1d"),
         drift("7d"),
         {
             "alert": "TbgEstimatorStarved",
+            # Only greedy traffic of a model that is sampled (sample rate > 0) can starve: traffic at
+            # T > 0, models at sample_rate 0 and proxies with shadow replay off stay quiet.
             "expr": (
-                f"{chat} > 0\nunless on ({um})\n"
+                f"{eligible} > 0\n"
+                "and on (model_name) max by (model_name) (tbg_shadow_sample_rate) > 0\n"
+                f"unless on ({um})\n"
                 f"sum by ({um}) (increase(tbg_pairs_compared_total[{p.starve}])) > 0"
             ),
             "for": p.for_starved,
@@ -325,10 +427,11 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "summary": "No shadow comparisons for {{ $labels.model_name }} on "
                 "{{ $labels.upstream }} while traffic flows",
                 "description": (
-                    'Chat/completions traffic is {{ $value | printf "%.3g" }} req/s but no replay '
-                    f"pair was compared in the last {Params().starve}: the T_bg estimate is starved."
+                    'Temperature-0 traffic is {{ $value | printf "%.3g" }} req/s and the model is '
+                    f"sampled, but no replay pair was compared in the last {Params().starve}: the "
+                    "T_bg estimate is starved."
                 ),
-                "runbook_url": _runbook("TbgEstimatorStarved"),
+                "runbook_url": _runbook("TbgEstimatorStarved", p),
             },
         },
         {
@@ -346,7 +449,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "No replica updated its estimate for "
                     "{{ $value | humanizeDuration }} although traffic flows."
                 ),
-                "runbook_url": _runbook("TbgEstimateStale"),
+                "runbook_url": _runbook("TbgEstimateStale", p),
             },
         },
         {
@@ -363,7 +466,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "{{ $value | humanizePercentage }} of sampled requests failed to replay over "
                     f"the last {ops}."
                 ),
-                "runbook_url": _runbook("TbgShadowReplayFailures"),
+                "runbook_url": _runbook("TbgShadowReplayFailures", p),
             },
         },
         {
@@ -382,7 +485,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "{{ $value | humanizePercentage }} of sampled requests were dropped with reason "
                     f"{{{{ $labels.reason }}}} over the last {ops}."
                 ),
-                "runbook_url": _runbook("TbgShadowReplayDrops"),
+                "runbook_url": _runbook("TbgShadowReplayDrops", p),
             },
         },
         {
@@ -399,7 +502,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "{{ $value | humanizePercentage }} of requests to {{ $labels.upstream }} "
                     f"failed (transport errors or 5xx) over the last {ops}."
                 ),
-                "runbook_url": _runbook("TbgUpstreamErrors"),
+                "runbook_url": _runbook("TbgUpstreamErrors", p),
             },
         },
         {
@@ -413,7 +516,7 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                     "p99 of the time spent in the proxy itself is "
                     "{{ $value | humanizeDuration }} over the last 5m (target: 1ms, alert: 5ms)."
                 ),
-                "runbook_url": _runbook("TbgProxyAddedLatencyHigh"),
+                "runbook_url": _runbook("TbgProxyAddedLatencyHigh", p),
             },
         },
     ]
@@ -473,8 +576,11 @@ def write(directory: Path = RULES_DIR, p: Params | None = None) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    out = Path(argv[0]) if argv else RULES_DIR
-    for path in write(out):
+    ap = argparse.ArgumentParser(description="Render the tbg-proxy Prometheus rules.")
+    ap.add_argument("out", nargs="?", default=str(RULES_DIR), help="output folder")
+    ap.add_argument("--runbook-base", default=RUNBOOK_BASE, help="base URL of the runbooks")
+    a = ap.parse_args(argv)
+    for path in write(Path(a.out), Params(runbook_base=a.runbook_base)):
         print(path)
     return 0
 

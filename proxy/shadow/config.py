@@ -88,6 +88,41 @@ _TOP_KEYS = {
 } | _POLICY_KEYS
 
 
+def as_int(value: Any) -> int | None:
+    """The one integer rule for every config section: an int, an integral float (8080.0) or a
+    decimal string ("8080", as env vars and flags give); booleans and anything else are None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            number = as_float(text)
+            return None if number is None or not number.is_integer() else int(number)
+    return None
+
+
+def as_float(value: Any) -> float | None:
+    """The one number rule: an int, a finite float or a numeric string; booleans are None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _number(
     raw: Mapping[str, Any],
     key: str,
@@ -99,9 +134,10 @@ def _number(
     lo_open: bool = False,
 ) -> float:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    number = as_float(value)
+    if number is None:
         raise ShadowConfigError(f"{where}.{key}: expected a number, got {value!r}")
-    x = float(value)
+    x = number
     if not math.isfinite(x) or x < lo or x > hi or (lo_open and x == lo):
         bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
         raise ShadowConfigError(f"{where}.{key}: {value!r} is outside {bound}")
@@ -112,11 +148,12 @@ def _integer(
     raw: Mapping[str, Any], key: str, where: str, default: int, *, lo: int, hi: int
 ) -> int:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    number = as_int(value)
+    if number is None or not lo <= number <= hi:
         raise ShadowConfigError(
             f"{where}.{key}: expected an integer in [{lo}, {hi}], got {value!r}"
         )
-    return value
+    return number
 
 
 def _flag(raw: Mapping[str, Any], key: str, where: str, default: bool) -> bool:

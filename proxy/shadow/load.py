@@ -83,7 +83,9 @@ class LoadTracker:
                 try:
                     running = running_requests(await fetcher.fetch_metrics(name))
                 except Exception as exc:  # a flaky /metrics must not stop the poller
-                    log.debug("load poll of %s failed: %s", name, type(exc).__name__)
+                    log.warning(
+                        "load poll of %s failed: %s", name, type(exc).__name__, exc_info=exc
+                    )
                     continue
                 if running is not None:
                     self._scraped[name] = running

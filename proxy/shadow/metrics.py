@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
+import numpy as np
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -24,10 +25,28 @@ from proxy.shadow.state import POSITION_BOUNDS, ShadowState
 UM = ["upstream", "model_name"]
 UMM = ["upstream", "model_name", "method"]
 UMB = ["upstream", "model_name", "load_bucket"]
+LOAD_GRID_STRIDE = 3  # per-load-bucket likelihood: every third grid point (series budget)
 
 
 def grid_label(t: float) -> str:
     return f"{t:.6g}"
+
+
+def grid_info(labels: list[str], grid: np.ndarray) -> GaugeMetricFamily:
+    """The static neighbour map the recording rules read to interpolate between grid points:
+    interior points of the fleet grid and of the per-load grid (every LOAD_GRID_STRIDE-th point),
+    labelled with their neighbours; the value is the grid's step in log T."""
+    fam = GaugeMetricFamily(
+        "tbg_grid_info",
+        "Grid neighbour map for the recording rules; value = step in log T",
+        labels=["grid", "grid_t", "grid_prev", "grid_next"],
+    )
+    for name, stride in (("fleet", 1), ("load", LOAD_GRID_STRIDE)):
+        idx = list(range(0, len(labels), stride))
+        step = math.log(float(grid[idx[1]]) / float(grid[idx[0]]))
+        for a, b, c in zip(idx, idx[1:], idx[2:], strict=False):
+            fam.add_metric([name, labels[b], labels[a], labels[c]], step)
+    return fam
 
 
 def _finite(x: float | None) -> float:
@@ -132,10 +151,20 @@ class ShadowCollector(Collector):
             "Shared positions with bit-identical logprobs",
             labels=UM,
         )
+        # Series budget (docs/monitoring.md): the fine grid once per (upstream, model_name), every
+        # second grid point per load bucket.
         nll = CounterMetricFamily(
-            "tbg_nll", "Sum of -log-likelihood at T = grid_t", labels=[*UMB, "grid_t"]
+            "tbg_nll",
+            "Sum of -log-likelihood at T = grid_t, all load buckets",
+            labels=[*UM, "grid_t"],
+        )
+        nll_load = CounterMetricFamily(
+            "tbg_nll_by_load",
+            "Sum of -log-likelihood at T = grid_t per load bucket (every third grid point)",
+            labels=[*UMB, "grid_t"],
         )
         jitter: dict[tuple[str, str], list[float]] = {}
+        fleet: dict[tuple[str, str], np.ndarray] = {}
         for (upstream, model, bucket), st in self._state.counters():
             labels = [upstream, model, bucket]
             for name, fam in fams.items():
@@ -144,14 +173,20 @@ class ShadowCollector(Collector):
             acc[0] += st.jitter_sq_sum
             acc[1] += st.jitter_positions
             acc[2] += st.jitter_identical_positions
-            for grid_t, value in zip(self._grid_labels, st.nll, strict=True):
-                nll.add_metric([*labels, grid_t], value)
+            values = np.asarray(st.nll)
+            pooled = fleet.get((upstream, model))
+            fleet[(upstream, model)] = values if pooled is None else pooled + values
+            for i in range(0, len(values), LOAD_GRID_STRIDE):
+                nll_load.add_metric([*labels, self._grid_labels[i]], float(values[i]))
         for (upstream, model), (sq, positions, identical) in jitter.items():
             jsq.add_metric([upstream, model], sq)
             jpos.add_metric([upstream, model], positions)
             jid.add_metric([upstream, model], identical)
+        for (upstream, model), values in fleet.items():
+            for grid_t, value in zip(self._grid_labels, values.tolist(), strict=True):
+                nll.add_metric([upstream, model, grid_t], value)
         yield from fams.values()
-        yield from (jsq, jpos, jid, nll)
+        yield from (jsq, jpos, jid, nll, nll_load)
 
         hist = HistogramMetricFamily(
             "tbg_first_divergence_position_tokens",
@@ -192,8 +227,15 @@ class ShadowCollector(Collector):
         )
         for (upstream, model), n in self._state.replay_tokens.items():
             tokens.add_metric([upstream, model], float(n))
+        eligible = CounterMetricFamily(
+            "tbg_shadow_eligible",
+            "Greedy (temperature-0) primaries that shadow replay may sample",
+            labels=UM,
+        )
+        for (upstream, model), n in self._state.eligible.items():
+            eligible.add_metric([upstream, model], float(n))
         yield from fams.values()
-        yield from (dropped, requests, tokens)
+        yield from (dropped, requests, tokens, eligible)
 
     def _static(self) -> Iterator[Metric]:
         grid = GaugeMetricFamily(
@@ -201,6 +243,7 @@ class ShadowCollector(Collector):
         )
         for label, t in zip(self._grid_labels, self._state.grid.tolist(), strict=True):
             grid.add_metric([label], t)
+        yield grid_info(self._grid_labels, self._state.grid)
         ceiling = GaugeMetricFamily(
             "tbg_temperature_ceiling", "Configured T_bg ceiling", labels=["model_name"]
         )
@@ -209,10 +252,17 @@ class ShadowCollector(Collector):
             "Configured replay token budget",
             labels=["model_name"],
         )
+        rate = GaugeMetricFamily(
+            "tbg_shadow_sample_rate",
+            "Configured shadow sample rate (0: not measured; the starvation alert reads it)",
+            labels=["model_name"],
+        )
         for model in (*self._models, "other"):
             policy = self._config.policy(model)
             ceiling.add_metric([model], policy.ceiling)
             budget.add_metric([model], policy.tokens_per_minute)
+            rate.add_metric([model], policy.sample_rate)
+        yield rate
         depth = GaugeMetricFamily("tbg_shadow_queue_depth", "Finished primaries waiting for replay")
         depth.add_metric([], float(self._queue_depth()))
         inflight = GaugeMetricFamily("tbg_shadow_replays_in_flight", "Replays in flight")

@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -149,6 +149,8 @@ class ShadowTap:
         self._rng = rng or random.Random()
         self.sampler = Sampler(config, rng=self._rng)
         self.load = LoadTracker(in_flight)
+        # Counts a bug in the shadow path (tbg_internal_errors_total{where="shadow"}); set by wiring.
+        self.on_internal_error: Callable[[], None] = lambda: None
         online = OnlineConfig(half_life_comparisons=config.half_life_comparisons)
         self.state = ShadowState(online, config.exemplars)
         # Request hashes are keyed per process: stable within it, useless for guessing prompts.
@@ -188,7 +190,7 @@ class ShadowTap:
         # Jobs still queued were sampled but will never be replayed: account for them.
         while not self._queue.empty():
             job = self._queue.get_nowait()
-            self.state.drop(job.ticket.key, "queue_full")
+            self.state.drop(job.ticket.key, "shutdown")
 
     async def idle(self, within_s: float) -> bool:
         """Wait until the queue is empty and no worker is busy (tests, the demo). False if not
@@ -213,6 +215,7 @@ class ShadowTap:
         if not is_greedy(request.route, request.body, self.config.eligibility):
             return None
         key = (request.upstream, request.model_name)
+        self.state.count_eligible(key)
         decision = self.sampler.decide(request.model_name)
         if not decision.sampled:
             return None
@@ -231,7 +234,9 @@ class ShadowTap:
             and self._supports_logprobs(request.upstream) is True
             and not client_wants_logprobs(request.route, request.body)
         )
-        ticket = _Ticket(key, self.load.current(request.upstream), augment)
+        # plan() runs before the primary is counted in flight; a replay counts itself, so the
+        # primary counts itself too (+1) for both to see the same load at the same batch size.
+        ticket = _Ticket(key, self.load.current(request.upstream) + 1, augment)
         if not augment:
             return TapPlan(token=ticket)
         body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)
@@ -266,8 +271,9 @@ class ShadowTap:
                 self.state.count(job.ticket.key, "failed")
                 raise
             except Exception:  # a bug here must cost one trial, never the worker
-                log.exception("shadow trial failed")
+                log.exception("shadow trial failed")  # with its stack (proxy.logs)
                 self.state.count(job.ticket.key, "failed")
+                self.on_internal_error()
             finally:
                 self._busy -= 1
 
@@ -302,7 +308,7 @@ class ShadowTap:
         if not replays:
             self.state.count(ticket.key, "failed")
             return
-        self._compare(request, primary, replays, max(loads))
+        await self._compare(request, primary, replays, max(loads))
 
     async def _replay(self, request: RequestInfo, length: int) -> tuple[Run, int] | None:
         upstream = request.upstream
@@ -324,7 +330,7 @@ class ShadowTap:
                 self.config.replay_timeout_seconds,
             )
         except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
-            log.info("replay to %s failed: %s", upstream, type(exc).__name__)
+            log.warning("replay to %s failed: %s", upstream, type(exc).__name__, exc_info=exc)
             self.state.replay_request(key, "error")
             return None
         finally:
@@ -352,12 +358,18 @@ class ShadowTap:
         self.state.replay_request(key, "ok", tokens if isinstance(tokens, int) else 0)
         return run, load
 
-    def _compare(self, request: RequestInfo, primary: Run, replays: list[Run], load: int) -> None:
+    async def _compare(
+        self, request: RequestInfo, primary: Run, replays: list[Run], load: int
+    ) -> None:
         key = (request.upstream, request.model_name)
         digest = hashlib.blake2b(request.raw_body, key=self._hash_key, digest_size=8).hexdigest()
         context = TrialContext(request.upstream, request.model_name, load_bucket(load))
         runs = comparable_runs((primary, *replays))
-        comparison = self.state.record(Trial(digest, runs, context))
+        trial = Trial(digest, runs, context)
+        # The comparison (trie, likelihood on the grid) is pure and the heavy part: it runs in a
+        # worker thread so primaries keep the event loop; folding it into the state stays here.
+        comparison = await asyncio.to_thread(self.state.compare, trial)
+        self.state.record(trial, comparison)
         self.state.count(key, "replayed")
         now = time.time()
         seen: set[tuple[int, str, str]] = set()

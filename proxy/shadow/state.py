@@ -32,8 +32,8 @@ DROP_REASONS: tuple[str, ...] = (
     "queue_full",
     "rate_limit",
     "budget",
-    "concurrency",
     "primary_incomplete",
+    "shutdown",  # sampled, still queued when the proxy stopped
 )
 
 
@@ -86,7 +86,9 @@ class ShadowState:
         self.dropped: dict[tuple[str, str, str], int] = {}
         self.replay_requests: dict[tuple[str, str, str], int] = {}
         self.replay_tokens: dict[Key, int] = {}
+        self.eligible: dict[Key, int] = {}  # greedy primaries seen, sampled or not
         self.exemplars: deque[Exemplar] = deque(maxlen=max(exemplar_limit, 0))
+        self._comparer = OnlineEstimator(online)  # only its compare() is used: never updated
 
     def prime(self, key: Key, buckets: tuple[str, ...]) -> None:
         """Create a key's counter series at 0 before any traffic: Prometheus' increase() cannot
@@ -110,6 +112,9 @@ class ShadowState:
         for outcome in ("ok", "error"):
             self.replay_requests[(key[0], key[1], outcome)] = 0
         self.replay_tokens.setdefault(key, 0)
+
+    def count_eligible(self, key: Key) -> None:
+        self.eligible[key] = self.eligible.get(key, 0) + 1
 
     def count(self, key: Key, what: str, n: int = 1) -> None:
         self._ensure(key)
@@ -144,7 +149,11 @@ class ShadowState:
         return out
 
     # -- estimates ------------------------------------------------------------------------------
-    def record(self, trial: Trial) -> TrialComparison:
+    def compare(self, trial: Trial) -> TrialComparison:
+        """The comparison of one trial; touches no state (safe off the event loop)."""
+        return self._comparer.compare(trial)
+
+    def record(self, trial: Trial, comparison: TrialComparison | None = None) -> TrialComparison:
         ctx = trial.context
         key = (ctx.upstream, ctx.model_name)
         lkey = (ctx.upstream, ctx.model_name, ctx.load_bucket)
@@ -154,7 +163,8 @@ class ShadowState:
         by_load = self._by_load.get(lkey)
         if by_load is None:
             by_load = self._by_load[lkey] = OnlineEstimator(self.online)
-        comparison = overall.compare(trial)  # compared once, folded into both views
+        if comparison is None:
+            comparison = self.compare(trial)  # compared once, folded into both views
         overall.add(comparison)
         by_load.add(comparison)
         self._positions.setdefault(key, [0] * len(POSITION_BOUNDS))

@@ -1,20 +1,18 @@
-"""Wires the shadow path into the proxy app: parses `config.shadow`, builds the ShadowTap, registers
-its collector and the GET /tbg route, and owns its workers in the app's cleanup context.
+"""Wires the shadow path into the proxy app: takes the validated `config.shadow_config`, builds
+the ShadowTap, registers its collector and the GET /tbg route, and owns its workers in the app's cleanup context.
 Called once from `make_app`; nothing here runs at import time.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
 
-from proxy.config import Config, ConfigError
-from proxy.keys import IN_FLIGHT, REGISTRY, UPSTREAMS
+from proxy.config import Config
+from proxy.keys import IN_FLIGHT, METRICS, REGISTRY, UPSTREAMS
 from proxy.shadow.api import make_handler
-from proxy.shadow.config import ShadowConfig, ShadowConfigError, parse_shadow_config
 from proxy.shadow.metrics import ShadowCollector
 from proxy.shadow.replayer import ShadowTap
 
@@ -62,39 +60,14 @@ class UpstreamTransport:
             return await response.text()
 
 
-def shadow_config(config: Config) -> ShadowConfig:
-    """Parse the `shadow:` section, translating its errors into the proxy's ConfigError."""
-    try:
-        return parse_shadow_config(config.shadow)
-    except ShadowConfigError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def replay_keys(config: Config, shadow: ShadowConfig, environ: Mapping[str, str]) -> dict[str, str]:
-    """Resolve `shadow.replay_key_env` once, at start; a bad entry stops the start."""
-    names = {u.name for u in config.upstreams}
-    keys: dict[str, str] = {}
-    for upstream, env in shadow.replay_key_env.items():
-        where = f"shadow.replay_key_env.{upstream}"
-        if upstream not in names:
-            raise ConfigError(f"{where}: no upstream named {upstream!r}")
-        value = environ.get(env)
-        if not value:
-            raise ConfigError(f"{where}: environment variable {env} is not set")
-        keys[upstream] = value
-    return keys
-
-
-def install_shadow(
-    app: web.Application, config: Config, environ: Mapping[str, str] | None = None
-) -> ShadowTap | None:
+def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
     """Build and register the shadow path when enabled; returns the tap for the forwarder."""
-    shadow = shadow_config(config)
+    shadow = config.shadow_config  # validated, replay keys resolved, by load_config
     if not shadow.enabled:
         return None
-    keys = replay_keys(config, shadow, os.environ if environ is None else environ)
-    tap = ShadowTap(shadow, UpstreamTransport(app, keys), app[IN_FLIGHT])
+    tap = ShadowTap(shadow, UpstreamTransport(app, config.replay_keys), app[IN_FLIGHT])
     app[SHADOW] = tap
+    tap.on_internal_error = app[METRICS].internal_errors.labels("shadow").inc
     models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
     tap.prime([(u.name, m) for u in config.upstreams for m in u.models])
     app[REGISTRY].register(

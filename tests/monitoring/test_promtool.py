@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from estimator.profile import ROOT_WINDOW, critical_values
 from grafana import promql
+from tests.monitoring import pooled_cases
 from tests.monitoring.common import PROM_DIR, ROOT, RULES_DIR, RUNBOOKS, rules_gen
 from tests.monitoring.promserver import PROMTOOL
 
@@ -27,6 +29,19 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=240, check=False
     )
+
+
+def test_committed_pooled_tests_are_generated() -> None:
+    for path, text in pooled_cases.outputs().items():
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.name} is stale: run python -m tests.monitoring.pooled_cases"
+        )
+
+
+def test_rule_thresholds_are_the_estimators() -> None:
+    gen = rules_gen()
+    assert critical_values(0.95) == (gen.TWO_SIDED_95, gen.ONE_SIDED_95)
+    assert gen.ROOT_WINDOW == ROOT_WINDOW
 
 
 def test_committed_rules_are_generated_from_rules_gen() -> None:
@@ -78,7 +93,7 @@ def test_unit_tests_fail_when_the_ceiling_rule_is_broken(tmp_path: Path) -> None
             assert n == 1
         (tmp_path / "rules" / f.name).write_text(text)
     (tmp_path / "tests").mkdir()
-    test = PROM_DIR / "tests" / "tbg-rules.test.yml"
+    test = PROM_DIR / "tests" / "tbg-pooled.test.yml"
     shutil.copy(test, tmp_path / "tests" / test.name)
     out = promtool("test", "rules", tmp_path / "tests" / test.name)
     assert out.returncode != 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from proxy.config import ConfigError, Overrides, Timeouts, build_config, load_config
 from proxy.serve import main as serve_main
@@ -137,3 +139,119 @@ def test_tbg_serve_bad_config_has_no_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "upstreams[0].base_url:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("shadow", "field"),
+    [
+        ({"sample_rate": 2}, "shadow.sample_rate"),
+        ({"replays": "many"}, "shadow.replays"),
+        ({"models": {"typo": {"sample_rate": 1.0}}}, "shadow.models.typo"),
+        ({"replay_key_env": {"nope": "X"}}, "shadow.replay_key_env.nope"),
+        ({"replay_key_env": {"a": "UNSET_IN_INJECTED_ENV"}}, "shadow.replay_key_env.a"),
+        ({"bogus": 1}, "shadow.bogus"),
+    ],
+)
+def test_bad_shadow_value_exits_2_naming_the_field(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    shadow: dict[str, Any],
+    field: str,
+) -> None:
+    """The shadow section is validated by load_config with the rest: no traceback, status 2."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "default_upstream": "a", "shadow": shadow}))
+    env = {"B_KEY": "sk-b"}
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
+        load_config(Overrides(config_file=str(path)), env)
+    monkeypatch.setenv("B_KEY", "sk-b")
+    assert serve_main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tbg serve: config error: {field}: ") and "Traceback" not in err
+
+
+def test_replay_keys_come_from_the_injected_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPLAY_KEY", "sk-from-os-environ")
+    data = {**BASE, "shadow": {"replay_key_env": {"a": "REPLAY_KEY"}}}
+    with pytest.raises(ConfigError, match=r"shadow.replay_key_env.a: environment variable"):
+        build_config(data, ENV)  # os.environ is not consulted
+    config = build_config(data, {**ENV, "REPLAY_KEY": "sk-r"})
+    assert dict(config.replay_keys) == {"a": "sk-r"}
+    assert "sk-r" not in repr(config)
+
+
+@pytest.mark.parametrize("spell", [int, float, str, lambda n: f" {n} "])
+def test_integers_follow_one_rule_in_every_section(spell: Any) -> None:
+    """8081, 8081.0 and "8081" mean the same in the core and in `shadow:` alike."""
+    config = build_config({**BASE, "port": spell(8081), "shadow": {"replays": spell(8)}}, ENV)
+    assert (config.port, config.shadow_config.replays) == (8081, 8)
+
+
+@pytest.mark.parametrize("bad", [8081.5, "8081.5", True, "x", None])
+def test_non_integers_are_refused_in_every_section(bad: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^port: "):
+        build_config({**BASE, "port": bad}, ENV)
+    with pytest.raises(ConfigError, match=r"^shadow.replays: "):
+        build_config({**BASE, "shadow": {"replays": bad}}, ENV)
+
+
+def test_per_model_override_applies_to_a_configured_model() -> None:
+    config = build_config({**BASE, "shadow": {"models": {"m2": {"sample_rate": 1.0}}}}, ENV)
+    assert config.shadow_config.policy("m2").sample_rate == 1.0
+
+
+def test_quick_start_flags_declare_models_and_turn_replay_on() -> None:
+    url = "http://127.0.0.1:8000/v1"
+    plain = load_config(Overrides(upstreams=(url,)), {})
+    assert not plain.shadow_config.enabled
+    config = load_config(
+        Overrides(upstreams=(url,), models=("m",), sample_rate="0.5", replays="3", ceiling="0.1"),
+        {},
+    )
+    assert config.upstreams[0].models == ("m",)
+    shadow = config.shadow_config
+    assert (shadow.enabled, shadow.defaults.sample_rate, shadow.replays) == (True, 0.5, 3)
+    assert shadow.defaults.ceiling == 0.1
+    with pytest.raises(ConfigError, match=r"^shadow.sample_rate: "):
+        load_config(Overrides(upstreams=(url,), sample_rate="2"), {})
+    with pytest.raises(ConfigError, match=r"^--model: needs exactly one --upstream"):
+        load_config(Overrides(models=("m",)), {"TBG_CONFIG": ""})
+    with pytest.raises(ConfigError, match=r"^--model: "):
+        load_config(Overrides(upstreams=(url, "b=" + url), models=("m",)), {})
+
+
+def test_quick_start_flags_through_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--upstream", "http://127.0.0.1:1/v1", "--sample-rate", "1.5"]
+    assert serve_main(argv) == 2
+    assert "config error: shadow.sample_rate: " in capsys.readouterr().err
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def test_docs_example_file_validates() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = build_config(
+        yaml.safe_load(example),
+        {"HOSTED_API_KEY": "sk-h", "HOSTED_REPLAY_KEY": "sk-r", "TBG_API_KEYS": "k"},
+    )
+    assert config.shadow_config.enabled and config.shadow_config.policy("smollm2").sample_rate == 1
+
+
+def test_docs_tables_name_every_schema_field() -> None:
+    from proxy import config as core
+    from proxy.shadow import config as shadow
+
+    text = DOC.read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([^`]+)` \|", text, flags=re.MULTILINE))
+    expected = set(core._TOP_FIELDS)
+    expected |= {f"upstreams[i].{f}" for f in core._UPSTREAM_FIELDS - {"timeouts"}}
+    expected |= {f"upstreams[i].timeouts.{f}" for f in core._TIMEOUT_FIELDS}
+    expected |= {f"shadow.{f}" for f in shadow._TOP_KEYS - {"models", "eligibility"}}
+    expected |= {"shadow.models.<name>"}
+    expected |= {
+        f"shadow.eligibility.{f}" for f in ("missing_temperature_is_greedy", "allow_top_k_1")
+    }
+    assert expected <= documented, sorted(expected - documented)

@@ -88,3 +88,17 @@ def test_tokens_and_logprobs_from_chat_and_completion_events() -> None:
     plain = {"choices": [{"index": 0, "delta": {"content": "hi"}, "logprobs": None}]}
     assert list(tokens_from_event(plain)) == [TokenLogprob(0, "hi", None)]
     assert list(tokens_from_event({"choices": [], "usage": {}})) == []
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\u0085"])
+def test_unicode_line_separators_inside_json_do_not_split_the_event(char: str) -> None:
+    # orjson (and vLLM) write U+2028/U+2029/U+0085 unescaped inside JSON strings; only CRLF, CR and
+    # LF end an SSE line, so the event must survive whole and the content come back unchanged.
+    content = f"a{char}b"
+    chunk = {"choices": [{"index": 0, "delta": {"content": content}}]}
+    raw = b"data: " + orjson.dumps(chunk) + b"\n\n"
+    assert char.encode() in raw  # really unescaped on the wire
+    parser = SSEParser()
+    payloads = parser.feed(raw) + parser.close()
+    assert payloads == [chunk]
+    assert parse_event(b"data: x\rdata: y\r\ndata: z\n\n").data == "x\ny\nz"

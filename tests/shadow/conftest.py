@@ -175,14 +175,16 @@ async def make_stack() -> AsyncIterator[Callable[..., Any]]:
     runners: list[web.AppRunner] = []
 
     async def factory(fake: FakeLLM | None = None, shadow: dict[str, Any] | None = None,
-                      upstream: dict[str, Any] | None = None) -> Stack:  # fmt: skip
+                      upstream: dict[str, Any] | None = None,
+                      env: dict[str, str] | None = None) -> Stack:  # fmt: skip
         fake = fake or FakeLLM()
         base, runner = await serve(fake.app())
         runners.append(runner)
         shadow_cfg = {"enabled": True, "sample_rate": 1.0, "replays": 2,
                       "replays_per_minute": 1e6, "tokens_per_minute": 1e9, **(shadow or {})}  # fmt: skip
         up = {"name": "fake", "base_url": f"{base}/v1", "models": ["m"], **(upstream or {})}
-        config = build_config({"upstreams": [up], "shadow": shadow_cfg}, {"FAKE_KEY": "sk-up"})
+        environ = {"FAKE_KEY": "sk-up", **(env or {})}  # injected, never os.environ
+        config = build_config({"upstreams": [up], "shadow": shadow_cfg}, environ)
         app = make_app(config)
         proxy, prunner = await serve(app, make_runner(app))
         runners.append(prunner)

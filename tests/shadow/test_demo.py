@@ -34,6 +34,13 @@ def test_render_and_summary_show_estimates_and_accounting() -> None:
     text = summary(report, [], "http://127.0.0.1:1", timed_out=False)
     assert "sampled 5 = replayed 4 + dropped 1 + failed 0" in text
     assert "http://127.0.0.1:1/metrics" in text and "http://127.0.0.1:1/tbg" in text
+    assert "below the ceiling 0.05" in text  # [0.004, 0.03] against the default ceiling
+    mid = summary(report, [], "http://127.0.0.1:1", timed_out=False, ceiling=0.01)
+    assert "undecided against the ceiling 0.01 (the interval contains it)" in mid
+    low = summary(report, [], "http://127.0.0.1:1", timed_out=False, truth=0.01, ceiling=0.5)
+    assert "(the reference samples at T = 0.01)" in low and "below the ceiling 0.5" in low
+    high = summary(report, [], "http://127.0.0.1:1", timed_out=False, ceiling=0.001)
+    assert "ABOVE the ceiling 0.001" in high and "TbgAboveCeiling.md" in high
 
 
 @pytest.mark.reference
@@ -52,4 +59,4 @@ def test_tbg_demo_runs_end_to_end() -> None:
     sampled, replayed, dropped, failed = map(int, match.groups())
     assert sampled == 6 and sampled == replayed + dropped + failed and replayed >= 1
     assert re.search(r"T_bg\(smollm2 via reference\) = \d\.\d{4}, 95% interval", out), out[-2000:]
-    assert re.search(r"served: http://127\.0\.0\.1:\d+/v1 .*/metrics, .*/tbg", out)
+    assert re.search(r"served \(now stopped\): http://127\.0\.0\.1:\d+/v1 .*/metrics, .*/tbg", out)
