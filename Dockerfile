@@ -32,6 +32,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tbg", "serve"]
 # Configure with --config /etc/tbg/proxy.yaml (mount it) or TBG_UPSTREAM=http://vllm:8000/v1.
+# Set the listening port with TBG_PORT (the HEALTHCHECK reads it), not only in the file.
 CMD []
 
 # --- reference: the embedded CPU reference upstream (`tbg reference`), for the cpu compose stack ----
