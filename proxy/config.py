@@ -10,7 +10,7 @@ e.g. `upstreams[1].base_url: must be an absolute http(s) URL`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -187,7 +187,7 @@ def build_config(
         upstreams = tuple(_upstream_from_flag(i, spec) for i, spec in enumerate(cli_upstreams))
         if overrides.models:
             models = tuple(_str(m, f"--model[{j}]") for j, m in enumerate(overrides.models))
-            upstreams = (_replace_models(upstreams[0], models),)
+            upstreams = (replace(upstreams[0], models=models),)
         # The file's upstreams are replaced, so its default_upstream no longer applies.
         merged["default_upstream"] = environ.get("TBG_DEFAULT_UPSTREAM") or upstreams[0].name
     else:
@@ -277,18 +277,6 @@ def _replay_keys(
             raise ConfigError(f"{where}: environment variable {env} is not set")
         keys[upstream] = value
     return keys
-
-
-def _replace_models(upstream: UpstreamConfig, models: tuple[str, ...]) -> UpstreamConfig:
-    return UpstreamConfig(
-        name=upstream.name,
-        base_url=upstream.base_url,
-        auth=upstream.auth,
-        api_key_env=upstream.api_key_env,
-        api_key=upstream.api_key,
-        timeouts=upstream.timeouts,
-        models=models,
-    )
 
 
 def _upstream_from_flag(index: int, spec: str) -> UpstreamConfig:

@@ -68,6 +68,7 @@ class ShadowCollector(Collector):
         self._queue_depth = queue_depth
         self._replays_in_flight = replays_in_flight
         self._grid_labels = [grid_label(float(t)) for t in state.grid]
+        self._grid_info = grid_info(self._grid_labels, state.grid)  # static: built once
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # unchecked collector: families depend on traffic
@@ -243,7 +244,7 @@ class ShadowCollector(Collector):
         )
         for label, t in zip(self._grid_labels, self._state.grid.tolist(), strict=True):
             grid.add_metric([label], t)
-        yield grid_info(self._grid_labels, self._state.grid)
+        yield self._grid_info
         ceiling = GaugeMetricFamily(
             "tbg_temperature_ceiling", "Configured T_bg ceiling", labels=["model_name"]
         )
