@@ -1,0 +1,7 @@
+"""Offline measurement of T_bg: `tbg measure` (one load, full report) and `tbg sweep` (T_bg vs load).
+
+Modules, one concept each: prompts (the prompt set), store (resumable JSONL run records),
+client (one temperature-0 request through the openai SDK), execute (bounded concurrent runner),
+progress (stderr progress line), analysis (records -> estimator results), plots (PNG, optional),
+report (JSON/Markdown), measure_cmd and sweep (the two subcommands).
+"""

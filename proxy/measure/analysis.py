@@ -1,0 +1,220 @@
+"""From run records to the numbers a report shows, through the estimator package only.
+
+Model-free statistics first (science.md §2: exact-match rate, TARr@N, unique completions, the
+per-token divergence hazard and the Kaplan–Meier curve of the first divergence), then the
+`likelihood` (profile interval, likelihood.fit) and `jitter` estimates when runs carry top-k
+logprobs. Everything returned is plain JSON-ready data plus the two curves the plots need.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as st
+
+from estimator.compare import Nodes
+from estimator.jitter import estimate_jitter
+from estimator.likelihood import Likelihood, fit, loglik_grid
+from estimator.model import Trial, TrialContext
+from estimator.pair import compare_fast
+from estimator.result import EstimateResult
+from estimator.stats import (
+    divergence_hazard,
+    exact_match_rate,
+    kaplan_meier,
+    pairwise_first_divergences,
+    tarr_at_n,
+    unique_completions,
+)
+from proxy.measure.store import Record
+
+T_MAX = 10.0
+
+
+def trials_from(records: Iterable[Record], label: str = "") -> list[Trial]:
+    """One trial per prompt (runs in run-index order); prompts with one run are kept (they count
+    for unique completions but form no pair)."""
+    by_prompt: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_prompt[r.key.prompt].append(r)
+    ctx = TrialContext(load_bucket=label)
+    return [
+        Trial(pid, tuple(r.run() for r in sorted(rs, key=lambda r: r.key.run)), ctx)
+        for pid, rs in sorted(by_prompt.items())
+    ]
+
+
+def result_dict(r: EstimateResult) -> dict[str, Any]:
+    d = asdict(r)
+    d["diagnostics"] = dict(r.diagnostics)
+    return d
+
+
+@dataclass(frozen=True)
+class Survival:
+    """Kaplan–Meier S(t) = P(two runs agree on their first t tokens), with a pointwise band."""
+
+    times: list[float]
+    survival: list[float]
+    lower: list[float]
+    upper: list[float]
+    pairs: int
+    diverged: int
+
+
+@dataclass(frozen=True)
+class ProfileCurve:
+    """ℓ(T) − ℓ(T̂) on a log grid, and the drop that bounds the interval."""
+
+    temperatures: list[float]
+    drop: list[float]
+    threshold: float
+    estimate: float
+    lower: float
+    upper: float
+    level: float
+    one_sided: bool
+
+
+def model_free(trials: Sequence[Trial], *, level: float, max_tokens: int) -> dict[str, Any]:
+    outputs = [[r.tokens for r in t.runs] for t in trials]
+    paired = [o for o in outputs if len(o) >= 2]
+    n_min = min((len(o) for o in outputs), default=0)
+    pd = [pairwise_first_divergences(t.runs) for t in trials if len(t.runs) >= 2]
+    div = int(sum(int(p.diverged.sum()) for p in pd))
+    risk = int(sum(int(p.at_risk.sum()) for p in pd))
+    hz = divergence_hazard(div, risk, level)
+    uniq = [unique_completions(o) for o in outputs]
+    return {
+        "prompts": len(trials),
+        "runs": sum(len(o) for o in outputs),
+        "runs_per_prompt_min": n_min,
+        "pairs": sum(len(p.diverged) for p in pd),
+        "diverged_pairs": div,
+        "tokens_at_risk": risk,
+        "exact_match_rate": exact_match_rate(paired) if paired else math.nan,
+        "tarr_at_n": {"n": n_min, "value": tarr_at_n(outputs, n_min) if n_min >= 2 else math.nan},
+        "unique_completions": {
+            "mean_per_prompt": float(np.mean(uniq)) if uniq else math.nan,
+            "max_per_prompt": max(uniq, default=0),
+            "prompts_with_more_than_one": sum(u > 1 for u in uniq),
+        },
+        "hazard": {
+            "per_token": hz.estimate,
+            "lower": hz.lower,
+            "upper": hz.upper,
+            "level": level,
+            "p_diverge_at_max_tokens": hz.p_diverge(max_tokens) if risk else math.nan,
+        },
+    }
+
+
+def survival(trials: Sequence[Trial], *, level: float) -> Survival:
+    pd = [pairwise_first_divergences(t.runs) for t in trials if len(t.runs) >= 2]
+    if not pd:
+        return Survival([], [], [], [], 0, 0)
+    dur = np.concatenate([p.at_risk for p in pd])
+    ev = np.concatenate([p.diverged for p in pd])
+    km = kaplan_meier(dur, ev)
+    z = float(st.norm.ppf(0.5 + level / 2))
+    lo = np.clip(km.survival - z * km.std_err, 0, 1)
+    hi = np.clip(km.survival + z * km.std_err, 0, 1)
+    return Survival(
+        km.times.tolist(),
+        km.survival.tolist(),
+        lo.tolist(),
+        hi.tolist(),
+        int(dur.size),
+        int(ev.sum()),
+    )
+
+
+def _nodes(trials: Sequence[Trial]) -> Nodes:
+    parts = [c.nodes for c in (compare_fast(t) for t in trials if len(t.runs) >= 2) if c.nodes]
+    return Nodes.concat([p for p in parts if p is not None])
+
+
+def likelihood(trials: Sequence[Trial], *, level: float) -> tuple[EstimateResult, ProfileCurve]:
+    """The Boltzmann likelihood estimate (likelihood.fit, unchanged) and its profile for the plot.
+    Raises ValueError when no trie node carries logprobs from two runs."""
+    nodes = _nodes(trials)
+    if nodes.weights.size == 0:
+        raise ValueError("no position reached by two runs that report top-k logprobs")
+    est, lo, hi, diag = fit(nodes, level=level, t_max=T_MAX)
+    diag["tail_choices"] = nodes.tail_choices
+    diag["min_k"] = nodes.min_k
+    n = len(trials)
+    pairs = sum(t.n_pairs for t in trials)
+    counts = [compare_fast(t, with_nodes=False) for t in trials if len(t.runs) >= 2]
+    result = EstimateResult(
+        est,
+        lo,
+        hi,
+        "likelihood",
+        level,
+        n,
+        pairs,
+        sum(c.diverged for c in counts),
+        sum(c.tokens_at_risk for c in counts),
+        diag,
+    )
+    one_sided = est == 0.0
+    if one_sided:
+        t_lo, t_hi = hi / 1000, min(T_MAX, hi * 4)
+    else:
+        t_lo, t_hi = max((lo if lo > 0 else est / 100) / 3, 1e-6), min(T_MAX, hi * 3)
+    grid = np.geomspace(t_lo, t_hi, 200)
+    ll = loglik_grid(nodes, grid)
+    # The reference level: ℓ(T̂) (fit's diagnostics), or ℓ(T -> 0) when nothing diverged.
+    ref = float(diag["loglik_max"]) if "loglik_max" in diag else Likelihood(nodes).l_inf
+    crit = float(st.chi2.ppf(2 * level - 1 if one_sided else level, 1)) / 2
+    curve = ProfileCurve(grid.tolist(), (ll - ref).tolist(), -crit, est, lo, hi, level, one_sided)
+    return result, curve
+
+
+def jitter(trials: Sequence[Trial], *, level: float) -> EstimateResult:
+    return estimate_jitter([t for t in trials if len(t.runs) >= 2], level=level)
+
+
+def has_logprobs(records: Iterable[Record]) -> bool:
+    return any(r.top_logprobs is not None for r in records)
+
+
+def estimates(
+    trials: Sequence[Trial], *, level: float, with_logprobs: bool
+) -> tuple[dict[str, Any], ProfileCurve | None, list[str]]:
+    """{method: result dict} for likelihood and jitter, the profile curve, and notes."""
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    curve = None
+    if not with_logprobs:
+        notes.append("no top-k logprobs in the runs: no likelihood/jitter estimate (text only)")
+        return out, None, notes
+    try:
+        res, curve = likelihood(trials, level=level)
+        out["likelihood"] = result_dict(res)
+    except ValueError as exc:
+        notes.append(f"likelihood: {exc}")
+    try:
+        out["jitter"] = result_dict(jitter(trials, level=level))
+    except ValueError as exc:
+        notes.append(f"jitter: {exc}")
+    return out, curve, notes
+
+
+def finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: map them to None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    if isinstance(obj, np.floating | np.integer):
+        return finite(obj.item())
+    return obj
