@@ -83,7 +83,9 @@ class Record:
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
+    """Parameters set in both that differ (a later command may add parameters, e.g. the paper
+    method's reference endpoint, to a directory measured without them)."""
+    keys = sorted(set(old) & set(new))
     return [
         f"{k}: {old.get(k)!r} (in DIR) != {new.get(k)!r} (now)"
         for k in keys
@@ -112,6 +114,9 @@ class Store:
                     f"{self.dir} holds a measurement with other parameters; use another --out "
                     "directory or the same parameters:\n  " + "\n  ".join(diff)
                 )
+            if set(self.params) - set(old):
+                merged = {**old, **self.params}
+                ppath.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n", "utf-8")
         else:
             ppath.write_text(json.dumps(self.params, indent=2, sort_keys=True) + "\n", "utf-8")
         self._load()
