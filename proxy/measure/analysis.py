@@ -65,6 +65,8 @@ class Survival:
     upper: list[float]
     pairs: int
     diverged: int
+    horizon: float  # longest comparison (tokens): the curve is known up to here
+    level: float
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def model_free(trials: Sequence[Trial], *, level: float, max_tokens: int) -> dic
 def survival(trials: Sequence[Trial], *, level: float) -> Survival:
     pd = [pairwise_first_divergences(t.runs) for t in trials if len(t.runs) >= 2]
     if not pd:
-        return Survival([], [], [], [], 0, 0)
+        return Survival([], [], [], [], 0, 0, 0.0, level)
     dur = np.concatenate([p.at_risk for p in pd])
     ev = np.concatenate([p.diverged for p in pd])
     km = kaplan_meier(dur, ev)
@@ -131,6 +133,8 @@ def survival(trials: Sequence[Trial], *, level: float) -> Survival:
         hi.tolist(),
         int(dur.size),
         int(ev.sum()),
+        float(dur.max()),
+        level,
     )
 
 

@@ -8,6 +8,7 @@ cancelled and reports why; failed requests are counted and not recorded, so a re
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,17 @@ from typing import Any
 from proxy.measure.client import RequestFailed
 from proxy.measure.progress import Progress
 from proxy.measure.store import Key, Record, Store
+
+
+def spread(ids: Sequence[str], runs: int) -> list[tuple[str, int]]:
+    """(prompt id, run index) in run-major order, prompts in a fresh fixed-seed order for each
+    run: two runs of one prompt are then issued at different times next to different prompts, so
+    under load they meet different batch compositions (where the batch noise comes from)."""
+    out: list[tuple[str, int]] = []
+    for r in range(runs):
+        order = list(ids) if r == 0 else random.Random(r).sample(list(ids), len(ids))
+        out += [(pid, r) for pid in order]
+    return out
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from proxy.measure.common import (
     session_id,
     sigint_sets,
 )
-from proxy.measure.execute import Budget, Outcome, execute
+from proxy.measure.execute import Budget, Outcome, execute, spread
 from proxy.measure.progress import Progress
 from proxy.measure.prompts import PromptError, PromptSet, load_prompts
 from proxy.measure.store import Key, Record, Store, StoreError, pending
@@ -83,15 +83,14 @@ def parse_grid(text: str | None) -> tuple[float, ...]:
 
 def plan(args: argparse.Namespace, prompts: PromptSet) -> Plan:
     ids = [p.id for p in prompts.prompts]
-    sut = tuple(Key("sut", pid, r, 0.0, args.concurrency) for r in range(args.runs) for pid in ids)
+    sut = tuple(Key("sut", pid, r, 0.0, args.concurrency) for pid, r in spread(ids, args.runs))
     if args.method != "paper":
         return Plan(sut, (), ())
     grid = parse_grid(args.grid)
     ref = tuple(
         Key("ref", pid, r, t, args.concurrency)
         for t in grid
-        for r in range(args.reference_runs)
-        for pid in ids
+        for pid, r in spread(ids, args.reference_runs)
     )
     return Plan(sut, ref, grid)
 

@@ -39,11 +39,13 @@ def plot_survival(s: Survival, path: Path, *, title_extra: str = "") -> None:
     fig, ax = plt.subplots(figsize=(7, 4.6))
     fig.subplots_adjust(bottom=0.2)
     # Step function starting at S(0) = 1; censored pairs never drop the curve.
-    xs = [0.0, *s.times]
-    ys = [1.0, *s.survival]
-    lo = [1.0, *s.lower]
-    hi = [1.0, *s.upper]
-    ax.fill_between(xs, lo, hi, step="post", alpha=0.25, color="C0", label="95 % band (Greenwood)")
+    end = max(s.horizon, *s.times) if s.times else s.horizon
+    xs = [0.0, *s.times, end]
+    ys = [1.0, *s.survival, s.survival[-1] if s.survival else 1.0]
+    lo = [1.0, *s.lower, s.lower[-1] if s.lower else 1.0]
+    hi = [1.0, *s.upper, s.upper[-1] if s.upper else 1.0]
+    band = f"{100 * s.level:g} % band (Greenwood)"
+    ax.fill_between(xs, lo, hi, step="post", alpha=0.25, color="C0", label=band)
     ax.step(xs, ys, where="post", color="C0", lw=2, label="share of run pairs still identical")
     ax.set_ylim(min(0.0, min(lo)) - 0.02, 1.02)
     ax.set_xlim(left=0)
@@ -110,7 +112,7 @@ def plot_sweep(
 ) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    fig.subplots_adjust(bottom=0.2, right=0.86)
+    fig.subplots_adjust(bottom=0.3, right=0.86)
     nan = float("nan")
 
     def f(xs: Sequence[float | None]) -> list[float]:
@@ -125,7 +127,8 @@ def plot_sweep(
     ax.set_xticks(list(levels), [str(x) for x in levels])
     ax.set_xlabel("load: concurrent requests")
     ax.set_ylabel("background temperature T_bg", color="C0")
-    ax.set_ylim(bottom=0)
+    top = max([x for x in f(upper) + f(estimate) if x == x] + [ceiling or 0.0, 1e-3])
+    ax.set_ylim(-0.03 * top, 1.08 * top)  # the 0 estimates stay visible above the axis
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(levels, f(throughput), "s--", color="C1", lw=1.5, label="throughput")
@@ -133,7 +136,7 @@ def plot_sweep(
     ax2.set_ylim(bottom=0)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    fig.legend(h1 + h2, l1 + l2, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, 0.07))
     ax.set_title(
         "Reproducibility vs load: T_bg (left axis) and throughput (right axis)", fontsize=10
     )

@@ -268,10 +268,13 @@ async def _run(args: argparse.Namespace) -> int:
     bud = budget(args)
     stop = asyncio.Event()
     outcomes: dict[int, Outcome] = {}
-    plan = {
-        c: [Key("sut", pid, r, 0.0, c) for r in range(args.runs) for pid in ids]
-        for c in args.levels
-    }
+    plan = {c: [Key("sut", pid, r, 0.0, c) for pid, r in spread(ids, args.runs)] for c in args.levels}
+    if len(ids) < 2 * max(args.levels):
+        caps.notes.append(
+            f"{len(ids)} prompts for loads up to {max(args.levels)}: with fewer than twice as many "
+            "prompts as requests in flight, the runs of one prompt may meet the same batch "
+            "neighbours and under-show the batch noise"
+        )
     try:
         with sigint_sets(stop):
             for c in args.levels:
