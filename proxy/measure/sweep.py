@@ -42,7 +42,7 @@ from proxy.measure.common import (
     session_id,
     sigint_sets,
 )
-from proxy.measure.execute import Outcome, execute
+from proxy.measure.execute import Outcome, execute, spread
 from proxy.measure.progress import Progress
 from proxy.measure.prompts import PromptError, PromptSet, load_prompts
 from proxy.measure.store import Key, Record, Store, StoreError, pending
@@ -268,7 +268,9 @@ async def _run(args: argparse.Namespace) -> int:
     bud = budget(args)
     stop = asyncio.Event()
     outcomes: dict[int, Outcome] = {}
-    plan = {c: [Key("sut", pid, r, 0.0, c) for pid, r in spread(ids, args.runs)] for c in args.levels}
+    plan = {
+        c: [Key("sut", pid, r, 0.0, c) for pid, r in spread(ids, args.runs)] for c in args.levels
+    }
     if len(ids) < 2 * max(args.levels):
         caps.notes.append(
             f"{len(ids)} prompts for loads up to {max(args.levels)}: with fewer than twice as many "
