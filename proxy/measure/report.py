@@ -54,7 +54,7 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 def interval(e: Mapping[str, Any]) -> str:
     lvl = f"{100 * e['level']:g} %" if e.get("level") == e.get("level") else ""
-    if e.get("estimate") == 0.0 and e.get("lower") == 0.0:
+    if e.get("estimate") == 0.0 and e.get("lower") == 0.0 and e.get("method") == "likelihood":
         return f"0 (no divergence scored); {lvl} upper bound {fmt(e['upper'])}"
     return f"{fmt(e['estimate'])} [{fmt(e['lower'])}, {fmt(e['upper'])}] ({lvl})"
 

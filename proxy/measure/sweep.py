@@ -86,6 +86,7 @@ class LevelRow:
     t_bg: float | None
     t_lower: float | None
     t_upper: float | None
+    t_jitter: float | None  # the jitter estimate: logprob noise, seen before tokens flip
     sigma_gap: float | None
     pairs: int
     diverged_pairs: int
@@ -136,6 +137,7 @@ def level_row(
         t_bg=lk["estimate"] if lk else None,
         t_lower=lk["lower"] if lk else None,
         t_upper=lk["upper"] if lk else None,
+        t_jitter=jt["estimate"] if jt else None,
         sigma_gap=jt["diagnostics"]["sigma_gap"] if jt else None,
         pairs=pairs,
         diverged_pairs=mf["diverged_pairs"] if mf else 0,
@@ -154,7 +156,7 @@ class Recommendation:
     load: int | None
     reason: str
     throughput_tps: float | None
-    best_level: int | None
+    best_load: int | None
     best_throughput_tps: float | None
     throughput_cost: float | None  # 1 − chosen/best
 
@@ -188,7 +190,7 @@ def table(rows: Sequence[LevelRow], conf: float) -> str:
     f = report.fmt
     head = (
         f"{'load':>5} {'runs':>9} {'T_bg':>8} {f'{100 * conf:g}% interval':>20} {'diverged':>9} "
-        f"{'≠level1':>8} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7}"
+        f"{'≠level1':>8} {'T_jitter':>8} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7}"
     )
     out = [head]
     for r in rows:
@@ -196,7 +198,7 @@ def table(rows: Sequence[LevelRow], conf: float) -> str:
         dv = "n/a" if r.divergence_rate is None else f"{r.diverged_pairs}/{r.pairs}"
         d1 = "n/a" if r.differs_from_level1 is None else f"{100 * r.differs_from_level1:.0f}%"
         out.append(
-            f"{r.load:>5} {f'{r.runs}/{r.planned}':>9} {f(r.t_bg):>8} {iv:>20} {dv:>9} {d1:>8} "
+            f"{r.load:>5} {f'{r.runs}/{r.planned}':>9} {f(r.t_bg):>8} {iv:>20} {dv:>9} {d1:>8} {f(r.t_jitter):>8} "
             f"{f(r.throughput_tps):>8} {f(r.latency_p50_s):>7} {f(r.latency_p95_s):>7}"
         )
     return "\n".join(out)
@@ -210,7 +212,7 @@ def recommendation_line(rec: Recommendation) -> str:
         if rec.throughput_cost is None
         else (
             f"; throughput {report.fmt(rec.throughput_tps)} tok/s vs best {report.fmt(rec.best_throughput_tps)} "
-            f"at load {rec.best_level} ({100 * rec.throughput_cost:.0f} % less)"
+            f"at load {rec.best_load} ({100 * rec.throughput_cost:.0f} % less)"
         )
     )
     return f"recommendation: load {rec.load} ({rec.reason}){cost}"
