@@ -341,6 +341,13 @@ async def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    stopped = [o.stopped for o in outcomes.values() if o.stopped]
+    if stopped:
+        print(
+            f"tbg measure: stopped early ({stopped[0]}); partial results written; rerun the "
+            "same command to continue",
+            file=sys.stderr,
+        )
     return 0
 
 
