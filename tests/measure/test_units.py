@@ -1,0 +1,103 @@
+"""Pieces of `tbg measure`/`tbg sweep` that need no server: prompt sets, the run store, job
+order, the recommendation, and the plots-optional path."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.measure import measure_cmd
+from proxy.measure.analysis import Survival
+from proxy.measure.execute import spread
+from proxy.measure.prompts import PromptError, load_prompts, parse_prompts
+from proxy.measure.store import Key, Record, Store, StoreError
+from proxy.measure.sweep import LevelRow, recommend
+
+
+def test_builtin_prompt_set() -> None:
+    ps = load_prompts(None)
+    assert len(ps.prompts) == 32 and len({p.id for p in ps.prompts}) == 32
+    assert ps.head(4).prompts == ps.prompts[:4] and ps.head(4).digest != ps.digest
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}', "duplicate prompt ids: a"),
+        ('{"id": "a"}', "needs 'messages'"),
+        ("not json", ":1: not JSON"),
+        ('{"id": "a", "messages": [{"role": "user"}]}', "string 'role' and 'content'"),
+        ("", "no prompts"),
+    ],
+)
+def test_bad_prompt_files(text: str, error: str) -> None:
+    with pytest.raises(PromptError, match=error):
+        parse_prompts(text, "f.jsonl")
+
+
+def test_prompt_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(PromptError, match="cannot read"):
+        load_prompts(tmp_path / "nope.jsonl")
+
+
+def test_spread_is_run_major_and_reorders_prompts() -> None:
+    ids = [str(i) for i in range(10)]
+    jobs = spread(ids, 3)
+    assert len(jobs) == 30 == len(set(jobs))
+    assert [r for _, r in jobs] == sorted(r for _, r in jobs)
+    orders = [[p for p, r in jobs if r == k] for k in range(3)]
+    assert orders[0] == ids and orders[1] != ids and sorted(orders[1]) == ids
+    assert spread(ids, 3) == jobs  # fixed seeds
+
+
+def _record(key: Key) -> Record:
+    return Record(key, ("a", "b"), (-0.1, -0.2), None, "ab", "length", 2, 0.5, 1.0, "s")
+
+
+def test_store_resumes_and_drops_a_cut_line(tmp_path: Path) -> None:
+    params = {"model": "m", "max_tokens": 8}
+    st = Store(tmp_path, params)
+    keys = [Key("sut", "p", r, 0.0, 1) for r in range(3)]
+    for k in keys[:2]:
+        st.append(_record(k))
+    st.close()
+    with (tmp_path / "runs.jsonl").open("a") as fh:
+        fh.write('{"key": {"role": "sut", "prompt": "p", "run": 2')  # killed mid-write
+    st2 = Store(tmp_path, params)
+    assert st2.skipped_lines == 1 and set(st2.records) == set(keys[:2])
+    assert st2.records[keys[0]].run().tokens == ("a", "b")
+    st2.close()
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(x)["key"]["run"] for x in lines] == [0, 1]
+    with pytest.raises(StoreError, match=r"max_tokens: 8 \(in DIR\) != 16 \(now\)"):
+        Store(tmp_path, {"model": "m", "max_tokens": 16})
+    Store(tmp_path, {**params, "reference_url": "u"}).close()  # adding a parameter is fine
+    assert json.loads((tmp_path / "params.json").read_text())["reference_url"] == "u"
+
+
+def _row(load: int, upper: float | None, tps: float) -> LevelRow:
+    return LevelRow(load, 4, 4, 0.0, 0.0, upper, None, None, 2, 0, 0.0, 1.0, None, 10, tps, 1, 2)
+
+
+def test_recommendation_is_the_highest_load_under_the_ceiling() -> None:
+    rows = [_row(1, 0.001, 10.0), _row(2, 0.004, 18.0), _row(4, 0.02, 30.0), _row(8, 0.001, 25.0)]
+    rec = recommend(rows, 0.005)
+    assert rec.load == 8 and rec.best_load == 4 and rec.throughput_cost == pytest.approx(1 / 6)
+    assert recommend(rows, 0.0001).load is None
+    none = recommend([_row(1, None, 5.0)], 0.01)
+    assert none.load is None and "no T_bg interval" in none.reason
+
+
+def test_without_matplotlib_reports_are_written_and_one_line_says_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    notes: list[str] = []
+    s = Survival([3.0], [0.5], [0.2], [0.8], 4, 2, 8.0, 0.95)
+    assert measure_cmd.write_plots(tmp_path, s, None, notes) == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["plots skipped: matplotlib is not installed (pip install 'tbg-proxy[plots]')"]
+    assert notes == err and not list(tmp_path.iterdir())
