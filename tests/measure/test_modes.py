@@ -94,3 +94,27 @@ def test_sweep_batched_noise_appears_under_concurrency(
         f"{four['differs_from_level1']:.0%}; throughput {one['throughput_tps']:.1f} -> "
         f"{four['throughput_tps']:.1f} tok/s"
     )
+
+
+def test_measure_paper_method_runs_the_reference_grid(
+    thermostat_ref: ReferenceProcess, serial_ref: ReferenceProcess, tmp_path: Path
+) -> None:
+    """`--method paper` end to end on a tiny grid (the full protocol is 32 temperatures x 32
+    draws): the estimate is one of the grid temperatures (or a mean of tied ones), with no
+    interval, and the text-only hazard estimate relative to the same reference is reported."""
+    out = tmp_path / "paper"
+    cp = tbg(
+        "measure", "--base-url", thermostat_ref.base_url, "--model", "smollm2",
+        "--prompt-limit", "2", "--runs", "3", "--max-tokens", "8", "--method", "paper",
+        "--reference-url", serial_ref.base_url, "--grid", "0,0.3,1", "--reference-runs", "2",
+        "--out", str(out),
+    )  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    report = load_json(out / "report.json")
+    assert report["counts"]["reference_runs"] == 3 * 2 * 2
+    paper = report["estimates"]["paper"]
+    assert 0 <= paper["estimate"] <= 1 and paper["lower"] is None  # JSON null: no interval
+    assert {k for k in paper["diagnostics"] if k.startswith("T_n[")} == {
+        "T_n[reference:memf]", "T_n[reference:avglev]", "T_n[reference:avglcs]"
+    }  # fmt: skip
+    assert "T_bg (paper, KS matching)" in (out / "report.md").read_text("utf-8")
