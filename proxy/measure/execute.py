@@ -18,6 +18,8 @@ from proxy.measure.client import RequestFailed
 from proxy.measure.progress import Progress
 from proxy.measure.store import Key, Record, Store
 
+GIVE_UP_AFTER = 5  # failures before any success: stop instead of retrying every job
+
 
 def spread(ids: Sequence[str], runs: int) -> list[tuple[str, int]]:
     """(prompt id, run index) in run-major order, prompts in a fresh fixed-seed order for each
@@ -87,6 +89,10 @@ async def execute(
                 if len(errors) < 5:
                     errors.append(str(exc))
                 progress.step(ok=False)
+                if counts["failed"] >= GIVE_UP_AFTER and counts["done"] == 0 and not stopped:
+                    # An endpoint that is down or wrong should not be hammered for hours.
+                    stopped.append(f"the first {GIVE_UP_AFTER} requests failed ({errors[0]})")
+                    queue.clear()
                 continue
             store.append(rec)
             counts["done"] += 1
@@ -127,6 +133,6 @@ async def execute(
         counts["done"],
         counts["failed"],
         tuple(errors),
-        stopped[0] if stopped and (queue or stop.is_set()) else None,
+        stopped[0] if stopped and (queue or stop.is_set() or counts["done"] == 0) else None,
         time.monotonic() - t0,
     )

@@ -342,6 +342,10 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     stopped = [o.stopped for o in outcomes.values() if o.stopped]
+    if not data["counts"]["sut_runs"]:
+        why = stopped[0] if stopped else "no run recorded"
+        print(f"tbg measure: nothing measured: {why}", file=sys.stderr)
+        return 1
     if stopped:
         print(
             f"tbg measure: stopped early ({stopped[0]}); partial results written; rerun the "

@@ -227,6 +227,8 @@ def write_outputs(
         w.writeheader()
         for r in rows:
             w.writerow({k: "" if v is None else v for k, v in asdict(r).items()})
+    if not rows:
+        return []
     try:
         plots.plot_sweep(
             [r.load for r in rows],
@@ -308,6 +310,8 @@ async def _run(args: argparse.Namespace) -> int:
                     )
                 finally:
                     await ep.client.close()
+                if outcomes[c].done == 0 and outcomes[c].failed:
+                    break  # the endpoint is down or refuses: the next level would fail alike
     finally:
         store.close()
     rows, rec, data = summarise(store, args, plan, outcomes, caps.notes)
@@ -325,6 +329,10 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     stopped = [o.stopped for o in outcomes.values() if o.stopped]
+    if not rows:
+        why = stopped[0] if stopped else "no run recorded"
+        print(f"tbg sweep: nothing measured: {why}", file=sys.stderr)
+        return 1
     if stopped or len(outcomes) < len(args.levels):
         print(
             f"tbg sweep: stopped early ({stopped[0] if stopped else 'bound reached'}); partial results written",
