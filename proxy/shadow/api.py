@@ -66,7 +66,7 @@ def report(tap: ShadowTap) -> dict[str, Any]:
             "replays": tap.config.replays,
             "augment_logprobs": tap.config.augment_logprobs,
             "top_logprobs": tap.config.top_logprobs,
-            "half_life_comparisons": tap.config.half_life_comparisons,
+            "half_life_trials": tap.config.half_life_trials,
             "record_text": tap.config.record_text,
         },
     }

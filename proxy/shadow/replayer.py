@@ -151,7 +151,7 @@ class ShadowTap:
         self.load = LoadTracker(in_flight)
         # Counts a bug in the shadow path (tbg_internal_errors_total{where="shadow"}); set by wiring.
         self.on_internal_error: Callable[[], None] = lambda: None
-        online = OnlineConfig(half_life_comparisons=config.half_life_comparisons)
+        online = OnlineConfig(half_life_trials=config.half_life_trials)
         self.state = ShadowState(online, config.exemplars)
         # Request hashes are keyed per process: stable within it, useless for guessing prompts.
         self._hash_key = hash_key or os.urandom(16)
