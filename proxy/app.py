@@ -19,7 +19,17 @@ from proxy import errors
 from proxy.config import Config
 from proxy.forward import Forwarder
 from proxy.inflight import InFlight
-from proxy.keys import CONFIG, IN_FLIGHT, LIFECYCLE, METRICS, REGISTRY, UPSTREAMS, Lifecycle
+from proxy.keys import (
+    CONFIG,
+    EXPOSITION,
+    IN_FLIGHT,
+    LIFECYCLE,
+    METRICS,
+    REGISTRY,
+    UPSTREAMS,
+    Exposition,
+    Lifecycle,
+)
 from proxy.metrics import ProxyMetrics
 from proxy.tap import Tap
 from proxy.upstreams import Upstreams, new_session
@@ -56,6 +66,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     app[IN_FLIGHT] = in_flight
     app[METRICS] = metrics
     app[LIFECYCLE] = Lifecycle()
+    app[EXPOSITION] = Exposition()
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_shutdown.append(_mark_draining)
 
@@ -117,6 +128,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
+    body += b"".join(part() for part in request.app[EXPOSITION].parts)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -21,7 +21,7 @@ from openai import AsyncOpenAI
 from estimator.online import estimate_from_stats
 from proxy.app import make_app, make_runner
 from proxy.config import build_config
-from proxy.shadow.replayer import ShadowTap
+from proxy.shadow.tap import ShadowTap
 from proxy.shadow.wiring import SHADOW
 from reference.launch import ReferenceProcess
 
@@ -162,7 +162,7 @@ async def test_thermostat_interval_contains_the_true_temperature(
     # while 9 further runs gave 0.26-0.35): the containment is asserted on the 99.9 % interval of
     # the same (undecayed) statistics the proxy exports, so a failure here means a real bias.
     # Coverage at the stated 95 % is measured over many repetitions in docs/coverage.md.
-    stats = functools.reduce(operator.add, (s for _, s in proxy.tap.state.counters()))
+    stats = functools.reduce(operator.add, (s for _, s in proxy.tap.view().counters()))
     wide = estimate_from_stats(stats, level=0.999)
     assert wide.lower <= THERMOSTAT_T <= wide.upper, (wide, est)
 
