@@ -77,7 +77,7 @@ def small_count(level: float) -> tuple[float, float, float, float]:
 def upper_drop(events: float, level: float = 0.95) -> float:
     """The upper end's drop of the log-likelihood after k = `events` divergences."""
     c, a, b, q = small_count(level)
-    return c + a / (max(events, 0.0) + b) ** q
+    return c + a / float((max(events, 0.0) + b) ** q)
 
 
 @dataclass(frozen=True)
