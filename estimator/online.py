@@ -153,13 +153,13 @@ class SufficientStats:
 
 
 def profile_from_grid(
-    grid: np.ndarray, nll: np.ndarray, *, diverged: bool, level: float = 0.95
+    grid: np.ndarray, nll: np.ndarray, *, events: float, level: float = 0.95
 ) -> tuple[float, float, float]:
-    """(estimate, lower, upper) from Σ −ℓ on a log grid, read off local parabolas in log T
-    (estimator.profile; the recording rules do the same arithmetic). Without a divergence:
-    (0, 0, one-sided upper at 2Δℓ = χ²₁(2·level − 1)). Bounds are clipped to the grid (lower 0 below
-    it)."""
-    p = grid_profile(grid, nll, diverged=diverged, level=level)
+    """(estimate, lower, upper) from Σ −ℓ on a log grid behind `events` divergences, read off local
+    parabolas in log T (estimator.profile, with its small-count correction of the upper end; the
+    recording rules do the same arithmetic). Without a divergence: (0, 0, upper). Bounds are clipped
+    to the grid (lower 0 below it)."""
+    p = grid_profile(grid, nll, events=events, level=level)
     return p.estimate, p.lower, p.upper
 
 
@@ -169,9 +169,12 @@ def _snapshot(
     grid: np.ndarray,
     totals: Mapping[str, float],
     level: float,
+    scale: float = 1.0,
 ) -> OnlineSnapshot:
     if s["scored_pairs"] > 0:
-        est, lo, hi = profile_from_grid(grid, nll, diverged=s["scored_diverged"] > 0, level=level)
+        # `scale` (effective sample size under decay) applies to the divergence count as to the nll
+        events = s["scored_diverged"] * scale
+        est, lo, hi = profile_from_grid(grid, nll * scale, events=events, level=level)
         method = "likelihood"
     else:
         est = lo = hi = math.nan
@@ -286,7 +289,7 @@ class OnlineEstimator:
         # size over Σw) gives the interval the weighted estimate's own spread. 1 without decay.
         # A trial's information is taken as proportional to its pairs: Σw·p / Σw²·p.
         scale = dec["pairs"] / self._dec_w2 if self._dec_w2 > 0 else 1.0
-        return _snapshot(dec, self._dec_nll * scale, self._grid, tot, self.config.level)
+        return _snapshot(dec, self._dec_nll, self._grid, tot, self.config.level, scale)
 
     def stats(self) -> SufficientStats:
         kw = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))

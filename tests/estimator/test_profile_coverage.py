@@ -43,7 +43,9 @@ def test_grid_reading_matches_the_exact_profile_with_much_data(temperature: floa
     )
     nodes = sim.ideal_nodes()
     _, lo, hi, _ = fit(nodes)
-    p = grid_profile(grid, GridLoglik(grid).nll(nodes), diverged=True)
+    p = grid_profile(
+        grid, GridLoglik(grid).nll(nodes), events=float((sim.first < sim.tokens.shape[2]).sum())
+    )
     half = (np.log(hi) - np.log(lo)) / 2
     assert abs(np.log(p.lower / lo)) <= 0.05 * half
     assert abs(np.log(p.upper / hi)) <= 0.05 * half

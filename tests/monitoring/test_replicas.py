@@ -287,7 +287,7 @@ def test_pooled_rules_count_all_replicas_and_survive_a_restart(
         assert argmin == pytest.approx(grid[i_prom], rel=1e-6)
         assert abs(i_prom - i_py) <= 1, (grid[i_prom], grid[i_py])
         assert pooled.diverged > 0
-        estimate, _, _ = profile_from_grid(np.asarray(grid), py_nll, diverged=True)
+        estimate, _, _ = profile_from_grid(np.asarray(grid), py_nll, events=pooled.diverged)
         assert estimate > 0
         ((_, lower),) = _value(prom.url, f'{lower_rec}{{model_name="m"}}')
         ((_, upper),) = _value(prom.url, f'{upper_rec}{{model_name="m"}}')
