@@ -41,7 +41,7 @@ async def one(a: argparse.Namespace, rep: int) -> dict[str, Any]:
     shadow = {"enabled": True, "sample_rate": 1.0, "replays": a.replays,
               "replays_per_minute": 1e6, "tokens_per_minute": 1e9}  # fmt: skip
     if a.half_life is not None:
-        shadow["half_life_comparisons"] = a.half_life
+        shadow["half_life_trials"] = a.half_life
     config = build_config(
         {
             "upstreams": [{"name": "truth", "base_url": f"{base}/v1", "models": ["truth"]}],
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--law", default="lognormal")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--half-life", type=float, default=None, help="shadow.half_life_comparisons")
+    ap.add_argument("--half-life", type=float, default=None, help="shadow.half_life_trials")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     rows = asyncio.run(run(a))

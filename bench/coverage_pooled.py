@@ -60,7 +60,7 @@ def main() -> None:
             if nodes is not None:
                 parts.append(nodes)
         pooled: SufficientStats = replicas[0].stats() + replicas[1].stats() + replicas[2].stats()
-        prof = grid_profile(grid, np.asarray(pooled.nll), diverged=pooled.scored_diverged > 0)
+        prof = grid_profile(grid, np.asarray(pooled.nll), events=pooled.scored_diverged)
         _, lo, hi, _ = fit(Nodes.concat(parts))
         covered += prof.lower <= t <= prof.upper
         exact_covered += lo <= t <= hi

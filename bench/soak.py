@@ -96,7 +96,7 @@ async def soak(minutes: float, concurrency: int, rate: float, every: float) -> d
     await tap.idle(30.0)
     await proxy.cleanup()  # stops the tap: still-queued jobs are dropped as "shutdown"
     await fake.cleanup()
-    totals = tap.state.totals()
+    totals = tap.view().totals()
     quarter = max(1, len(samples) // 4)
 
     def drift(key: str) -> float:

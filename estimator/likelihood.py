@@ -15,6 +15,7 @@ from scipy import optimize, stats
 from estimator.compare import Nodes
 from estimator.model import Trial
 from estimator.pair import compare_fast
+from estimator.profile import upper_drop
 from estimator.result import EstimateResult
 
 # exp(-_CUT) is below double precision relative to 1: gaps beyond _CUT·T do not move ℓ(T).
@@ -140,18 +141,30 @@ def _root(f: Callable[[float], float], u0: float, step: float, stop: float) -> f
 
 
 def fit(
-    nodes: Nodes, *, level: float = 0.95, t_min: float = 1e-6, t_max: float = 10.0
+    nodes: Nodes,
+    *,
+    level: float = 0.95,
+    t_min: float = 1e-6,
+    t_max: float = 10.0,
+    events: float | None = None,
 ) -> tuple[float, float, float, dict[str, float | int | str]]:
     """(T̂, lower, upper, diagnostics) by maximum likelihood with a profile-likelihood interval
-    {T : 2[ℓ(T̂) − ℓ(T)] <= χ²₁(level)}; with no scored divergence T̂ = 0 and a one-sided upper
-    bound at 2[ℓ(0) − ℓ(T)] = χ²₁(2·level − 1). Ends beyond [t_min, t_max] are clipped
+    {T : 2[ℓ(T̂) − ℓ(T)] <= χ²₁(level)}; with no scored divergence T̂ = 0 and lower 0. Given
+    `events` (the number of divergences behind the nodes), the upper end gets the small-count
+    correction of estimator.profile (as the live and pooled intervals do); without it the upper
+    end is the asymptotic one (one-sided χ²₁(2·level − 1) when nothing diverged): the textbook
+    interval the grid reading is checked against. Ends beyond [t_min, t_max] are clipped
     (lower 0, upper t_max, flagged in the diagnostics)."""
     lk = Likelihood(nodes)
     u_lo, u_hi = -np.log(t_max), -np.log(t_min)  # u = log β
     step = np.log(2.0)
     diag: dict[str, float | int | str] = {"nodes": int(nodes.weights.size)}
     if lk.linear <= 0.0:
-        crit = float(stats.chi2.ppf(2 * level - 1, 1)) / 2
+        crit = (
+            float(stats.chi2.ppf(2 * level - 1, 1)) / 2
+            if events is None
+            else upper_drop(0.0, level)
+        )
         thr0 = lk.l_inf - crit
         r = _root(lambda u: lk.loglik(np.exp(u)) - thr0, u_hi, -step, u_lo)
         if r is None:
@@ -165,12 +178,17 @@ def fit(
         u_hat = u_lo
     else:
         u_hat = r
-    thr = lk.loglik(float(np.exp(u_hat))) - crit
+    top = lk.loglik(float(np.exp(u_hat)))
+    thr = top - crit
+    thr_up = thr if events is None else top - upper_drop(events, level)
 
     def g(u: float) -> float:
         return lk.loglik(float(np.exp(u))) - thr
 
-    r_up = _root(g, u_hat, -step, u_lo)  # towards higher T
+    def g_up(u: float) -> float:
+        return lk.loglik(float(np.exp(u))) - thr_up
+
+    r_up = _root(g_up, u_hat, -step, u_lo)  # towards higher T
     r_lo = _root(g, u_hat, step, u_hi)  # towards lower T
     upper = t_max if r_up is None else float(np.exp(-r_up))
     lower = 0.0 if r_lo is None else float(np.exp(-r_lo))
@@ -191,7 +209,7 @@ def estimate_likelihood(
     nodes = Nodes.concat(parts)
     if nodes.weights.size == 0:
         raise ValueError("no trie node is reached by two runs that report top-k logprobs")
-    est, lo, hi, diag = fit(nodes, level=level, t_max=t_max)
+    est, lo, hi, diag = fit(nodes, level=level, t_max=t_max, events=float(div))
     diag["tail_choices"] = nodes.tail_choices
     diag["min_k"] = nodes.min_k
     return EstimateResult(est, lo, hi, "likelihood", level, n, pairs, div, risk, diag)

@@ -1,8 +1,9 @@
 """Online state (science.md §3e): an exponentially weighted log-likelihood on a fixed log-spaced
 grid of temperatures plus counters. O(grid) memory and work per update whatever the traffic.
 
-Decay is per compared pair: after a trial with p pairs the old state is multiplied by
-λ^p, λ = 2^(−1/half_life_comparisons). The undecayed sums (`SufficientStats`) add up across
+Decay is per trial (one primary and its replays): each trial multiplies the old state by
+λ = 2^(−1/half_life_trials). Counting trials rather than compared pairs keeps the memory the same
+whatever `replays` is (a trial of r replays has (r+1)r/2 pairs, correlated through shared runs). The undecayed sums (`SufficientStats`) add up across
 replicas; Prometheus pools them by summing increase() of the exported counters.
 """
 
@@ -37,7 +38,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class OnlineConfig:
-    half_life_comparisons: float = 200
+    half_life_trials: float = 200
     grid_size: int = 64
     t_min: float = 1e-4
     t_max: float = 1.0
@@ -46,8 +47,8 @@ class OnlineConfig:
     def __post_init__(self) -> None:
         if not (0 < self.t_min < self.t_max) or self.grid_size < 3:
             raise ValueError("need 0 < t_min < t_max and grid_size >= 3")
-        if self.half_life_comparisons <= 0:
-            raise ValueError("half_life_comparisons must be > 0")
+        if self.half_life_trials <= 0:
+            raise ValueError("half_life_trials must be > 0")
 
     @property
     def grid(self) -> np.ndarray:
@@ -152,13 +153,13 @@ class SufficientStats:
 
 
 def profile_from_grid(
-    grid: np.ndarray, nll: np.ndarray, *, diverged: bool, level: float = 0.95
+    grid: np.ndarray, nll: np.ndarray, *, events: float, level: float = 0.95
 ) -> tuple[float, float, float]:
-    """(estimate, lower, upper) from Σ −ℓ on a log grid, read off local parabolas in log T
-    (estimator.profile; the recording rules do the same arithmetic). Without a divergence:
-    (0, 0, one-sided upper at 2Δℓ = χ²₁(2·level − 1)). Bounds are clipped to the grid (lower 0 below
-    it)."""
-    p = grid_profile(grid, nll, diverged=diverged, level=level)
+    """(estimate, lower, upper) from Σ −ℓ on a log grid behind `events` divergences, read off local
+    parabolas in log T (estimator.profile, with its small-count correction of the upper end; the
+    recording rules do the same arithmetic). Without a divergence: (0, 0, upper). Bounds are clipped
+    to the grid (lower 0 below it)."""
+    p = grid_profile(grid, nll, events=events, level=level)
     return p.estimate, p.lower, p.upper
 
 
@@ -168,9 +169,12 @@ def _snapshot(
     grid: np.ndarray,
     totals: Mapping[str, float],
     level: float,
+    scale: float = 1.0,
 ) -> OnlineSnapshot:
     if s["scored_pairs"] > 0:
-        est, lo, hi = profile_from_grid(grid, nll, diverged=s["scored_diverged"] > 0, level=level)
+        # `scale` (effective sample size under decay) applies to the divergence count as to the nll
+        events = s["scored_diverged"] * scale
+        est, lo, hi = profile_from_grid(grid, nll * scale, events=events, level=level)
         method = "likelihood"
     else:
         est = lo = hi = math.nan
@@ -213,12 +217,12 @@ class OnlineEstimator:
         self.config = config or OnlineConfig()
         self._grid = self.config.grid
         self._grid_nll = GridLoglik(self._grid)
-        self._lam = 2.0 ** (-1.0 / self.config.half_life_comparisons)
+        self._lam = 2.0 ** (-1.0 / self.config.half_life_trials)
         n = len(_COUNTERS)
         self._dec = np.zeros(n)  # decayed counters
         self._tot = np.zeros(n)  # undecayed counters
         self._dec_nll = np.zeros(self._grid.size)
-        self._dec_w2 = 0.0  # Σ w² over pairs (each pair enters with weight 1, then decays)
+        self._dec_w2 = 0.0  # Σ w²·pairs over trials (information-weighted, see snapshot)
         self._tot_nll = np.zeros(self._grid.size)
         self._snap: OnlineSnapshot | None = None  # computed once per change, not per scrape
 
@@ -247,7 +251,7 @@ class OnlineEstimator:
         return tc
 
     def add(self, tc: TrialComparison) -> None:
-        """Fold a comparison into the state (decaying the old state by λ^pairs)."""
+        """Fold a comparison into the state (decaying the old state by λ)."""
         row = np.array(
             [
                 1.0,
@@ -262,7 +266,7 @@ class OnlineEstimator:
                 tc.jitter_identical_positions,
             ]
         )
-        f = self._lam**tc.pairs
+        f = self._lam
         self._dec *= f
         self._dec += row
         self._tot += row
@@ -283,8 +287,9 @@ class OnlineEstimator:
         # Decayed weights w <= 1 make the weighted log-likelihood's curvature (Σ w·I) overstate
         # the estimate's variance (Σ w²·I / (Σ w·I)²): scaling by Σw / Σw² (Kish's effective sample
         # size over Σw) gives the interval the weighted estimate's own spread. 1 without decay.
+        # A trial's information is taken as proportional to its pairs: Σw·p / Σw²·p.
         scale = dec["pairs"] / self._dec_w2 if self._dec_w2 > 0 else 1.0
-        return _snapshot(dec, self._dec_nll * scale, self._grid, tot, self.config.level)
+        return _snapshot(dec, self._dec_nll, self._grid, tot, self.config.level, scale)
 
     def stats(self) -> SufficientStats:
         kw = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))

@@ -76,8 +76,8 @@ def overview_panels() -> list[Panel]:
             "Background temperature: the temperature at which an ideal copy of the model would vary "
             "as much as this stack does at T=0. Pooled over proxy replicas from the per-grid "
             "log-likelihood counters over 1h (recording rules upstream_model_name:tbg_temperature*:"
-            "mle1h). Dashed: 95 % profile-likelihood bounds (one-sided upper bound when nothing "
-            "diverged: estimate 0). Red: configured ceiling.",
+            "mle1h). Dashed: 95 % profile-likelihood bounds (with nothing diverged: estimate 0 and "
+            "a one-sided upper bound). Red: configured ceiling.",
             "none",
             (
                 _q(

@@ -19,7 +19,17 @@ from proxy import errors
 from proxy.config import Config
 from proxy.forward import Forwarder
 from proxy.inflight import InFlight
-from proxy.keys import CONFIG, IN_FLIGHT, LIFECYCLE, METRICS, REGISTRY, UPSTREAMS, Lifecycle
+from proxy.keys import (
+    CONFIG,
+    EXPOSITION,
+    IN_FLIGHT,
+    LIFECYCLE,
+    METRICS,
+    REGISTRY,
+    UPSTREAMS,
+    Exposition,
+    Lifecycle,
+)
 from proxy.metrics import ProxyMetrics
 from proxy.tap import Tap
 from proxy.upstreams import Upstreams, new_session
@@ -56,6 +66,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     app[IN_FLIGHT] = in_flight
     app[METRICS] = metrics
     app[LIFECYCLE] = Lifecycle()
+    app[EXPOSITION] = Exposition()
     app.cleanup_ctx.append(_upstreams_ctx)
     app.on_shutdown.append(_mark_draining)
 
@@ -74,15 +85,26 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     return app
 
 
-def make_runner(app: web.Application) -> web.AppRunner:
+# Client connections: aiohttp arms this timer when a connection opens and again after each
+# response, and incoming bytes do not re-arm it, so it bounds both an idle keep-alive connection
+# and a request head dribbled one byte at a time (slowloris). aiohttp has no separate header-read
+# timeout and no connection cap (see docs/configuration.md, "Client connections").
+CLIENT_KEEPALIVE_SECONDS = 75.0  # nginx's default keepalive_timeout
+
+
+def make_runner(
+    app: web.Application, *, keepalive_timeout: float = CLIENT_KEEPALIVE_SECONDS
+) -> web.AppRunner:
     """A runner with the proxy's semantics: handlers are cancelled when their client disconnects,
-    aiohttp's text access log is off (the proxy logs JSON itself), and shutdown waits up to
-    `drain_seconds` for in-flight requests."""
+    aiohttp's text access log is off (the proxy logs JSON itself), shutdown waits up to
+    `drain_seconds` for in-flight requests, and idle or slow-to-send client connections are closed
+    after `keepalive_timeout` seconds."""
     return web.AppRunner(
         app,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=app[CONFIG].drain_seconds,
+        keepalive_timeout=keepalive_timeout,
     )
 
 
@@ -117,6 +139,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
+    body += b"".join(part() for part in request.app[EXPOSITION].parts)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

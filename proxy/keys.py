@@ -5,7 +5,8 @@ Re-exported by proxy/app.py; they live here so handler modules can import them w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -24,9 +25,18 @@ class Lifecycle:
     draining: bool = False
 
 
+@dataclass(slots=True)
+class Exposition:
+    """Pre-rendered exposition text appended to /metrics after the registry's own: the shadow
+    view's families, rendered off the event loop whenever the view changes."""
+
+    parts: list[Callable[[], bytes]] = field(default_factory=list)
+
+
 CONFIG = web.AppKey("tbg_config", Config)
 REGISTRY = web.AppKey("tbg_registry", CollectorRegistry)
 IN_FLIGHT = web.AppKey("tbg_in_flight", InFlight)
 METRICS = web.AppKey("tbg_metrics", ProxyMetrics)
 UPSTREAMS = web.AppKey("tbg_upstreams", Upstreams)  # set during startup (needs the running loop)
 LIFECYCLE = web.AppKey("tbg_lifecycle", Lifecycle)
+EXPOSITION = web.AppKey("tbg_exposition", Exposition)

@@ -9,11 +9,14 @@ test copy is the production rules with those numbers substituted and nothing els
 
 Pooled fleet T_bg (see docs/monitoring.md): replicas export additive per-grid negative
 log-likelihood counters `tbg_nll_total{grid_t}`; summing their increase() over replicas and load
-buckets gives the pooled profile NLL(T) on the grid; the estimate is its argmin (joined with
-`tbg_grid_temperature`, whose value is the grid temperature), the 95 % profile interval is the set of
-grid points with NLL within 1.92 (= 3.84 / 2) of the minimum. When the minimum sits on the smallest
-grid point (nothing diverged, or too little to tell), the estimate is reported as 0 with lower bound 0
-and a one-sided 95 % upper bound: the largest grid point within 1.355 (= 2.71 / 2) of the minimum.
+buckets gives the pooled profile NLL(T) on the grid. The rules read it exactly as a replica reads its
+own (estimator.profile.grid_profile): a parabola in log T through each grid point's neighbours (a
+static neighbour map, `tbg_grid_info`, lets a rule see them), the estimate at the vertex next to the
+minimum, each interval end at the root of the parabola nearest to its crossing: the lower one at
+χ²₁(0.95)/2 = 1.92 above the minimum, the upper one at 1.92 plus the small-count correction
+A/(k + B)^Q for the k divergences in the window (3.00 at k = 0, the rule of three; → 1.92 as k
+grows). When the minimum sits on the smallest grid point (nothing diverged, or too little to tell),
+the estimate is reported as 0 with lower bound 0.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ HERE = Path(__file__).resolve().parent
 RULES_DIR = HERE / "rules"
 RUNBOOK_BASE = "https://github.com/tbg-proxy/tbg-proxy/blob/main/docs/runbooks"
 
-# Profile-likelihood drops: chi2.ppf(0.95, 1) / 2 and chi2.ppf(0.90, 1) / 2 (the one-sided 95 %
-# bound); the same numbers as estimator.profile.critical_values (tests/monitoring checks it).
+# Profile-likelihood drops: chi2.ppf(0.95, 1) / 2 for the lower end; the upper end's small-count
+# correction c + a / (k + b)^q; the same numbers as estimator.profile.critical_values and
+# estimator.profile.small_count(0.95) (tests/monitoring checks them).
 TWO_SIDED_95 = 1.920729410347062
-ONE_SIDED_95 = 1.3527717270477029
+SMALL_COUNT_95 = (1.920729410347062, 0.4668663553922401, 0.2303, 0.568)
 ROOT_WINDOW = 0.75  # estimator.profile.ROOT_WINDOW (tests/monitoring checks it)
 
 GRID_T = "max by (grid_t) (tbg_grid_temperature)"
@@ -139,6 +143,8 @@ def tbg_group(
     vertex = n("tbg_nll_vertex_log_temperature", "mle")
     minimum = n("tbg_nll_min", "mle")
     thr = n("tbg_nll_threshold", "mle")
+    thr_hi = n("tbg_nll_threshold_upper", "mle")
+    events = n("tbg_pairs_diverged", "increase")
     roots_lo = n("tbg_nll_root_lower_log_temperature", "mle", True)
     roots_hi = n("tbg_nll_root_upper_log_temperature", "mle", True)
     est = n("tbg_temperature", "mle")
@@ -149,8 +155,8 @@ def tbg_group(
     log_t = f"ln({GRID_T})"
     at_min = f"on ({by}, grid_t) ({excess} <= 0)"
 
-    def root(sign: str) -> str:
-        disc = f"({slope} ^ 2 - 4 * {curv} * ({nll} - on ({by}) group_left () {thr}))"
+    def root(sign: str, threshold: str) -> str:
+        disc = f"({slope} ^ 2 - 4 * {curv} * ({nll} - on ({by}) group_left () {threshold}))"
         t = f"((-{slope} {sign} sqrt({disc})) / (2 * {curv}))"
         offset = f"({t} * on (grid_t) group_left () {step})"
         return (
@@ -198,12 +204,29 @@ def tbg_group(
             ),
         },
         {
-            # two-sided 95 % drop above the minimum; one-sided (2.71 / 2) when T̂ is on the floor
-            "record": thr,
-            "expr": f"{minimum} + {TWO_SIDED_95!r} - ({TWO_SIDED_95 - ONE_SIDED_95!r} * {floor})",
+            # divergences in the window (0, not empty, before the first one)
+            "record": events,
+            "expr": (
+                f"sum by ({by}) (increase(tbg_pairs_diverged_total[{window}]))\n"
+                f"or on ({by}) 0 * {minimum}"
+            ),
         },
-        {"record": roots_lo, "expr": root("-")},
-        {"record": roots_hi, "expr": root("+")},
+        {
+            # the lower end: χ²₁(0.95)/2 above the minimum
+            "record": thr,
+            "expr": f"{minimum} + {TWO_SIDED_95!r}",
+        },
+        {
+            # the upper end: plus the small-count correction for the window's k divergences
+            "record": thr_hi,
+            "expr": (
+                f"{minimum} + {SMALL_COUNT_95[0]!r}\n"
+                f"+ on ({by}) {SMALL_COUNT_95[1]!r} / (({events} + {SMALL_COUNT_95[2]!r})"
+                f" ^ {SMALL_COUNT_95[3]!r})"
+            ),
+        },
+        {"record": roots_lo, "expr": root("-", thr)},
+        {"record": roots_hi, "expr": root("+", thr_hi)},
         {"record": est, "expr": f"exp({vertex}) * (1 - {floor})"},
         {
             # the nearest cell's root, clipped to the estimate; 0 when the interval leaves the grid

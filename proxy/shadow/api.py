@@ -14,7 +14,7 @@ from aiohttp import web
 
 from estimator.online import OnlineSnapshot
 from proxy.shadow.load import LOAD_BUCKETS
-from proxy.shadow.replayer import ShadowTap
+from proxy.shadow.tap import ShadowTap
 
 
 def _num(x: float | None) -> float | None:
@@ -42,31 +42,33 @@ def snapshot_json(snap: OnlineSnapshot) -> dict[str, Any]:
 
 
 def report(tap: ShadowTap) -> dict[str, Any]:
-    """The whole shadow state as a JSON-ready dict (also used by `tbg demo`)."""
+    """The last published view as a JSON-ready dict (also used by `tbg demo`)."""
+    view = tap.view()
     by_load: dict[tuple[str, str], dict[str, Any]] = {}
     order = {b: i for i, b in enumerate(LOAD_BUCKETS)}
     for (upstream, model, bucket), snap in sorted(
-        tap.state.load_snapshots(), key=lambda item: order.get(item[0][2], 99)
+        view.load_snapshots(), key=lambda item: order.get(item[0][2], 99)
     ):
         by_load.setdefault((upstream, model), {})[bucket] = snapshot_json(snap)
-    estimates = []
-    for (upstream, model), snap, updated in tap.state.snapshots():
+    estimates: list[dict[str, Any]] = []
+    for (upstream, model), snap, updated in view.snapshots():
         entry = {"upstream": upstream, "model_name": model, "last_update": updated}
         entry.update(snapshot_json(snap))
         entry["by_load"] = by_load.get((upstream, model), {})
         estimates.append(entry)
     return {
         "estimates": estimates,
-        "accounting": tap.state.totals(),
-        "dropped_by_reason": tap.state.drops_by_reason(),
+        "accounting": view.totals(),
+        "dropped_by_reason": view.drops_by_reason(),
         "queue_depth": tap.queue_depth(),
         "replays_in_flight": tap.load.replays_in_flight(),
-        "exemplars": [e.to_json() for e in reversed(tap.state.exemplars)],
+        "exemplars": [e.to_json() for e in reversed(view.exemplars)],
+        "published_at": view.published_at,
         "config": {
             "replays": tap.config.replays,
             "augment_logprobs": tap.config.augment_logprobs,
             "top_logprobs": tap.config.top_logprobs,
-            "half_life_comparisons": tap.config.half_life_comparisons,
+            "half_life_trials": tap.config.half_life_trials,
             "record_text": tap.config.record_text,
         },
     }

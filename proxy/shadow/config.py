@@ -48,7 +48,7 @@ class ShadowConfig:
     delay_jitter_seconds: float = 0.0
     augment_logprobs: bool = True
     top_logprobs: int = 5
-    half_life_comparisons: float = 200.0
+    half_life_trials: float = 200.0
     exemplars: int = 50
     record_text: bool = False
     load_source: LoadSource = "inflight"
@@ -75,7 +75,7 @@ _TOP_KEYS = {
     "delay_jitter_seconds",
     "augment_logprobs",
     "top_logprobs",
-    "half_life_comparisons",
+    "half_life_trials",
     "exemplars",
     "record_text",
     "load_source",
@@ -171,8 +171,18 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
+# Renamed fields: a config that still uses the old name gets told what it became and why.
+_RENAMED = {
+    "half_life_comparisons": "half_life_trials (the estimator's memory now counts replayed "
+    "requests, not compared pairs, so it no longer shrinks as `replays` grows)",
+}
+
+
 def _unknown(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(raw) - allowed)
+    for name in extra:
+        if name in _RENAMED:
+            raise ShadowConfigError(f"{where}.{name}: renamed to {_RENAMED[name]}")
     if extra:
         raise ShadowConfigError(f"{where}.{extra[0]}: unknown field (allowed: {sorted(allowed)})")
 
@@ -229,9 +239,7 @@ def parse_shadow_config(raw_in: Mapping[str, Any] | None, where: str = "shadow")
         delay_jitter_seconds=_number(raw, "delay_jitter_seconds", where, 0.0, lo=0.0, hi=3600.0),
         augment_logprobs=_flag(raw, "augment_logprobs", where, True),
         top_logprobs=_integer(raw, "top_logprobs", where, 5, lo=1, hi=20),
-        half_life_comparisons=_number(
-            raw, "half_life_comparisons", where, 200.0, lo=0.0, lo_open=True
-        ),
+        half_life_trials=_number(raw, "half_life_trials", where, 200.0, lo=0.0, lo_open=True),
         exemplars=_integer(raw, "exemplars", where, 50, lo=0, hi=10_000),
         record_text=_flag(raw, "record_text", where, False),
         load_source=load_source,

@@ -1,8 +1,12 @@
-"""Prometheus collector for the shadow path, read at scrape time (a prometheus_client collector).
+"""Prometheus exposition of the shadow path.
 
 Gauges carry each replica's own estimate; counters carry the additive sufficient statistics
 (pairs, divergences, tokens at risk, per-grid negative log-likelihood) so recording rules can pool
 replicas by summing `increase()` without any shared state between them.
+
+`ShadowExposition.render` turns one published ShadowView into exposition text; the Aggregator calls it
+in a worker thread when the view changes and /metrics appends the bytes. Only the two live gauges
+(queue depth, replays in flight) are read at scrape time, by `LiveCollector`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -20,7 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.state import POSITION_BOUNDS, ShadowState
+from proxy.shadow.view import POSITION_BOUNDS, ShadowView
 
 UM = ["upstream", "model_name"]
 UMM = ["upstream", "model_name", "method"]
@@ -53,33 +58,41 @@ def _finite(x: float | None) -> float:
     return math.nan if x is None else float(x)
 
 
-class ShadowCollector(Collector):
-    def __init__(
-        self,
-        state: ShadowState,
-        config: ShadowConfig,
-        model_names: tuple[str, ...],
-        queue_depth: Callable[[], int],
-        replays_in_flight: Callable[[], int],
-    ) -> None:
-        self._state = state
-        self._config = config
-        self._models = model_names
-        self._queue_depth = queue_depth
-        self._replays_in_flight = replays_in_flight
-        self._grid_labels = [grid_label(float(t)) for t in state.grid]
-        self._grid_info = grid_info(self._grid_labels, state.grid)  # static: built once
+class _ViewCollector(Collector):
+    def __init__(self, exposition: ShadowExposition, view: ShadowView) -> None:
+        self._exposition, self._view = exposition, view
 
     def describe(self) -> Iterator[Metric]:
-        return iter(())  # unchecked collector: families depend on traffic
+        return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._estimates()
-        yield from self._counters()
-        yield from self._accounting()
+        return self._exposition.families(self._view)
+
+
+class ShadowExposition:
+    """The shadow families of one view; pure (safe in a worker thread: a view is immutable)."""
+
+    def __init__(
+        self, config: ShadowConfig, model_names: tuple[str, ...], grid: np.ndarray
+    ) -> None:
+        self._config = config
+        self._models = model_names
+        self._grid = grid
+        self._grid_labels = [grid_label(float(t)) for t in grid]
+        self._grid_info = grid_info(self._grid_labels, grid)  # static: built once
+
+    def render(self, view: ShadowView) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_ViewCollector(self, view))
+        return generate_latest(registry)
+
+    def families(self, view: ShadowView) -> Iterator[Metric]:
+        yield from self._estimates(view)
+        yield from self._counters(view)
+        yield from self._accounting(view)
         yield from self._static()
 
-    def _estimates(self) -> Iterator[Metric]:
+    def _estimates(self, view: ShadowView) -> Iterator[Metric]:
         est = GaugeMetricFamily(
             "tbg_temperature", "Background temperature T_bg, point estimate", labels=UMM
         )
@@ -99,7 +112,7 @@ class ShadowCollector(Collector):
             "Unix time of the last comparison",
             labels=UM,
         )
-        for (upstream, model), snap, updated in self._state.snapshots():
+        for (upstream, model), snap, updated in view.snapshots():
             um = [upstream, model]
             umm = [upstream, model, snap.method]
             est.add_metric(umm, snap.estimate)
@@ -124,14 +137,14 @@ class ShadowCollector(Collector):
             "T_bg upper bound per load bucket",
             labels=[*UMM, "load_bucket"],
         )
-        for (upstream, model, bucket), snap in self._state.load_snapshots():
+        for (upstream, model, bucket), snap in view.load_snapshots():
             labels = [upstream, model, snap.method, bucket]
             lest.add_metric(labels, snap.estimate)
             llo.add_metric(labels, snap.lower)
             lhi.add_metric(labels, snap.upper)
         yield from (lest, llo, lhi)
 
-    def _counters(self) -> Iterator[Metric]:
+    def _counters(self, view: ShadowView) -> Iterator[Metric]:
         fams = {
             "trials": CounterMetricFamily("tbg_trials", "Trials compared", labels=UMB),
             "pairs": CounterMetricFamily("tbg_pairs_compared", "Run pairs compared", labels=UMB),
@@ -166,7 +179,7 @@ class ShadowCollector(Collector):
         )
         jitter: dict[tuple[str, str], list[float]] = {}
         fleet: dict[tuple[str, str], np.ndarray] = {}
-        for (upstream, model, bucket), st in self._state.counters():
+        for (upstream, model, bucket), st in view.counters():
             labels = [upstream, model, bucket]
             for name, fam in fams.items():
                 fam.add_metric(labels, float(getattr(st, name)))
@@ -194,7 +207,7 @@ class ShadowCollector(Collector):
             "Token index of the first divergence of a pair",
             labels=UM,
         )
-        for (upstream, model), counts, total in self._state.positions():
+        for (upstream, model), counts, total in view.positions():
             cumulative, buckets = 0, []
             for bound, n in zip(POSITION_BOUNDS, counts, strict=True):
                 cumulative += n
@@ -202,7 +215,7 @@ class ShadowCollector(Collector):
             hist.add_metric([upstream, model], buckets, sum_value=float(total))
         yield hist
 
-    def _accounting(self) -> Iterator[Metric]:
+    def _accounting(self, view: ShadowView) -> Iterator[Metric]:
         names = {
             "sampled": ("tbg_shadow_sampled", "Primaries sampled for replay"),
             "replayed": ("tbg_shadow_replayed", "Sampled primaries replayed and compared"),
@@ -210,30 +223,30 @@ class ShadowCollector(Collector):
         }
         fams = {k: CounterMetricFamily(n, h, labels=UM) for k, (n, h) in names.items()}
         seen: set[tuple[str, str]] = set()
-        for (upstream, model, what), n in self._state.accounting.items():
+        for (upstream, model, what), n in view.accounting.items():
             fams[what].add_metric([upstream, model], float(n))
             seen.add((upstream, model))
         dropped = CounterMetricFamily(
             "tbg_shadow_dropped", "Sampled primaries not replayed", labels=[*UM, "reason"]
         )
-        for (upstream, model, reason), n in self._state.dropped.items():
+        for (upstream, model, reason), n in view.dropped.items():
             dropped.add_metric([upstream, model, reason], float(n))
         requests = CounterMetricFamily(
             "tbg_shadow_replay_requests", "Replay requests sent", labels=[*UM, "outcome"]
         )
-        for (upstream, model, outcome), n in self._state.replay_requests.items():
+        for (upstream, model, outcome), n in view.replay_requests.items():
             requests.add_metric([upstream, model, outcome], float(n))
         tokens = CounterMetricFamily(
             "tbg_shadow_replay_tokens", "Tokens spent on replays", labels=UM
         )
-        for (upstream, model), n in self._state.replay_tokens.items():
+        for (upstream, model), n in view.replay_tokens.items():
             tokens.add_metric([upstream, model], float(n))
         eligible = CounterMetricFamily(
             "tbg_shadow_eligible",
             "Greedy (temperature-0) primaries that shadow replay may sample",
             labels=UM,
         )
-        for (upstream, model), n in self._state.eligible.items():
+        for (upstream, model), n in view.eligible.items():
             eligible.add_metric([upstream, model], float(n))
         yield from fams.values()
         yield from (dropped, requests, tokens, eligible)
@@ -242,7 +255,7 @@ class ShadowCollector(Collector):
         grid = GaugeMetricFamily(
             "tbg_grid_temperature", "Temperature of each grid point", labels=["grid_t"]
         )
-        for label, t in zip(self._grid_labels, self._state.grid.tolist(), strict=True):
+        for label, t in zip(self._grid_labels, self._grid.tolist(), strict=True):
             grid.add_metric([label], t)
         yield self._grid_info
         ceiling = GaugeMetricFamily(
@@ -264,8 +277,24 @@ class ShadowCollector(Collector):
             budget.add_metric([model], policy.tokens_per_minute)
             rate.add_metric([model], policy.sample_rate)
         yield rate
+        yield from (grid, ceiling, budget)
+
+
+class LiveCollector(Collector):
+    """The two gauges read at scrape time: they change by the millisecond and cost nothing."""
+
+    def __init__(
+        self, queue_depth: Callable[[], int], replays_in_flight: Callable[[], int]
+    ) -> None:
+        self._queue_depth = queue_depth
+        self._replays_in_flight = replays_in_flight
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("tbg_shadow_queue_depth", "Finished primaries waiting for replay")
         depth.add_metric([], float(self._queue_depth()))
         inflight = GaugeMetricFamily("tbg_shadow_replays_in_flight", "Replays in flight")
         inflight.add_metric([], float(self._replays_in_flight()))
-        yield from (grid, ceiling, budget, depth, inflight)
+        yield from (depth, inflight)

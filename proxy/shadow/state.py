@@ -1,8 +1,8 @@
 """What the shadow path knows: online estimators per (upstream, model_name) and per load bucket,
 additive counters for Prometheus, replay accounting and the last divergence exemplars.
 
-Owned by one ShadowTap; mutated from the event loop only, read at scrape time and by GET /tbg.
-Memory is bounded: keys are (configured upstream, bounded model_name, one of 7 load buckets) and the
+Owned by the Aggregator and mutated from the event loop only; nothing reads it directly: readers get
+an immutable ShadowView from `publish`. Memory is bounded: keys are (configured upstream, bounded model_name, one of 7 load buckets) and the
 exemplars live in a fixed-size deque.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,56 +18,18 @@ from estimator.model import Trial
 from estimator.online import (
     OnlineConfig,
     OnlineEstimator,
-    OnlineSnapshot,
-    SufficientStats,
     TrialComparison,
 )
-
-# First-divergence position histogram (tokens); powers of two like the load buckets.
-POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
-ACCOUNTING_FIELDS: tuple[str, ...] = ("sampled", "replayed", "failed")
-DROP_REASONS: tuple[str, ...] = (
-    "queue_full",
-    "rate_limit",
-    "budget",
-    "primary_incomplete",
-    "shutdown",  # sampled, still queued when the proxy stopped
+from proxy.shadow.view import (
+    ACCOUNTING_FIELDS,
+    DROP_REASONS,
+    POSITION_BOUNDS,
+    Exemplar,
+    Key,
+    LoadKey,
+    ShadowView,
+    frozen,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Exemplar:
-    at: float  # unix time
-    upstream: str
-    model_name: str
-    load_bucket: str
-    request_hash: str
-    position: int
-    token_a: str
-    token_b: str
-    logprob_a: float | None
-    logprob_b: float | None
-    text: dict[str, Any] | None  # only with record_text: the input and the two continuations
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "at": self.at,
-            "upstream": self.upstream,
-            "model_name": self.model_name,
-            "load_bucket": self.load_bucket,
-            "request_hash": self.request_hash,
-            "position": self.position,
-            "token_a": self.token_a,
-            "token_b": self.token_b,
-            "logprob_a": self.logprob_a,
-            "logprob_b": self.logprob_b,
-        }
-        if self.text is not None:
-            out["text"] = self.text
-        return out
-
-
-Key = tuple[str, str]  # (upstream, model_name)
 
 
 class ShadowState:
@@ -78,13 +38,13 @@ class ShadowState:
         self.grid: np.ndarray = online.grid
         self._clock = clock
         self._overall: dict[Key, OnlineEstimator] = {}
-        self._by_load: dict[tuple[str, str, str], OnlineEstimator] = {}
+        self._by_load: dict[LoadKey, OnlineEstimator] = {}
         self._positions: dict[Key, list[int]] = {}
         self._position_sums: dict[Key, int] = {}
         self._last_update: dict[Key, float] = {}
-        self.accounting: dict[tuple[str, str, str], int] = {}
-        self.dropped: dict[tuple[str, str, str], int] = {}
-        self.replay_requests: dict[tuple[str, str, str], int] = {}
+        self.accounting: dict[LoadKey, int] = {}
+        self.dropped: dict[LoadKey, int] = {}
+        self.replay_requests: dict[LoadKey, int] = {}
         self.replay_tokens: dict[Key, int] = {}
         self.eligible: dict[Key, int] = {}  # greedy primaries seen, sampled or not
         self.exemplars: deque[Exemplar] = deque(maxlen=max(exemplar_limit, 0))
@@ -133,21 +93,6 @@ class ShadowState:
         if tokens:
             self.replay_tokens[key] = self.replay_tokens.get(key, 0) + tokens
 
-    def totals(self) -> dict[str, int]:
-        """Accounting summed over keys: sampled == replayed + dropped + failed once idle."""
-        out = {name: 0 for name in (*ACCOUNTING_FIELDS, "dropped")}
-        for (_, _, what), n in self.accounting.items():
-            out[what] = out.get(what, 0) + n
-        out["dropped"] = sum(self.dropped.values())
-        return out
-
-    def drops_by_reason(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for (_, _, reason), n in self.dropped.items():
-            if n:
-                out[reason] = out.get(reason, 0) + n
-        return out
-
     # -- estimates ------------------------------------------------------------------------------
     def compare(self, trial: Trial) -> TrialComparison:
         """The comparison of one trial; touches no state (safe off the event loop)."""
@@ -182,24 +127,30 @@ class ShadowState:
     def add_exemplar(self, exemplar: Exemplar) -> None:
         self.exemplars.append(exemplar)
 
-    def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
-        for key, est in self._overall.items():
-            yield key, est.snapshot(), self._last_update.get(key, 0.0)
-
-    def load_snapshots(self) -> Iterator[tuple[tuple[str, str, str], OnlineSnapshot]]:
-        """Estimates per load bucket that has seen at least one trial."""
+    def publish(self, version: int) -> ShadowView:
+        """An immutable copy of everything (snapshots are cached per estimator until it changes)."""
+        by_load = []
         for lkey, est in self._by_load.items():
             snap = est.snapshot()
             if snap.pairs:
-                yield lkey, snap
-
-    def counters(self) -> Iterator[tuple[tuple[str, str, str], SufficientStats]]:
-        """Undecayed additive statistics per (upstream, model_name, load_bucket), primed ones
-        included: what the Prometheus counters export."""
-        for lkey, est in self._by_load.items():
-            yield lkey, est.stats()
-
-    def positions(self) -> Iterator[tuple[Key, list[int], int]]:
-        """Per key: counts per POSITION_BOUNDS bucket (not cumulative) and the sum of positions."""
-        for key, counts in self._positions.items():
-            yield key, counts, self._position_sums.get(key, 0)
+                by_load.append((lkey, snap))
+        return ShadowView(
+            version=version,
+            published_at=self._clock(),
+            estimates=tuple(
+                (key, est.snapshot(), self._last_update.get(key, 0.0))
+                for key, est in self._overall.items()
+            ),
+            by_load=tuple(by_load),
+            stats=tuple((lkey, est.stats()) for lkey, est in self._by_load.items()),
+            position_counts=tuple(
+                (key, tuple(counts), self._position_sums.get(key, 0))
+                for key, counts in self._positions.items()
+            ),
+            accounting=frozen(self.accounting),
+            dropped=frozen(self.dropped),
+            replay_requests=frozen(self.replay_requests),
+            replay_tokens=frozen(self.replay_tokens),
+            eligible=frozen(self.eligible),
+            exemplars=tuple(self.exemplars),
+        )

@@ -1,5 +1,6 @@
 """Wires the shadow path into the proxy app: takes the validated `config.shadow_config`, builds
-the ShadowTap, registers its collector and the GET /tbg route, and owns its workers in the app's cleanup context.
+the ShadowTap, adds its exposition to /metrics and the GET /tbg route, and owns its workers in the
+app's cleanup context.
 Called once from `make_app`; nothing here runs at import time.
 """
 
@@ -11,10 +12,11 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.keys import IN_FLIGHT, METRICS, REGISTRY, UPSTREAMS
+from proxy.keys import EXPOSITION, IN_FLIGHT, METRICS, REGISTRY, UPSTREAMS
+from proxy.shadow.aggregator import online_config
 from proxy.shadow.api import make_handler
-from proxy.shadow.metrics import ShadowCollector
-from proxy.shadow.replayer import ShadowTap
+from proxy.shadow.metrics import LiveCollector, ShadowExposition
+from proxy.shadow.tap import ShadowTap
 
 SHADOW = web.AppKey("tbg_shadow", ShadowTap)
 
@@ -65,14 +67,15 @@ def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
     shadow = config.shadow_config  # validated, replay keys resolved, by load_config
     if not shadow.enabled:
         return None
-    tap = ShadowTap(shadow, UpstreamTransport(app, config.replay_keys), app[IN_FLIGHT])
+    models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
+    exposition = ShadowExposition(shadow, models, online_config(shadow).grid)
+    transport = UpstreamTransport(app, config.replay_keys)
+    tap = ShadowTap(shadow, transport, app[IN_FLIGHT], render=exposition.render)
     app[SHADOW] = tap
     tap.on_internal_error = app[METRICS].internal_errors.labels("shadow").inc
-    models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
     tap.prime([(u.name, m) for u in config.upstreams for m in u.models])
-    app[REGISTRY].register(
-        ShadowCollector(tap.state, shadow, models, tap.queue_depth, tap.load.replays_in_flight)
-    )
+    app[REGISTRY].register(LiveCollector(tap.queue_depth, tap.load.replays_in_flight))
+    app[EXPOSITION].parts.append(tap.aggregator.exposition)
     app.router.add_get("/tbg", make_handler(tap))
     upstream_names = tuple(u.name for u in config.upstreams)
 

@@ -45,7 +45,7 @@ def _trials(seed: int, temp: float, pairs: int) -> list:  # type: ignore[type-ar
 
 def test_online_converges_to_batch_and_pools() -> None:
     trials = _trials(3, 0.02, 300)
-    est = OnlineEstimator(OnlineConfig(half_life_comparisons=1e12))
+    est = OnlineEstimator(OnlineConfig(half_life_trials=1e12))
     comps = [est.update(t) for t in trials]
     assert all((c.nll >= 0).all() for c in comps)
     snap, batch = est.snapshot(), estimate_likelihood(trials)
@@ -74,9 +74,9 @@ def test_online_converges_to_batch_and_pools() -> None:
 
 
 def test_online_follows_step_change() -> None:
-    """T steps 0.01 -> 0.04; with half-life 200 pairs the estimate enters ±20 % of the new T
+    """T steps 0.01 -> 0.04; with half-life 200 trials (one pair each) the estimate enters ±20 % of the new T
     within ~1.8 half-lives (359 comparisons for this seed, docs/estimators.md)."""
-    est = OnlineEstimator(OnlineConfig(half_life_comparisons=200))
+    est = OnlineEstimator(OnlineConfig(half_life_trials=200))
     for t in _trials(4, 0.01, 600):
         est.update(t)
     assert est.snapshot().estimate == pytest.approx(0.01, rel=0.25)

@@ -25,7 +25,7 @@ def test_live_coverage_on_independent_generators() -> None:
         for s in range(60):
             model = TruthModel(law=law, seed=s)  # type: ignore[arg-type]
             rng = np.random.default_rng(10_000 + s)
-            est = OnlineEstimator(OnlineConfig(half_life_comparisons=1e12))
+            est = OnlineEstimator(OnlineConfig(half_life_trials=1e12))
             for p in range(40):
                 est.update(model.trial(rng, p, runs=3, length=32, temperature=0.05))
             snap = est.snapshot()
@@ -43,8 +43,23 @@ def test_grid_reading_matches_the_exact_profile_with_much_data(temperature: floa
     )
     nodes = sim.ideal_nodes()
     _, lo, hi, _ = fit(nodes)
-    p = grid_profile(grid, GridLoglik(grid).nll(nodes), diverged=True)
+    p = grid_profile(
+        grid, GridLoglik(grid).nll(nodes), events=float((sim.first < sim.tokens.shape[2]).sum())
+    )
     half = (np.log(hi) - np.log(lo)) / 2
     assert abs(np.log(p.lower / lo)) <= 0.05 * half
     assert abs(np.log(p.upper / hi)) <= 0.05 * half
     assert (p.upper - p.lower) <= 1.05 * (hi - lo)
+
+
+def test_decay_counts_trials_not_pairs() -> None:
+    """The memory is the same whatever `replays` is: with trials of 3 runs (3 pairs each) and a
+    half-life of 50 trials, the decayed weight is 3 · Σλ^i over trials (≈ 3 · 50 / ln 2 pairs)
+    and a trial 50 trials old weighs half. Per-pair decay would give 50 / ln 2 pairs in all."""
+    model = TruthModel(seed=3)
+    rng = np.random.default_rng(3)
+    est = OnlineEstimator(OnlineConfig(half_life_trials=50))
+    for p in range(400):
+        est.update(model.trial(rng, p, runs=3, length=16, temperature=0.05))
+    lam = 2 ** (-1 / 50)
+    assert est.snapshot().effective_pairs == pytest.approx(3 * (1 - lam**400) / (1 - lam))

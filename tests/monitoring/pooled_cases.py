@@ -35,8 +35,15 @@ HEADER = (
 )
 
 
-def curve(temperature: float, trials: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Σ −ℓ on the grid of two halves of the data (one per load bucket) at a known T."""
+@dataclass(frozen=True)
+class Half:
+    nll: np.ndarray  # Σ −ℓ on the grid
+    diverged: float  # divergences behind it
+
+
+def curve(temperature: float, trials: int, seed: int) -> tuple[Half, Half]:
+    """Σ −ℓ on the grid and the divergence count of two halves of the data (one per load bucket)
+    at a known T."""
     model = TruthModel(law="lognormal", seed=seed)
     rng = np.random.default_rng(seed)
     halves = []
@@ -46,7 +53,8 @@ def curve(temperature: float, trials: int, seed: int) -> tuple[np.ndarray, np.nd
             est.update(
                 model.trial(rng, 1000 * half + p, runs=3, length=32, temperature=temperature)
             )
-        halves.append(np.asarray(est.stats().nll))
+        stats = est.stats()
+        halves.append(Half(np.asarray(stats.nll), float(stats.diverged)))
     return halves[0], halves[1]
 
 
@@ -121,13 +129,22 @@ def pooled_test() -> tuple[dict[str, Any], dict[str, Profile]]:
     profiles: dict[str, Profile] = {}
     ceilings: dict[str, float] = {}
     for case in CASES:
-        b1, b2 = (case.scale * h for h in curve(case.temperature, case.trials, case.seed))
+        h1, h2 = curve(case.temperature, case.trials, case.seed)
+        b1, b2 = case.scale * h1.nll, case.scale * h2.nll
+        k1, k2 = case.scale * h1.diverged, case.scale * h2.diverged
         pooled = b1 + b2
-        parts = {("a", "1"): b1 * 0.6, ("b", "1"): b1 * 0.4, ("b", "2"): b2}
-        for (inst, bucket), nll in parts.items():
+        parts = {
+            ("a", "1"): (b1 * 0.6, k1 * 0.6),
+            ("b", "1"): (b1 * 0.4, k1 * 0.4),
+            ("b", "2"): (b2, k2),
+        }
+        for (inst, bucket), (nll, k) in parts.items():
             base = {"upstream": "u1", "model_name": case.model, "instance": inst}
             series.append(
                 _series("tbg_pairs_compared_total", base | {"load_bucket": bucket}, 10, steps)
+            )
+            series.append(
+                _series("tbg_pairs_diverged_total", base | {"load_bucket": bucket}, k / 60, steps)
             )
             for i, label in enumerate(LABELS):
                 if i % LOAD_GRID_STRIDE == 0:
@@ -142,10 +159,10 @@ def pooled_test() -> tuple[dict[str, Any], dict[str, Profile]]:
                     "grid_t": label,
                 }
                 series.append(_series("tbg_nll_total", lab, nll[i] / 60, steps))
-        diverged = case.temperature > 0
-        hour = grid_profile(GRID, pooled, diverged=diverged)
-        short = grid_profile(GRID, pooled / 6, diverged=diverged)
-        load1 = grid_profile(GRID[::LOAD_GRID_STRIDE], b1[::LOAD_GRID_STRIDE], diverged=diverged)
+        assert (k1 + k2 > 0) == (case.temperature > 0)
+        hour = grid_profile(GRID, pooled, events=k1 + k2)
+        short = grid_profile(GRID, pooled / 6, events=(k1 + k2) / 6)
+        load1 = grid_profile(GRID[::LOAD_GRID_STRIDE], b1[::LOAD_GRID_STRIDE], events=k1)
         profiles[case.model] = hour
         for op, prof in (("mle1h", hour), ("mle10m", short)):
             for rule, value in (
@@ -221,8 +238,12 @@ def drift_test() -> dict[str, Any]:
     along (quiet). Before the change (6d) both are quiet."""
     steps = 1030
     change = 1007
-    greedy = sum(curve(0.0, 200, 4)) / 6  # per 10 minutes: one hour holds the whole curve
-    hot = sum(curve(0.05, 200, 1)) / 6
+    g1, g2 = curve(0.0, 200, 4)
+    greedy = (g1.nll + g2.nll) / 6  # per 10 minutes: one hour holds the whole curve
+    h1, h2 = curve(0.05, 200, 1)
+    hot = (h1.nll + h2.nll) / 6
+    hot_k = (h1.diverged + h2.diverged) / 6
+    assert g1.diverged + g2.diverged == 0
     series: list[dict[str, str]] = list(_static(steps))
     for i, label in enumerate(LABELS):
         lab = 'upstream="u1", model_name="m1", grid_t="' + label + '"'
@@ -244,8 +265,23 @@ def drift_test() -> dict[str, Any]:
                 steps,
             )
         )
-    base = grid_profile(GRID, 6 * greedy, diverged=False)
-    now = grid_profile(GRID, 6 * hot, diverged=True)
+    # divergences: none on u1 until the change, then the hot rate; u2 at the hot rate all along
+    series.append(
+        {
+            "series": 'tbg_pairs_diverged_total{upstream="u1", model_name="m1", load_bucket="1"}',
+            "values": f"0+0x{change} {_num(hot_k)}+{_num(hot_k)}x{steps - change - 1}",
+        }
+    )
+    series.append(
+        _series(
+            "tbg_pairs_diverged_total",
+            {"upstream": "u2", "model_name": "m1", "load_bucket": "1"},
+            hot_k,
+            steps,
+        )
+    )
+    base = grid_profile(GRID, 6 * greedy, events=0)
+    now = grid_profile(GRID, 6 * hot, events=6 * hot_k)
     assert now.lower > base.upper  # the case is what it claims to be
 
     def alert(window: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from estimator.profile import ROOT_WINDOW, critical_values
+from estimator.profile import ROOT_WINDOW, critical_values, small_count
 from grafana import promql
 from tests.monitoring import pooled_cases
 from tests.monitoring.common import PROM_DIR, ROOT, RULES_DIR, RUNBOOKS, rules_gen
@@ -40,7 +40,8 @@ def test_committed_pooled_tests_are_generated() -> None:
 
 def test_rule_thresholds_are_the_estimators() -> None:
     gen = rules_gen()
-    assert critical_values(0.95) == (gen.TWO_SIDED_95, gen.ONE_SIDED_95)
+    assert critical_values(0.95)[0] == gen.TWO_SIDED_95
+    assert small_count(0.95) == gen.SMALL_COUNT_95
     assert gen.ROOT_WINDOW == ROOT_WINDOW
 
 

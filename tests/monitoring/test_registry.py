@@ -12,10 +12,14 @@ pytest.importorskip(
     "proxy.shadow", reason="proxy/shadow (shadow replay, its metrics) not there yet"
 )
 
-from prometheus_client import CollectorRegistry
+from collections.abc import Iterable
+
+from prometheus_client import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import REGISTRY, make_app
 from proxy.config import build_config
+from proxy.shadow.wiring import SHADOW
 
 SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -35,17 +39,19 @@ def shadow_config_dict() -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def registry() -> CollectorRegistry:
+def registry() -> list[Metric]:
+    """What /metrics serves: the registry's families plus the shadow view's pre-rendered text."""
     app = make_app(build_config(shadow_config_dict(), {}))
-    return app[REGISTRY]
+    shadow = app[SHADOW].aggregator.render_now().decode()
+    return [*app[REGISTRY].collect(), *text_string_to_metric_families(shadow)]
 
 
-def exported(registry: CollectorRegistry) -> tuple[set[str], set[str], dict[str, set[str]]]:
+def exported(registry: Iterable[Metric]) -> tuple[set[str], set[str], dict[str, set[str]]]:
     """(every series name, counter/histogram series names, labels per series name)."""
     names: set[str] = set()
     counterish: set[str] = set()
     labels: dict[str, set[str]] = {}
-    for family in registry.collect():
+    for family in registry:
         for suffix in SUFFIXES.get(family.type, ("",)):
             name = family.name + suffix
             names.add(name)
@@ -63,7 +69,7 @@ def recorded() -> set[str]:
     return {e.where for e in queries.rule_expressions() if e.source == "record"}
 
 
-def test_registry_exports_the_contract(registry: CollectorRegistry) -> None:
+def test_registry_exports_the_contract(registry: list[Metric]) -> None:
     names, _, _ = exported(registry)
     for name in ("tbg_requests_total", "tbg_nll_total", "tbg_grid_temperature",
                  "tbg_temperature_ceiling", "tbg_proxy_added_seconds_bucket"):  # fmt: skip
@@ -71,7 +77,7 @@ def test_registry_exports_the_contract(registry: CollectorRegistry) -> None:
 
 
 def test_every_expression_reads_only_exported_or_recorded_metrics(
-    registry: CollectorRegistry,
+    registry: list[Metric],
 ) -> None:
     names, _, _ = exported(registry)
     known = names | recorded()
@@ -86,7 +92,7 @@ def test_every_expression_reads_only_exported_or_recorded_metrics(
     assert not missing, "not exported by the proxy:\n" + "\n".join(missing)
 
 
-def test_counters_only_inside_rate_or_increase(registry: CollectorRegistry) -> None:
+def test_counters_only_inside_rate_or_increase(registry: list[Metric]) -> None:
     _, counterish, _ = exported(registry)
     bad = []
     for e in queries.all_expressions():
@@ -95,13 +101,13 @@ def test_counters_only_inside_rate_or_increase(registry: CollectorRegistry) -> N
     assert not bad, "\n".join(bad)
 
 
-def test_grid_and_ceiling_gauges_carry_values(registry: CollectorRegistry) -> None:
+def test_grid_and_ceiling_gauges_carry_values(registry: list[Metric]) -> None:
     """The pooled estimate joins on tbg_grid_temperature{grid_t}: it must be there from the start,
     with value == float(grid_t); the ceiling alerts need tbg_temperature_ceiling{model_name}."""
-    grid = [s for f in registry.collect() for s in f.samples if s.name == "tbg_grid_temperature"]
+    grid = [s for f in registry for s in f.samples if s.name == "tbg_grid_temperature"]
     assert len(grid) >= 8
     for s in grid:
         assert set(s.labels) == {"grid_t"}
         assert s.value == pytest.approx(float(s.labels["grid_t"]), rel=1e-5)
-    ceil = [s for f in registry.collect() for s in f.samples if s.name == "tbg_temperature_ceiling"]
+    ceil = [s for f in registry for s in f.samples if s.name == "tbg_temperature_ceiling"]
     assert any(s.labels.get("model_name") == "smollm2" and s.value == 0.05 for s in ceil), ceil

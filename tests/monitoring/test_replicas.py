@@ -16,6 +16,7 @@ Rule and series names come from the rules file, not from this test.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import signal
@@ -177,8 +178,10 @@ async def _load(reps: list[Replica], n: int, offset: int) -> None:
 
 
 def _settle(reps: list[Replica], grid: tuple[float, ...]) -> None:
-    """Wait until every replica's shadow work is done and its counters stop moving."""
+    """Wait until every replica's shadow work is done and its counters stop moving: three equal
+    reads 1 s apart (the published view trails the last trial by up to its 1 s interval)."""
     last: list[float] = []
+    stable = 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         now = []
@@ -188,7 +191,8 @@ def _settle(reps: list[Replica], grid: tuple[float, ...]) -> None:
             now.append(st.pairs)
             busy += counts.get("tbg_shadow_queue_depth", 0.0)
             busy += counts.get("tbg_shadow_replays_in_flight", 0.0)
-        if now == last and busy == 0:
+        stable = stable + 1 if now == last and busy == 0 else 0
+        if stable >= 2:
             return
         last = now
         time.sleep(1.0)
@@ -202,11 +206,6 @@ def _value(prom_url: str, expr: str) -> list[tuple[dict[str, str], float]]:
     return [(r["metric"], float(r["value"][1])) for r in body["data"]["result"]]
 
 
-@pytest.mark.xfail(
-    reason="flaky under load: in the full CI-like run the pooled pairs came out 185.8 vs 244 "
-    "(the restarted replica's share missing) while it passed alone; under investigation",
-    strict=False,
-)
 def test_pooled_rules_count_all_replicas_and_survive_a_restart(
     replicas: tuple[FakeLLM, list[Replica], str], tmp_path: Path
 ) -> None:
@@ -214,7 +213,11 @@ def test_pooled_rules_count_all_replicas_and_survive_a_restart(
     gen = rules_gen()
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
-    for name, text in gen.outputs(gen.Params.for_test()).items():
+    # Windows longer than the test can take on a loaded machine: with the e2e copy's 2m window the
+    # restarted replica's pre-restart samples could leave the window before the final evaluation,
+    # and its whole pre-restart share went missing (185.8 pooled pairs vs 244 once in CI).
+    params = dataclasses.replace(gen.Params.for_test(), short="20m", long="30m")
+    for name, text in gen.outputs(params).items():
         (rules_dir / name).write_text(text, encoding="utf-8")
     rules = {
         r["record"]: r["expr"]
@@ -284,7 +287,7 @@ def test_pooled_rules_count_all_replicas_and_survive_a_restart(
         assert argmin == pytest.approx(grid[i_prom], rel=1e-6)
         assert abs(i_prom - i_py) <= 1, (grid[i_prom], grid[i_py])
         assert pooled.diverged > 0
-        estimate, _, _ = profile_from_grid(np.asarray(grid), py_nll, diverged=True)
+        estimate, _, _ = profile_from_grid(np.asarray(grid), py_nll, events=pooled.diverged)
         assert estimate > 0
         ((_, lower),) = _value(prom.url, f'{lower_rec}{{model_name="m"}}')
         ((_, upper),) = _value(prom.url, f'{upper_rec}{{model_name="m"}}')

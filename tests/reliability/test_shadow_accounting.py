@@ -45,9 +45,9 @@ async def test_accounting_holds_through_overload_and_shutdown() -> None:
     finally:
         await runner.cleanup()  # stops the tap while replays are queued and in flight
         await fake.cleanup()
-    totals = tap.state.totals()
+    totals = tap.view().totals()
     by_reason: dict[str, int] = {}
-    for (_, _, reason), n in tap.state.dropped.items():
+    for (_, _, reason), n in tap.view().dropped.items():
         by_reason[reason] = by_reason.get(reason, 0) + n
     assert totals["sampled"] == REQUESTS
     assert totals["sampled"] == totals["replayed"] + totals["dropped"] + totals["failed"], totals

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from proxy.app import make_app, make_runner
 from proxy.config import build_config
-from proxy.shadow.replayer import ShadowTap
+from proxy.shadow.tap import ShadowTap
 from proxy.shadow.wiring import SHADOW
 
 TOKENS = ["Hello", ",", " world", None, "!"]  # None: the near-tie position

@@ -46,6 +46,13 @@ def test_bad_values_name_the_field(raw: dict[str, Any], field: str) -> None:
     assert str(info.value).startswith(field + ":")
 
 
+def test_a_renamed_field_says_what_it_became() -> None:
+    with pytest.raises(ShadowConfigError) as info:
+        parse_shadow_config({"half_life_comparisons": 200})
+    assert str(info.value).startswith("shadow.half_life_comparisons: renamed to half_life_trials")
+    assert parse_shadow_config({"half_life_trials": 50}).half_life_trials == 50
+
+
 @pytest.mark.parametrize(
     ("n", "bucket"),
     [

@@ -1,0 +1,168 @@
+"""ShadowTap: the shadow path as the proxy sees it (a proxy.tap.Tap), composed of three parts:
+
+- the Sampler (hot path): `plan` is a dict lookup, a coin flip and, for sampled requests only, a
+  token-bucket check and (with augment_logprobs) one orjson.dumps; `complete` is a put_nowait;
+- the Replayer: `max_concurrent` workers that replay queued primaries off the hot path;
+- the Aggregator: the only writer of the estimates, which publishes an immutable ShadowView.
+
+Accounting per sampled primary, exact once idle: sampled = replayed + dropped + failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from proxy.shadow.aggregator import Aggregator, Render
+from proxy.shadow.config import ShadowConfig
+from proxy.shadow.load import InFlightProbe, LoadTracker
+from proxy.shadow.replayer import Job, Replayer, ReplayTransport
+from proxy.shadow.sampling import Sampler
+from proxy.shadow.view import Key, ShadowView
+from proxy.shadow.wire import (
+    augmented_upstream_body,
+    client_wants_logprobs,
+    is_greedy,
+    strip_logprobs,
+)
+from proxy.tap import Exchange, RequestInfo, TapPlan
+
+log = logging.getLogger("tbg.shadow")
+
+
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """Carried from plan() to complete() inside TapPlan.token."""
+
+    key: Key
+    load_at_start: int
+    augmented: bool
+
+
+class ShadowTap:
+    """Implements proxy.tap.Tap; `start()` spawns the workers, `stop()` cancels and awaits them."""
+
+    def __init__(
+        self,
+        config: ShadowConfig,
+        transport: ReplayTransport,
+        in_flight: InFlightProbe,
+        *,
+        rng: random.Random | None = None,
+        hash_key: bytes | None = None,
+        render: Render | None = None,
+        publish_interval_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.sampler = Sampler(config, rng=rng or random.Random())
+        self.load = LoadTracker(in_flight)
+        self.aggregator = Aggregator(
+            config, render=render, hash_key=hash_key, publish_interval_s=publish_interval_s
+        )
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=config.queue_size)
+        self._transport = transport
+        self.replayer = Replayer(
+            config, transport, self.sampler, self.load, self.aggregator, self._queue
+        )
+
+    @property
+    def on_internal_error(self) -> Callable[[], None]:
+        return self.aggregator.on_internal_error
+
+    @on_internal_error.setter
+    def on_internal_error(self, count: Callable[[], None]) -> None:
+        self.aggregator.on_internal_error = count  # the replayer reports through it too
+
+    def view(self) -> ShadowView:
+        """The last published view of the estimates and counters."""
+        return self.aggregator.view
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def prime(self, keys: Iterable[Key]) -> None:
+        """Export every (upstream, model_name) series the configuration can produce, at 0."""
+        self.aggregator.prime(keys)
+
+    async def start(self, upstreams_for_polling: tuple[str, ...] = ()) -> None:
+        await self.aggregator.start()
+        self.replayer.start()
+        if self.config.load_source == "vllm_metrics" and upstreams_for_polling:
+            self.load.start_polling(
+                self._transport, upstreams_for_polling, self.config.load_poll_seconds
+            )
+
+    async def stop(self) -> None:
+        await self.replayer.stop()
+        await self.load.stop()
+        # Jobs still queued were sampled but will never be replayed: account for them.
+        while not self._queue.empty():
+            self.aggregator.drop(self._queue.get_nowait().key, "shutdown")
+        await self.aggregator.stop()
+
+    async def idle(self, within_s: float) -> bool:
+        """Wait until the queue is empty and no worker is busy, then publish (tests, the demo).
+        False if not idle within `within_s` seconds."""
+        deadline = time.monotonic() + within_s
+        while self._queue.qsize() or self.replayer.busy:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        await self.aggregator.flush()
+        return True
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- hot path (proxy.tap.Tap) ---------------------------------------------------------------
+    def plan(self, request: RequestInfo) -> TapPlan | None:
+        if not is_greedy(request.route, request.body, self.config.eligibility):
+            return None
+        key = (request.upstream, request.model_name)
+        agg = self.aggregator
+        agg.count_eligible(key)
+        decision = self.sampler.decide(request.model_name)
+        if not decision.sampled:
+            return None
+        agg.count(key, "sampled")
+        if decision.dropped_reason is not None:
+            agg.drop(key, decision.dropped_reason)
+            return None
+        if self._queue.full():  # would be dropped at complete(); do not touch the request at all
+            self.sampler.refund_rate(request.model_name)
+            agg.drop(key, "queue_full")
+            return None
+        # Augment only once a replay proved this upstream returns logprobs: an upstream that rejects
+        # them must never turn a client's request into an error.
+        augment = (
+            self.config.augment_logprobs
+            and self.replayer.supports_logprobs(request.upstream) is True
+            and not client_wants_logprobs(request.route, request.body)
+        )
+        # plan() runs before the primary is counted in flight; a replay counts itself, so the
+        # primary counts itself too (+1) for both to see the same load at the same batch size.
+        ticket = _Ticket(key, self.load.current(request.upstream) + 1, augment)
+        if not augment:
+            return TapPlan(token=ticket)
+        body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)
+        if request.stream:
+            return TapPlan(upstream_body=body, rewrite_event=strip_logprobs, token=ticket)
+        return TapPlan(upstream_body=body, rewrite_body=strip_logprobs, token=ticket)
+
+    def complete(self, exchange: Exchange) -> None:
+        ticket = exchange.plan.token
+        if not isinstance(ticket, _Ticket):
+            return
+        if exchange.status != 200 or not exchange.completed:
+            log.info("primary not replayed: status %s, completed %s", exchange.status,
+                     exchange.completed)  # fmt: skip
+            self.sampler.refund_rate(exchange.request.model_name)
+            self.aggregator.drop(ticket.key, "primary_incomplete")
+            return
+        try:
+            self._queue.put_nowait(Job(exchange, ticket.key, ticket.load_at_start))
+        except asyncio.QueueFull:
+            self.sampler.refund_rate(exchange.request.model_name)
+            self.aggregator.drop(ticket.key, "queue_full")
