@@ -19,9 +19,10 @@ from scipy import stats as st
 
 from estimator.compare import Nodes
 from estimator.jitter import estimate_jitter
-from estimator.likelihood import Likelihood, fit, loglik_grid
+from estimator.likelihood import Likelihood, estimate_likelihood, loglik_grid
 from estimator.model import Trial, TrialContext
 from estimator.pair import compare_fast
+from estimator.profile import critical_values, upper_drop
 from estimator.result import EstimateResult
 from estimator.stats import (
     divergence_hazard,
@@ -75,7 +76,8 @@ class ProfileCurve:
 
     temperatures: list[float]
     drop: list[float]
-    threshold: float
+    threshold: float  # the lower end's drop (two-sided χ²₁(level)/2)
+    threshold_upper: float  # the upper end's drop (small-count corrected, estimator.profile)
     estimate: float
     lower: float
     upper: float
@@ -144,29 +146,12 @@ def _nodes(trials: Sequence[Trial]) -> Nodes:
 
 
 def likelihood(trials: Sequence[Trial], *, level: float) -> tuple[EstimateResult, ProfileCurve]:
-    """The Boltzmann likelihood estimate (likelihood.fit, unchanged) and its profile for the plot.
-    Raises ValueError when no trie node carries logprobs from two runs."""
-    nodes = _nodes(trials)
-    if nodes.weights.size == 0:
-        raise ValueError("no position reached by two runs that report top-k logprobs")
-    est, lo, hi, diag = fit(nodes, level=level, t_max=T_MAX)
-    diag["tail_choices"] = nodes.tail_choices
-    diag["min_k"] = nodes.min_k
-    n = len(trials)
-    pairs = sum(t.n_pairs for t in trials)
-    counts = [compare_fast(t, with_nodes=False) for t in trials if len(t.runs) >= 2]
-    result = EstimateResult(
-        est,
-        lo,
-        hi,
-        "likelihood",
-        level,
-        n,
-        pairs,
-        sum(c.diverged for c in counts),
-        sum(c.tokens_at_risk for c in counts),
-        diag,
-    )
+    """The Boltzmann likelihood estimate (estimator.likelihood.estimate_likelihood, unchanged) and
+    its profile for the plot. Raises ValueError when no trie node carries logprobs from two runs."""
+    paired = [t for t in trials if len(t.runs) >= 2]
+    result = estimate_likelihood(paired, level=level, t_max=T_MAX)
+    nodes = Nodes.concat([n for n in (compare_fast(t).nodes for t in paired) if n is not None])
+    est, lo, hi = result.estimate, result.lower, result.upper
     one_sided = est == 0.0
     if one_sided:
         t_lo, t_hi = hi / 1000, min(T_MAX, hi * 4)
@@ -174,10 +159,23 @@ def likelihood(trials: Sequence[Trial], *, level: float) -> tuple[EstimateResult
         t_lo, t_hi = max((lo if lo > 0 else est / 100) / 3, 1e-6), min(T_MAX, hi * 3)
     grid = np.geomspace(t_lo, t_hi, 200)
     ll = loglik_grid(nodes, grid)
-    # The reference level: ℓ(T̂) (fit's diagnostics), or ℓ(T -> 0) when nothing diverged.
-    ref = float(diag["loglik_max"]) if "loglik_max" in diag else Likelihood(nodes).l_inf
-    crit = float(st.chi2.ppf(2 * level - 1 if one_sided else level, 1)) / 2
-    curve = ProfileCurve(grid.tolist(), (ll - ref).tolist(), -crit, est, lo, hi, level, one_sided)
+    # Relative to ℓ(T̂) (fit's diagnostics), or to ℓ(T -> 0) when nothing diverged.
+    d = result.diagnostics
+    ref = float(d["loglik_max"]) if "loglik_max" in d else Likelihood(nodes).l_inf
+    # The lower end uses χ²₁(level)/2; the upper end the small-count corrected drop (as fit does
+    # when given the divergence count).
+    two_sided, _ = critical_values(level)
+    curve = ProfileCurve(
+        grid.tolist(),
+        (ll - ref).tolist(),
+        -two_sided,
+        -upper_drop(float(result.diverged), level),
+        est,
+        lo,
+        hi,
+        level,
+        one_sided,
+    )
     return result, curve
 
 

@@ -73,7 +73,17 @@ def plot_profile(c: ProfileCurve, path: Path) -> None:
     fig.subplots_adjust(bottom=0.2)
     pct = f"{100 * c.level:g} %"
     ax.plot(c.temperatures, c.drop, color="C0", lw=2, label="log-likelihood (relative to best)")
-    ax.axhline(c.threshold, color="C3", ls="--", lw=1, label=f"χ² threshold for the {pct} interval")
+    if c.one_sided or abs(c.threshold_upper - c.threshold) < 0.25:
+        ax.axhline(
+            c.threshold_upper, color="C3", ls="--", lw=1, label=f"threshold of the {pct} interval"
+        )
+    else:  # the upper end uses a small-count corrected threshold
+        ax.axhline(
+            c.threshold, color="C3", ls="--", lw=1, label=f"threshold of the lower end ({pct})"
+        )
+        ax.axhline(
+            c.threshold_upper, color="C3", ls=":", lw=1, label=f"threshold of the upper end ({pct})"
+        )
     lo = c.lower if c.lower > 0 else c.temperatures[0]
     ax.axvspan(lo, c.upper, color="C2", alpha=0.15, label=f"{pct} interval")
     if c.one_sided:
@@ -83,7 +93,7 @@ def plot_profile(c: ProfileCurve, path: Path) -> None:
         ax.axvline(c.estimate, color="k", lw=1.5, label=f"estimate T_bg = {c.estimate:.3g}")
         head = f"T_bg = {c.estimate:.3g}, {pct} interval [{c.lower:.3g}, {c.upper:.3g}]"
     ax.set_xscale("log")
-    ymin = max(min(c.drop), 4 * c.threshold)
+    ymin = max(min(c.drop), 4 * min(c.threshold, c.threshold_upper))
     ax.set_ylim(ymin, max(0.5, -0.1 * ymin))
     ax.set_xlabel("background temperature T (log scale)")
     ax.set_ylabel("log-likelihood minus its maximum")
