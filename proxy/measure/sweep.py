@@ -6,11 +6,14 @@ comparing the runs *of that level with each other*: each one is a draw of the st
 which is what T_bg means (an ideal model at temperature T, sampled twice, differs as much as two
 runs do). Comparing level-c runs against level-1 runs instead would pair one loaded draw with one
 quiet draw and understate the noise at c (and at level 1 the stack may still not be
-deterministic). The level-1 comparison is still reported as ``differs_from_level1``: the share of
-level-c runs whose answer differs from the first level-1 answer to the same prompt.
+deterministic). The level-1 comparison is still reported: ``differs_from_level1`` (the share of level-c runs
+whose answer differs from the first level-1 answer to the same prompt) and ``t_vs_lowest`` (the
+likelihood with that first level-1 run added to each prompt's runs: the equivalent temperature of
+the load *changing*; real vLLM on CPU is nearly reproducible at a steady load and moves when the
+load changes, see docs/measure.md).
 
-Recommendation: the highest level whose T_bg upper bound stays under ``--ceiling``, with its
-throughput cost against the best throughput measured.
+Recommendation: the highest level whose T_bg upper bounds (steady, and vs the lowest level) both
+stay under ``--ceiling``, with its throughput cost against the best throughput measured.
 """
 
 from __future__ import annotations
@@ -86,6 +89,10 @@ class LevelRow:
     t_bg: float | None
     t_lower: float | None
     t_upper: float | None
+    # the same estimate with the lowest load's first run of each prompt added to the comparison
+    t_vs_lowest: float | None
+    t_vs_lowest_lower: float | None
+    t_vs_lowest_upper: float | None
     t_jitter: float | None  # the jitter estimate: logprob noise, seen before tokens flip
     sigma_gap: float | None
     pairs: int
@@ -114,10 +121,26 @@ def _nan_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _vs_lowest(recs: Sequence[Record], base: Sequence[Record], conf: float) -> Any:
+    """Likelihood over each prompt's runs at this load together with its first run at the lowest
+    load: the equivalent temperature of the load *changing* (see the module docstring)."""
+    if not base or not analysis.has_logprobs(recs):
+        return None
+    try:
+        res, _ = analysis.likelihood(analysis.trials_from([*base, *recs]), level=conf)
+    except ValueError:
+        return None
+    return res
+
+
 def level_row(
-    level: int, recs: Sequence[Record], base: dict[str, tuple[str, ...]], planned: int, conf: float
+    level: int, recs: Sequence[Record], base_recs: Sequence[Record], planned: int, conf: float
 ) -> LevelRow:
+    base = {r.key.prompt: r.tokens for r in base_recs}
     trials = analysis.trials_from(recs)
+    vs = _vs_lowest(
+        recs, [r for r in base_recs if any(x.key.prompt == r.key.prompt for x in recs)], conf
+    )
     est: dict[str, Any] = {}
     if analysis.has_logprobs(recs):
         est, _, _ = analysis.estimates(trials, level=conf, with_logprobs=True)
@@ -137,6 +160,9 @@ def level_row(
         t_bg=lk["estimate"] if lk else None,
         t_lower=lk["lower"] if lk else None,
         t_upper=lk["upper"] if lk else None,
+        t_vs_lowest=None if vs is None else vs.estimate,
+        t_vs_lowest_lower=None if vs is None else vs.lower,
+        t_vs_lowest_upper=None if vs is None else vs.upper,
         t_jitter=jt["estimate"] if jt else None,
         sigma_gap=jt["diagnostics"]["sigma_gap"] if jt else None,
         pairs=pairs,
@@ -161,6 +187,13 @@ class Recommendation:
     throughput_cost: float | None  # 1 − chosen/best
 
 
+def upper_bound(r: LevelRow) -> float | None:
+    """The larger of the two upper bounds (steady load, and load changed from the lowest level):
+    a load is only called safe when neither view shows more than the ceiling."""
+    ups = [u for u in (r.t_upper, r.t_vs_lowest_upper) if u is not None]
+    return max(ups) if ups else None
+
+
 def recommend(rows: Sequence[LevelRow], ceiling: float) -> Recommendation:
     tput = [(r.throughput_tps, r.load) for r in rows if r.throughput_tps is not None]
     best_t, best_l = max(tput) if tput else (None, None)
@@ -168,7 +201,7 @@ def recommend(rows: Sequence[LevelRow], ceiling: float) -> Recommendation:
         return Recommendation(
             None, "no T_bg interval (no logprobs or no runs)", None, best_l, best_t, None
         )
-    ok = [r for r in rows if r.t_upper is not None and r.t_upper <= ceiling]
+    ok = [r for r in rows if (u := upper_bound(r)) is not None and u <= ceiling]
     if not ok:
         return Recommendation(
             None,
@@ -182,7 +215,7 @@ def recommend(rows: Sequence[LevelRow], ceiling: float) -> Recommendation:
     cost = None
     if pick.throughput_tps is not None and best_t:
         cost = 1 - pick.throughput_tps / best_t
-    reason = f"highest level whose T_bg upper bound {pick.t_upper:.3g} <= ceiling {ceiling:g}"
+    reason = f"highest level whose T_bg upper bound {upper_bound(pick):.3g} <= ceiling {ceiling:g}"
     return Recommendation(pick.load, reason, pick.throughput_tps, best_l, best_t, cost)
 
 
@@ -190,7 +223,7 @@ def table(rows: Sequence[LevelRow], conf: float) -> str:
     f = report.fmt
     head = (
         f"{'load':>5} {'runs':>9} {'T_bg':>8} {f'{100 * conf:g}% interval':>20} {'diverged':>9} "
-        f"{'≠level1':>8} {'T_jitter':>8} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7}"
+        f"{'≠level1':>8} {'vs-low ≤':>8} {'T_jitter':>8} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7}"
     )
     out = [head]
     for r in rows:
@@ -198,7 +231,7 @@ def table(rows: Sequence[LevelRow], conf: float) -> str:
         dv = "n/a" if r.divergence_rate is None else f"{r.diverged_pairs}/{r.pairs}"
         d1 = "n/a" if r.differs_from_level1 is None else f"{100 * r.differs_from_level1:.0f}%"
         out.append(
-            f"{r.load:>5} {f'{r.runs}/{r.planned}':>9} {f(r.t_bg):>8} {iv:>20} {dv:>9} {d1:>8} {f(r.t_jitter):>8} "
+            f"{r.load:>5} {f'{r.runs}/{r.planned}':>9} {f(r.t_bg):>8} {iv:>20} {dv:>9} {d1:>8} {f(r.t_vs_lowest_upper):>8} {f(r.t_jitter):>8} "
             f"{f(r.throughput_tps):>8} {f(r.latency_p50_s):>7} {f(r.latency_p95_s):>7}"
         )
     return "\n".join(out)
@@ -354,9 +387,9 @@ def summarise(
     for r in recs:
         by_level[r.key.level].append(r)
     low = min(args.levels)
-    base = {r.key.prompt: r.tokens for r in by_level.get(low, []) if r.key.run == 0}
+    base = [r for r in by_level.get(low, []) if r.key.run == 0]
     rows = [
-        level_row(c, by_level[c], base if c != low else {}, len(plan[c]), args.level)
+        level_row(c, by_level[c], base if c != low else [], len(plan[c]), args.level)
         for c in args.levels
         if by_level.get(c)
     ]

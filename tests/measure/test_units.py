@@ -78,8 +78,13 @@ def test_store_resumes_and_drops_a_cut_line(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "params.json").read_text())["reference_url"] == "u"
 
 
-def _row(load: int, upper: float | None, tps: float) -> LevelRow:
-    return LevelRow(load, 4, 4, 0.0, 0.0, upper, None, None, 2, 0, 0.0, 1.0, None, 10, tps, 1, 2)
+def _row(load: int, upper: float | None, tps: float, vs_upper: float | None = None) -> LevelRow:
+    return LevelRow(
+        load=load, runs=4, planned=4, t_bg=0.0, t_lower=0.0, t_upper=upper, t_vs_lowest=None,
+        t_vs_lowest_lower=None, t_vs_lowest_upper=vs_upper, t_jitter=None, sigma_gap=None, pairs=2,
+        diverged_pairs=0, divergence_rate=0.0, exact_match_rate=1.0, differs_from_level1=None,
+        tokens=10, throughput_tps=tps, latency_p50_s=1.0, latency_p95_s=2.0,
+    )  # fmt: skip
 
 
 def test_recommendation_is_the_highest_load_under_the_ceiling() -> None:
@@ -87,6 +92,9 @@ def test_recommendation_is_the_highest_load_under_the_ceiling() -> None:
     rec = recommend(rows, 0.005)
     assert rec.load == 8 and rec.best_load == 4 and rec.throughput_cost == pytest.approx(1 / 6)
     assert recommend(rows, 0.0001).load is None
+    # A load only counts as safe when the comparison with the lowest load stays under too.
+    changed = [*rows[:3], _row(8, 0.001, 25.0, vs_upper=0.03)]
+    assert recommend(changed, 0.005).load == 2
     none = recommend([_row(1, None, 5.0)], 0.01)
     assert none.load is None and "no T_bg interval" in none.reason
 
