@@ -43,9 +43,10 @@ async def test_replays_are_compared_and_exported(make_stack: Any) -> None:
     # replays are compared (1 pair, diverged). Trials 2 and 3 are augmented: 3 runs, 3 pairs each.
     assert est["pairs"] == 7 and est["diverged"] == 1
     assert est["method"] == "likelihood"
-    # The flip sits on a tie (the runs' mean logprobs are equal): T̂ = 0 is the MLE, with a finite
-    # one-sided upper bound.
-    assert 0 <= est["lower"] <= est["estimate"] <= est["upper"] < 1
+    # The flip sits on a tie (the runs' mean logprobs are equal): T̂ = 0 is the MLE. Six scored
+    # pairs of 5 tokens say little: with the small-count correction (the rule of three when nothing
+    # scored diverged) the upper bound may reach the grid's top, 1.
+    assert est["lower"] == est["estimate"] == 0 < est["upper"] <= 1
     exemplar = report["exemplars"][0]
     assert exemplar["position"] == 3
     assert {exemplar["token_a"], exemplar["token_b"]} == {" A", " B"}
