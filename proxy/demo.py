@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import socket
 import sys
 import time
@@ -157,20 +158,24 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
 
 
 def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str:
+    """The live status, in lines short enough for an 80-column terminal (Screen truncates the
+    rest, so a line never wraps and the redraw stays in place)."""
     acc = report["accounting"]
     lines = [
-        f"tbg demo — {elapsed:5.0f}s — primaries {done}/{total} — sampled {acc['sampled']}, "
-        f"replayed {acc['replayed']}, dropped {acc['dropped']}, failed {acc['failed']}, "
-        f"queue {report['queue_depth']}",
+        f"tbg demo — {elapsed:5.0f}s — primaries {done}/{total} — queue {report['queue_depth']}",
+        f"  replays: sampled {acc['sampled']}, replayed {acc['replayed']}, "
+        f"dropped {acc['dropped']}, failed {acc['failed']}",
     ]
     if not report["estimates"]:
         lines.append("  waiting for the first comparison …")
     for e in report["estimates"]:
         lines.append(
             f"  {e['upstream']}/{e['model_name']}: T_bg = {_fmt(e['estimate'])} "
-            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}] ({e['method']}) — "
-            f"diverged {e['diverged']}/{e['pairs']} pairs, {e['tokens_at_risk']} tokens at risk, "
-            f"hazard {_fmt(e['hazard'], '.2e')}/token, jitter σ {_fmt(e['jitter_sigma'], '.2e')}"
+            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}] ({e['method']})"
+        )
+        lines.append(
+            f"    diverged {e['diverged']}/{e['pairs']} pairs, {e['tokens_at_risk']} tokens at "
+            f"risk, hazard {_fmt(e['hazard'], '.1e')}/token, jitter σ {_fmt(e['jitter_sigma'], '.1e')}"
         )
         for bucket, b in e["by_load"].items():
             lines.append(
@@ -180,22 +185,44 @@ def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str
     return "\n".join(lines)
 
 
+def fit(text: str, width: int) -> list[str]:
+    """`text` as lines of at most `width - 1` characters (one screen row each, with the cursor's
+    column to spare), the cut marked with an ellipsis."""
+    room = max(width - 1, 8)
+    return [line if len(line) <= room else line[: room - 1] + "…" for line in text.splitlines()]
+
+
 class Screen:
-    """Redraws in place on a terminal; appends a line every few seconds otherwise (logs, CI)."""
+    """Redraws in place on a terminal; appends a block every few seconds otherwise (logs, CI).
+
+    In place means: move the cursor up by the rows drawn last time and clear to the end of the
+    screen. That count is only right when no line wraps and nothing scrolled off the top, so every
+    line is cut to the terminal's width and the block to its height, both read again at each
+    redraw (a resized terminal keeps working).
+    """
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._tty = out.isatty()
         self._last = 0.0
-        self._height = 0
+        self._rows = 0
+
+    def _size(self) -> os.terminal_size:
+        try:
+            return os.get_terminal_size(self._out.fileno())
+        except (OSError, ValueError, AttributeError):
+            return shutil.get_terminal_size()
 
     def show(self, text: str, force: bool = False) -> None:
         now = time.monotonic()
         if self._tty:
-            if self._height:
-                self._out.write(f"\x1b[{self._height}F\x1b[J")
-            self._out.write(text + "\n")
-            self._height = text.count("\n") + 1
+            size = self._size()
+            # taller than the terminal: the cursor cannot move above its top row, so cut the end
+            lines = fit(text, size.columns)[: max(size.lines - 1, 1)]
+            if self._rows:
+                self._out.write(f"\x1b[{self._rows}F\x1b[J")
+            self._out.write("\n".join(lines) + "\n")
+            self._rows = len(lines)
         elif force or now - self._last >= 5.0:
             self._out.write(text + "\n\n")
             self._last = now
