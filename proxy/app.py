@@ -31,6 +31,7 @@ from proxy.keys import (
     Lifecycle,
 )
 from proxy.metrics import ProxyMetrics
+from proxy.status import render_text, wants_text
 from proxy.tap import Tap
 from proxy.upstreams import Upstreams, new_session
 
@@ -143,6 +144,8 @@ async def _tbg_off(request: web.Request) -> web.Response:
             "(`enabled: true`, `sample_rate`, `replays`; see docs/configuration.md)."
         ),
     }
+    if wants_text(request.query, request.headers.get("Accept", "")):
+        return web.Response(text=render_text(body) + "\n", content_type="text/plain")
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

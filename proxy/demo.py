@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from proxy.cliparse import Parser
 from proxy.shadow.config import ModelPolicy
+from proxy.status import verdict
 
 PROMPTS: tuple[str, ...] = (
     "Write a short poem about the sea.",
@@ -391,24 +392,6 @@ def choose_port(requested: int | None) -> tuple[int, str]:
     return 0, f" ({DEFAULT_PORT} is taken, so a free port was chosen)"
 
 
-def verdict(lower: float, upper: float, ceiling: float) -> str:
-    """What the interval says about the ceiling, and what to do about it."""
-    if upper < ceiling:
-        return (
-            f"below the ceiling {ceiling:g}: greedy outputs vary no more than an ideal copy of the "
-            f"model sampling at T <= {upper:.3g}; nothing to do"
-        )
-    if lower > ceiling:
-        return (
-            f"ABOVE the ceiling {ceiling:g}: this stack's T=0 outputs are measurably random; see "
-            "docs/runbooks/TbgAboveCeiling.md (batch-invariant kernels, lower batch sizes)"
-        )
-    return (
-        f"undecided against the ceiling {ceiling:g} (the interval contains it): send more requests "
-        "(--requests) to narrow it"
-    )
-
-
 def summary(
     final: dict[str, Any],
     errors: list[str],
@@ -428,7 +411,8 @@ def summary(
             f"{e['diverged']} of {e['pairs']} run pairs diverged"
         )
         if e["method"] == "likelihood":
-            lines.append(f"    verdict: {verdict(e['lower'], e['upper'], ceiling)}")
+            said, todo = verdict(e, ceiling, "send more requests (--requests) to narrow it")
+            lines.append(f"    verdict: {said}; next: {todo}")
     reasons = ", ".join(f"{k} {v}" for k, v in final.get("dropped_by_reason", {}).items())
     lines.append(
         f"  accounting: sampled {acc['sampled']} = replayed {acc['replayed']} + dropped "
