@@ -21,9 +21,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 GUIDE = (
     "T_bg is the `estimate` (Boltzmann likelihood on the replay tree): the sampling temperature at "
     "which an ideal, bit-exact copy of the model would vary as much as this stack does at T=0, on "
-    "the model's own logit scale. 0 = reproducible; the paper measures ~1e-3 to 1e-2 on common "
-    "GPU stacks (docs/science.md). `jitter_temperature` is a model-free cross-check from logprob "
-    "jitter, not T_bg."
+    "the model's own logit scale. 0 = reruns are bit-identical; compare a stack with itself across "
+    "load and versions, not across models (docs/science.md). `jitter_temperature` is a model-free "
+    "cross-check from logprob jitter, not T_bg."
 )
 
 
