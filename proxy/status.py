@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,7 +115,7 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
             f"dropped {acc.get('dropped', 0)} + failed {acc.get('failed', 0)}; queue "
             f"{report.get('queue_depth', 0)}"
         )
-    lines.append(GUIDE)
+    lines.append(textwrap.fill(GUIDE, width=100))
     return "\n".join(lines)
 
 
