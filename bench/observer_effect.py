@@ -9,8 +9,9 @@ and compares each primary with its answer served alone (no batching at all):
     OMP_NUM_THREADS=1 python -m bench.observer_effect --requests 16 --concurrency 4 \
         --rates 0,0.1,1 --replays 2 --max-tokens 24
 
-Reported per sample rate: primaries whose text differs from the solo answer, latency p50/p95, the
-replays run, and the ratio to the rate-0 run. Everything on 127.0.0.1, bounded in count and time.
+Reported per sample rate (pooled over `--rounds` passes, rates in ABC CBA order after a warm-up):
+primaries whose text differs from the solo answer, latency p50/p95, replayed requests, and the
+latency ratio to the first rate. Everything on 127.0.0.1, bounded in count and time.
 """
 
 from __future__ import annotations
@@ -111,23 +112,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [PROMPTS[i % len(PROMPTS)] + f" ({i // len(PROMPTS)})" for i in range(args.requests)]
     rates = [float(r) for r in args.rates.split(",")]
     with ReferenceProcess(mode="batched", extra_args=("--threads", str(args.threads))) as ref:
+        await _load(ref.base_url, prompts[:4], 4, args.max_tokens)  # warm-up, discarded
         solo = await _load(ref.base_url, prompts, 1, args.max_tokens)  # each alone: batch of one
-        rows = []
-        for rate in rates:
-            got = await _through_proxy(ref.base_url, rate, args.replays, args, prompts)
-            texts = [r[0] for r in got["results"]]
-            lat = [r[1] for r in got["results"]]
-            rows.append(
-                {
-                    "sample_rate": rate,
-                    "diverged_from_solo": sum(t != s[0] for t, s in zip(texts, solo, strict=True)),
-                    "primaries": len(prompts),
-                    "latency_p50_s": statistics.median(lat),
-                    "latency_p95_s": _pct(lat, 0.95),
-                    "wall_s": got["wall_s"],
-                    "replayed": got["replayed"],
-                }
-            )
+        # rates in ABC CBA ... order over the rounds, so drift of a shared box hits all alike
+        order = [r for k in range(args.rounds) for r in (rates if k % 2 == 0 else rates[::-1])]
+        runs: dict[float, list[dict[str, Any]]] = {r: [] for r in rates}
+        for rate in order:
+            runs[rate].append(await _through_proxy(ref.base_url, rate, args.replays, args, prompts))
+    rows = []
+    for rate in rates:
+        got = runs[rate]
+        texts = [r[0] for g in got for r in g["results"]]
+        lat = [r[1] for g in got for r in g["results"]]
+        rows.append(
+            {
+                "sample_rate": rate,
+                "diverged_from_solo": sum(
+                    t != s[0] for t, s in zip(texts, solo * len(got), strict=True)
+                ),
+                "primaries": len(texts),
+                "latency_p50_s": statistics.median(lat),
+                "latency_p95_s": _pct(lat, 0.95),
+                "wall_s": [round(g["wall_s"], 1) for g in got],
+                "replayed": sum(g["replayed"] for g in got),
+            }
+        )
     base = rows[0]
     for row in rows:
         row["p50_ratio_to_first"] = row["latency_p50_s"] / base["latency_p50_s"]
@@ -144,6 +153,7 @@ def main() -> None:
     ap.add_argument("--max-concurrent", type=int, default=4, help="shadow.max_concurrent")
     ap.add_argument("--delay-jitter", type=float, default=0.0, help="shadow.delay_jitter_seconds")
     ap.add_argument("--threads", type=int, default=1, help="reference torch threads")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the rates (ABC CBA order)")
     ap.add_argument("--time-limit", type=float, default=600.0, help="per rate, replays to finish")
     ap.add_argument("--out", help="write the JSON here too")
     args = ap.parse_args()

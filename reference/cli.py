@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -76,6 +77,10 @@ async def _watch_parent(stop: asyncio.Event) -> None:
     stop.set()
 
 
+def _taken(host: str, port: int) -> str:
+    return f"{host}:{port} is already in use: stop what listens there or choose another --port"
+
+
 class PortInUseError(RuntimeError):
     """The listen port is taken; the message says what to change."""
 
@@ -114,10 +119,7 @@ async def _serve(args: argparse.Namespace) -> None:
         await runner.cleanup()
         if exc.errno != errno.EADDRINUSE:
             raise
-        raise PortInUseError(
-            f"{args.host}:{args.port} is already in use: stop what listens there or choose "
-            "another --port"
-        ) from None
+        raise PortInUseError(_taken(args.host, args.port)) from None
     port = args.port
     server = getattr(site, "_server", None)
     if port == 0 and server is not None and server.sockets:
@@ -158,6 +160,13 @@ def main(argv: list[str]) -> int:
             print(f"tbg reference: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.port:  # a taken port is named now, not after the model has loaded
+        with socket.socket() as sock:
+            try:
+                sock.bind((args.host, args.port))
+            except OSError:
+                print(f"tbg reference: {_taken(args.host, args.port)}", file=sys.stderr)
+                return 2
     with contextlib.suppress(KeyboardInterrupt):
         try:
             asyncio.run(_serve(args))
