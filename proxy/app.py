@@ -87,15 +87,26 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     return app
 
 
-def make_runner(app: web.Application) -> web.AppRunner:
+# Client connections: aiohttp arms this timer when a connection opens and again after each
+# response, and incoming bytes do not re-arm it, so it bounds both an idle keep-alive connection
+# and a request head dribbled one byte at a time (slowloris). aiohttp has no separate header-read
+# timeout and no connection cap (see docs/configuration.md, "Client connections").
+CLIENT_KEEPALIVE_SECONDS = 75.0  # nginx's default keepalive_timeout
+
+
+def make_runner(
+    app: web.Application, *, keepalive_timeout: float = CLIENT_KEEPALIVE_SECONDS
+) -> web.AppRunner:
     """A runner with the proxy's semantics: handlers are cancelled when their client disconnects,
-    aiohttp's text access log is off (the proxy logs JSON itself), and shutdown waits up to
-    `drain_seconds` for in-flight requests."""
+    aiohttp's text access log is off (the proxy logs JSON itself), shutdown waits up to
+    `drain_seconds` for in-flight requests, and idle or slow-to-send client connections are closed
+    after `keepalive_timeout` seconds."""
     return web.AppRunner(
         app,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=app[CONFIG].drain_seconds,
+        keepalive_timeout=keepalive_timeout,
     )
 
 
