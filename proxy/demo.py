@@ -14,6 +14,7 @@ import random
 import shutil
 import socket
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -176,8 +177,9 @@ def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str
         )
         lines.append(
             f"    diverged {e['diverged']}/{e['pairs']} pairs, {e['tokens_at_risk']} tokens at "
-            f"risk, hazard {_fmt(e['hazard'], '.1e')}/token, jitter σ {_fmt(e['jitter_sigma'], '.1e')}"
+            f"risk, hazard {_fmt(e['hazard'], '.1e')}/token"
         )
+        lines.append(f"    jitter σ {_fmt(e['jitter_sigma'], '.1e')} (a cross-check, not T_bg)")
         for bucket, b in e["by_load"].items():
             lines.append(
                 f"      load {bucket:>3}: T_bg {_fmt(b['estimate'])} "
@@ -208,7 +210,7 @@ class Screen:
         self._last = 0.0
         self._rows = 0
 
-    def _size(self) -> os.terminal_size:
+    def size(self) -> os.terminal_size:
         try:
             return os.get_terminal_size(self._out.fileno())
         except (OSError, ValueError, AttributeError):
@@ -217,7 +219,7 @@ class Screen:
     def show(self, text: str, force: bool = False) -> None:
         now = time.monotonic()
         if self._tty:
-            size = self._size()
+            size = self.size()
             # taller than the terminal: the cursor cannot move above its top row, so cut the end
             lines = fit(text, size.columns)[: max(size.lines - 1, 1)]
             if self._rows:
@@ -374,7 +376,16 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
                     await load
             await runner.cleanup()
     truth = opts.temperature if opts.mode == "thermostat" else None
-    out.write(summary(final, errors, proxy_url, timed_out, truth=truth) + "\n")
+    text = summary(final, errors, proxy_url, timed_out, truth=truth)
+    if out.isatty():  # wrap at words, not mid-word at the terminal's edge
+        width = max(Screen(out).size().columns - 1, 40)
+        text = "\n".join(
+            textwrap.fill(line, width, subsequent_indent=" " * (len(line) - len(line.lstrip()) + 4))
+            if line
+            else line
+            for line in text.split("\n")
+        )
+    out.write(text + "\n")
     return 1 if timed_out or errors else 0
 
 
