@@ -130,7 +130,11 @@ class UpstreamProbe:
     async def _round(self, warn: bool) -> None:
         self.probes += 1
         configs = [self._upstreams.upstream_for(n) for n in self._upstreams.names]
-        results = await asyncio.gather(*(self._probe(u) for u in configs))
+        try:
+            results = await asyncio.gather(*(self._probe(u) for u in configs))
+        except Exception:  # a bug, not an upstream failure: visible, and readiness keeps its cache
+            log.exception("upstream probe round failed")
+            return
         for result in results:
             previous = self._results.get(result.name)
             self._results[result.name] = result
