@@ -31,6 +31,8 @@ from proxy.keys import (
     Lifecycle,
 )
 from proxy.metrics import ProxyMetrics
+from proxy.probe import PROBE, UpstreamProbe
+from proxy.status import render_text, wants_text
 from proxy.tap import Tap
 from proxy.upstreams import Upstreams, new_session
 
@@ -111,10 +113,13 @@ def make_runner(
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     session = new_session()
     app[UPSTREAMS] = Upstreams(app[CONFIG], session)
+    app[PROBE] = UpstreamProbe(app[UPSTREAMS])
+    app[PROBE].start()  # warns about a wrong upstream; /readyz waits for its first answer
     app[LIFECYCLE].started = True
     try:
         yield
     finally:
+        await app[PROBE].close()
         await session.close()
 
 
@@ -134,6 +139,13 @@ async def _readyz(request: web.Request) -> web.Response:
             body=orjson.dumps({"status": "draining" if state.draining else "starting"}),
             content_type="application/json",
         )
+    reachable, probes = request.app[PROBE].ready()  # policy: proxy/probe.py
+    if not reachable:
+        body = {
+            "status": "probing upstreams" if reachable is None else "no upstream reachable",
+            "upstreams": {name: r.to_json() for name, r in probes.items()},
+        }
+        return web.Response(status=503, body=orjson.dumps(body), content_type="application/json")
     return web.Response(body=b'{"status":"ready"}', content_type="application/json")
 
 
@@ -154,6 +166,8 @@ async def _tbg_off(request: web.Request) -> web.Response:
             "(`enabled: true`, `sample_rate`, `replays`; see docs/configuration.md)."
         ),
     }
+    if wants_text(request.query, request.headers.get("Accept", "")):
+        return web.Response(text=render_text(body) + "\n", content_type="text/plain")
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

@@ -7,18 +7,22 @@ whole run has a wall-clock limit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import random
+import shutil
+import socket
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from proxy.cliparse import Parser
 from proxy.shadow.config import ModelPolicy
+from proxy.status import verdict
 
 PROMPTS: tuple[str, ...] = (
     "Write a short poem about the sea.",
@@ -44,48 +48,85 @@ class DemoOptions:
     waves: tuple[int, ...]
     sample_rate: float
     replays: int
-    port: int
+    port: int | None
     time_limit: float
     temperature: float | None
     seed: int
     threads: int
+    sigma: float | None = None
+
+
+DEFAULT_PORT = 8080  # the demo's preferred port; a free one is taken when it is busy
 
 
 def parse_args(argv: Sequence[str]) -> DemoOptions:
-    parser = argparse.ArgumentParser(prog="tbg demo", description=__doc__)
+    parser = Parser("tbg demo", description=__doc__)
     parser.add_argument(
         "--mode",
         default="batched",
         choices=["batched", "serial", "thermostat", "noise"],
-        help="reference upstream mode (default: batched, real bf16 batch effects)",
+        help="reference upstream mode (batched: real bf16 batch effects; thermostat: samples at "
+        "a known T; noise: Gaussian logit noise of known σ)",
     )
-    parser.add_argument("--temperature", type=float, default=None, help="for --mode thermostat")
     parser.add_argument(
-        "--requests", type=int, default=48, help="primary requests in all (bounded)"
+        "--temperature", type=float, default=None, help="--mode thermostat only (default 0.05)"
     )
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--sigma", type=float, default=None, help="--mode noise only (default 0.5)")
+    parser.add_argument("--requests", type=int, default=48, help="primary requests in all")
+    parser.add_argument("--max-tokens", type=int, default=32, help="per request")
     parser.add_argument(
         "--waves", default="1,4,8", help="concurrency of successive load waves (load buckets)"
     )
-    parser.add_argument("--sample-rate", type=float, default=1.0)
-    parser.add_argument("--replays", type=int, default=2)
-    parser.add_argument("--port", type=int, default=8080, help="proxy port on 127.0.0.1 (0 = any)")
+    parser.add_argument("--sample-rate", type=float, default=1.0, help="share replayed")
+    parser.add_argument("--replays", type=int, default=2, help="replays per sampled request")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"proxy port on 127.0.0.1 (default {DEFAULT_PORT}, or a free port when "
+        f"{DEFAULT_PORT} is taken; 0 = any free port)",
+    )
     parser.add_argument("--time-limit", type=float, default=900.0, help="seconds, whole run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="load generator seed")
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch threads of the reference upstream (default 1: the proxy, the estimator and "
+        help="torch threads of the reference upstream (1: the proxy, the estimator and "
         "the load generator need the other core; two torch threads on a busy 2-core machine "
         "oversubscribe it and decode many times slower)",
     )
     ns = parser.parse_args(argv)
-    waves = tuple(int(w) for w in ns.waves.split(",") if w.strip())
-    if ns.requests < 1 or ns.max_tokens < 1 or not waves or min(waves) < 1:
-        parser.error("--requests, --max-tokens and every wave must be ≥ 1")
-    if ns.mode == "thermostat" and ns.temperature is None:
-        ns.temperature = 0.05
+    try:
+        waves = tuple(int(w) for w in ns.waves.split(",") if w.strip())
+    except ValueError:
+        parser.fail(f"--waves: {ns.waves!r} is not a comma-separated list of integers, e.g. 1,4,8")
+    if not waves or min(waves) < 1:
+        parser.fail(f"--waves: every wave must be an integer ≥ 1, e.g. 1,4,8 (got {ns.waves!r})")
+    if ns.requests < 1 or ns.max_tokens < 1 or ns.replays < 1:
+        parser.fail("--requests, --max-tokens and --replays must be ≥ 1")
+    if not 0.0 <= ns.sample_rate <= 1.0:
+        parser.fail(f"--sample-rate: {ns.sample_rate:g} is outside [0, 1]")
+    if ns.time_limit <= 0 or ns.threads < 1:
+        parser.fail("--time-limit must be > 0 and --threads ≥ 1")
+    if ns.port is not None and not 0 <= ns.port <= 65535:
+        parser.fail(f"--port: {ns.port} is outside 0..65535")
+    if ns.temperature is not None and ns.mode != "thermostat":
+        parser.fail(f"--temperature only applies to --mode thermostat (the mode is {ns.mode})")
+    if ns.sigma is not None and ns.mode != "noise":
+        parser.fail(f"--sigma only applies to --mode noise (the mode is {ns.mode})")
+    if ns.mode == "thermostat":
+        ns.temperature = 0.05 if ns.temperature is None else ns.temperature
+        if ns.temperature <= 0:
+            parser.fail("--temperature must be > 0")
+    if ns.mode == "noise":
+        ns.sigma = 0.5 if ns.sigma is None else ns.sigma
+        if ns.sigma < 0:
+            parser.fail("--sigma must be ≥ 0")
+    if ns.port:  # an explicit port that is taken: say so now, not after the model has loaded
+        taken = port_taken(ns.port)
+        if taken:
+            parser.fail(taken)
     return DemoOptions(
         ns.mode,
         ns.requests,
@@ -98,7 +139,20 @@ def parse_args(argv: Sequence[str]) -> DemoOptions:
         ns.temperature,
         ns.seed,
         ns.threads,
+        ns.sigma,
     )
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> str | None:
+    """A one-line message when `host:port` cannot be bound, else None."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return (
+                f"{host}:{port} is already in use: stop what listens there or choose another --port"
+            )
+    return None
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -106,21 +160,26 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
 
 
 def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str:
+    """The live status, in lines short enough for an 80-column terminal (Screen truncates the
+    rest, so a line never wraps and the redraw stays in place)."""
     acc = report["accounting"]
     lines = [
-        f"tbg demo — {elapsed:5.0f}s — primaries {done}/{total} — sampled {acc['sampled']}, "
-        f"replayed {acc['replayed']}, dropped {acc['dropped']}, failed {acc['failed']}, "
-        f"queue {report['queue_depth']}",
+        f"tbg demo — {elapsed:5.0f}s — primaries {done}/{total} — queue {report['queue_depth']}",
+        f"  replays: sampled {acc['sampled']}, replayed {acc['replayed']}, "
+        f"dropped {acc['dropped']}, failed {acc['failed']}",
     ]
     if not report["estimates"]:
         lines.append("  waiting for the first comparison …")
     for e in report["estimates"]:
         lines.append(
             f"  {e['upstream']}/{e['model_name']}: T_bg = {_fmt(e['estimate'])} "
-            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}] ({e['method']}) — "
-            f"diverged {e['diverged']}/{e['pairs']} pairs, {e['tokens_at_risk']} tokens at risk, "
-            f"hazard {_fmt(e['hazard'], '.2e')}/token, jitter σ {_fmt(e['jitter_sigma'], '.2e')}"
+            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}] ({e['method']})"
         )
+        lines.append(
+            f"    diverged {e['diverged']}/{e['pairs']} pairs, {e['tokens_at_risk']} tokens at "
+            f"risk, hazard {_fmt(e['hazard'], '.1e')}/token"
+        )
+        lines.append(f"    jitter σ {_fmt(e['jitter_sigma'], '.1e')} (a cross-check, not T_bg)")
         for bucket, b in e["by_load"].items():
             lines.append(
                 f"      load {bucket:>3}: T_bg {_fmt(b['estimate'])} "
@@ -129,22 +188,44 @@ def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str
     return "\n".join(lines)
 
 
+def fit(text: str, width: int) -> list[str]:
+    """`text` as lines of at most `width - 1` characters (one screen row each, with the cursor's
+    column to spare), the cut marked with an ellipsis."""
+    room = max(width - 1, 8)
+    return [line if len(line) <= room else line[: room - 1] + "…" for line in text.splitlines()]
+
+
 class Screen:
-    """Redraws in place on a terminal; appends a line every few seconds otherwise (logs, CI)."""
+    """Redraws in place on a terminal; appends a block every few seconds otherwise (logs, CI).
+
+    In place means: move the cursor up by the rows drawn last time and clear to the end of the
+    screen. That count is only right when no line wraps and nothing scrolled off the top, so every
+    line is cut to the terminal's width and the block to its height, both read again at each
+    redraw (a resized terminal keeps working).
+    """
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._tty = out.isatty()
         self._last = 0.0
-        self._height = 0
+        self._rows = 0
+
+    def size(self) -> os.terminal_size:
+        try:
+            return os.get_terminal_size(self._out.fileno())
+        except (OSError, ValueError, AttributeError):
+            return shutil.get_terminal_size()
 
     def show(self, text: str, force: bool = False) -> None:
         now = time.monotonic()
         if self._tty:
-            if self._height:
-                self._out.write(f"\x1b[{self._height}F\x1b[J")
-            self._out.write(text + "\n")
-            self._height = text.count("\n") + 1
+            size = self.size()
+            # taller than the terminal: the cursor cannot move above its top row, so cut the end
+            lines = fit(text, size.columns)[: max(size.lines - 1, 1)]
+            if self._rows:
+                self._out.write(f"\x1b[{self._rows}F\x1b[J")
+            self._out.write("\n".join(lines) + "\n")
+            self._rows = len(lines)
         elif force or now - self._last >= 5.0:
             self._out.write(text + "\n\n")
             self._last = now
@@ -219,15 +300,20 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
 
     started = time.monotonic()
     mode_desc = opts.mode + (f" T={opts.temperature}" if opts.mode == "thermostat" else "")
+    mode_desc += f" σ={opts.sigma}" if opts.mode == "noise" else ""
+    port, note = choose_port(opts.port)
     out.write(f"starting the reference upstream (SmolLM2-135M on CPU, mode {mode_desc}) …\n")
     out.flush()
     with ReferenceProcess(
-        mode=opts.mode, temperature=opts.temperature, extra_args=("--threads", str(opts.threads))
+        mode=opts.mode,
+        temperature=opts.temperature,
+        sigma=opts.sigma,
+        extra_args=("--threads", str(opts.threads)),
     ) as ref:
         config = build_config(
             {
                 "host": "127.0.0.1",
-                "port": opts.port,
+                "port": port,
                 "upstreams": [
                     {"name": "reference", "base_url": ref.base_url, "models": ["smollm2"]}
                 ],
@@ -247,11 +333,17 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
         app = make_app(config)
         runner = make_runner(app)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", opts.port)
-        await site.start()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        try:
+            await site.start()
+        except OSError as exc:  # taken between the check and now
+            await runner.cleanup()
+            raise DemoError(
+                port_taken(port) or f"cannot listen on 127.0.0.1:{port}: {exc}"
+            ) from None
         port = runner.addresses[0][1]
         proxy_url = f"http://127.0.0.1:{port}"
-        out.write(f"proxy on {proxy_url}/v1 → upstream {ref.base_url}\n")
+        out.write(f"proxy on {proxy_url}/v1 → upstream {ref.base_url}{note}\n")
         tap = app[SHADOW]
         screen = Screen(out)
         progress = [0]
@@ -284,26 +376,31 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
                     await load
             await runner.cleanup()
     truth = opts.temperature if opts.mode == "thermostat" else None
-    out.write(summary(final, errors, proxy_url, timed_out, truth=truth) + "\n")
+    text = summary(final, errors, proxy_url, timed_out, truth=truth)
+    if out.isatty():  # wrap at words, not mid-word at the terminal's edge
+        width = max(Screen(out).size().columns - 1, 40)
+        text = "\n".join(
+            textwrap.fill(line, width, subsequent_indent=" " * (len(line) - len(line.lstrip()) + 4))
+            if line
+            else line
+            for line in text.split("\n")
+        )
+    out.write(text + "\n")
     return 1 if timed_out or errors else 0
 
 
-def verdict(lower: float, upper: float, ceiling: float) -> str:
-    """What the interval says about the ceiling, and what to do about it."""
-    if upper < ceiling:
-        return (
-            f"below the ceiling {ceiling:g}: greedy outputs vary no more than an ideal copy of the "
-            f"model sampling at T <= {upper:.3g}; nothing to do"
-        )
-    if lower > ceiling:
-        return (
-            f"ABOVE the ceiling {ceiling:g}: this stack's T=0 outputs are measurably random; see "
-            "docs/runbooks/TbgAboveCeiling.md (batch-invariant kernels, lower batch sizes)"
-        )
-    return (
-        f"undecided against the ceiling {ceiling:g} (the interval contains it): send more requests "
-        "(--requests) to narrow it"
-    )
+class DemoError(RuntimeError):
+    """The demo cannot run; the message says what to change."""
+
+
+def choose_port(requested: int | None) -> tuple[int, str]:
+    """The port to listen on and a note for the user: `--port` as given, else DEFAULT_PORT when
+    free, else any free port (so the demo runs beside a `tbg serve` on 8080)."""
+    if requested is not None:
+        return requested, ""
+    if port_taken(DEFAULT_PORT) is None:
+        return DEFAULT_PORT, ""
+    return 0, f" ({DEFAULT_PORT} is taken, so a free port was chosen)"
 
 
 def summary(
@@ -325,7 +422,8 @@ def summary(
             f"{e['diverged']} of {e['pairs']} run pairs diverged"
         )
         if e["method"] == "likelihood":
-            lines.append(f"    verdict: {verdict(e['lower'], e['upper'], ceiling)}")
+            said, todo = verdict(e, ceiling, "send more requests (--requests) to narrow it")
+            lines.append(f"    verdict: {said}; next: {todo}")
     reasons = ", ".join(f"{k} {v}" for k, v in final.get("dropped_by_reason", {}).items())
     lines.append(
         f"  accounting: sampled {acc['sampled']} = replayed {acc['replayed']} + dropped "
@@ -358,3 +456,6 @@ def main(argv: list[str]) -> int:
         return asyncio.run(run_demo(opts, sys.stdout))
     except KeyboardInterrupt:
         return 130
+    except DemoError as exc:
+        print(f"tbg demo: {exc}", file=sys.stderr)
+        return 2

@@ -71,15 +71,18 @@ def too_large(limit: int) -> ProxyError:
     )
 
 
-def bad_gateway(upstream: str, kind: str) -> ProxyError:
+def bad_gateway(upstream: str, kind: str, url: str = "") -> ProxyError:
+    """`url`: the upstream's base URL without credentials (proxy.probe.public_url)."""
+    at = f" at {url}" if url else ""
     return ProxyError(
-        502, f"Upstream {upstream!r} failed ({kind}).", "upstream_error", f"upstream_{kind}"
+        502, f"Upstream {upstream!r}{at} failed ({kind}).", "upstream_error", f"upstream_{kind}"
     )
 
 
-def gateway_timeout(upstream: str) -> ProxyError:
+def gateway_timeout(upstream: str, url: str = "") -> ProxyError:
+    at = f" at {url}" if url else ""
     return ProxyError(
-        504, f"Upstream {upstream!r} timed out.", "upstream_error", "upstream_timeout"
+        504, f"Upstream {upstream!r}{at} timed out.", "upstream_error", "upstream_timeout"
     )
 
 

@@ -26,6 +26,7 @@ from proxy.errors import ProxyError
 from proxy.inflight import InFlight
 from proxy.keys import UPSTREAMS
 from proxy.metrics import MERGED_UPSTREAM, NO_UPSTREAM, OTHER_MODEL, ProxyMetrics
+from proxy.probe import public_url
 from proxy.sse import SSESplitter, event_json
 from proxy.tap import Exchange, RequestInfo, Tap, TapPlan
 from proxy.upstreams import RESPONSE_DROP, Upstreams, end_to_end
@@ -375,14 +376,17 @@ class Forwarder:
 
     def _upstream_failure(self, upstream: str, exc: BaseException) -> ProxyError:
         """Count the failure by kind and translate it into the client's error."""
+        url = next(
+            (public_url(u.base_url) for u in self._config.upstreams if u.name == upstream), ""
+        )
         if isinstance(exc, TimeoutError):
-            kind, error = "timeout", errors.gateway_timeout(upstream)
+            kind, error = "timeout", errors.gateway_timeout(upstream, url)
         elif isinstance(exc, aiohttp.ClientConnectorError):
-            kind, error = "connect", errors.bad_gateway(upstream, "connect")
+            kind, error = "connect", errors.bad_gateway(upstream, "connect", url)
         elif isinstance(exc, _RESET_ERRORS):
-            kind, error = "reset", errors.bad_gateway(upstream, "reset")
+            kind, error = "reset", errors.bad_gateway(upstream, "reset", url)
         else:
-            kind, error = "protocol", errors.bad_gateway(upstream, "protocol")
+            kind, error = "protocol", errors.bad_gateway(upstream, "protocol", url)
         self._metrics.upstream_errors.labels(upstream, kind).inc()
         log.warning(
             "upstream failure",

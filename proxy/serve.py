@@ -13,15 +13,16 @@ import sys
 from aiohttp import web
 
 from proxy.app import LIFECYCLE, make_app, make_runner
+from proxy.cliparse import Parser
 from proxy.config import Config, ConfigError, Overrides, load_config
 from proxy.logs import configure_logging
 
 log = logging.getLogger("tbg.serve")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tbg serve",
+def build_parser() -> Parser:
+    parser = Parser(
+        "tbg serve",
         description="Transparent OpenAI-compatible proxy. Flags override TBG_* env vars, "
         "which override the YAML file (see docs/configuration.md).",
     )
@@ -40,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=int, help="request body limit (default 8 MiB; 413 above)"
     )
     parser.add_argument(
-        "--drain-seconds", type=float, help="how long shutdown waits for in-flight requests"
+        "--drain-seconds",
+        type=float,
+        help="how long shutdown waits for in-flight requests (default 30)",
     )
     parser.add_argument(
         "--api-keys-env", help="env var holding the proxy's API keys, comma-separated"
     )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     quick = parser.add_argument_group(
         "quick start", "measure with no config file; any of the last three turns shadow replay on"
     )
@@ -56,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a model the one --upstream serves; repeatable",
     )
-    quick.add_argument("--sample-rate", metavar="R", help="share of eligible requests replayed")
-    quick.add_argument("--replays", metavar="N", help="replays per sampled request")
-    quick.add_argument("--ceiling", metavar="T", help="T_bg alert ceiling")
+    quick.add_argument(
+        "--sample-rate", metavar="R", help="share of eligible requests replayed (default 0.1)"
+    )
+    quick.add_argument("--replays", metavar="N", help="replays per sampled request (default 2)")
+    quick.add_argument("--ceiling", metavar="T", help="T_bg alert ceiling (default 0.05)")
     return parser
 
 

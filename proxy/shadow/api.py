@@ -15,6 +15,7 @@ from aiohttp import web
 from estimator.online import OnlineSnapshot
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.tap import ShadowTap
+from proxy.status import render_text, wants_text
 
 
 def _num(x: float | None) -> float | None:
@@ -55,6 +56,7 @@ def report(tap: ShadowTap) -> dict[str, Any]:
         entry = {"upstream": upstream, "model_name": model, "last_update": updated}
         entry.update(snapshot_json(snap))
         entry["by_load"] = by_load.get((upstream, model), {})
+        entry["ceiling"] = tap.config.policy(model).ceiling
         estimates.append(entry)
     return {
         "estimates": estimates,
@@ -75,7 +77,9 @@ def report(tap: ShadowTap) -> dict[str, Any]:
 
 
 def make_handler(tap: ShadowTap) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handle(_request: web.Request) -> web.Response:
+    async def handle(request: web.Request) -> web.Response:
+        if wants_text(request.query, request.headers.get("Accept", "")):  # a person: tbg status
+            return web.Response(text=render_text(report(tap)) + "\n", content_type="text/plain")
         return web.Response(body=orjson.dumps(report(tap)), content_type="application/json")
 
     return handle

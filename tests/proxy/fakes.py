@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.app import make_app, make_runner
 from proxy.config import Config
+from proxy.probe import PROBE_USER_AGENT
 from proxy.tap import Tap
 
 
@@ -108,6 +109,8 @@ class FakeUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.headers.get("User-Agent") == PROBE_USER_AGENT:  # the proxy's readiness probe
+            return await self._respond(request, body)
         self.requests.append(
             Recorded(
                 request.method,

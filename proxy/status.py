@@ -1,0 +1,199 @@
+"""`tbg status [URL]`: what a running proxy has measured, for a person: per upstream and model
+the T_bg estimate and its 95 % interval, the ceiling, a verdict and what to do next.
+
+The same text is served by the proxy itself at `GET /tbg?format=text` (or with `Accept:
+text/plain`); `render_text` is the one rendering of a /tbg report. `--json` passes the JSON through.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from proxy.cliparse import Parser
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+GUIDE = (
+    "T_bg is the `estimate` (Boltzmann likelihood on the replay tree): the sampling temperature at "
+    "which an ideal, bit-exact copy of the model would vary as much as this stack does at T=0, on "
+    "the model's own logit scale. 0 = reruns are bit-identical; compare a stack with itself across "
+    "load and versions, not across models (docs/science.md). `jitter_temperature` is a model-free "
+    "cross-check from logprob jitter, not T_bg."
+)
+
+
+def _g(x: Any) -> str:
+    """Three significant figures: T_bg is known to a few percent at best."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:.3g}"
+
+
+def pairs_needed(pairs: int, estimate: float, lower: float, upper: float, ceiling: float) -> int:
+    """Rough number of pairs after which the interval would exclude the ceiling, if the estimate
+    held and the interval narrowed as 1/sqrt(pairs). 0 when it cannot be projected."""
+    if pairs <= 0 or estimate == ceiling:
+        return 0
+    half = (upper - estimate) if estimate < ceiling else (estimate - lower)
+    ratio = half / abs(ceiling - estimate)
+    return math.ceil(pairs * ratio * ratio) if math.isfinite(ratio) else 0
+
+
+def verdict(entry: Mapping[str, Any], ceiling: float | None, more: str) -> tuple[str, str]:
+    """(verdict, what to do next) for one /tbg estimate against `ceiling`; `more` says how to
+    get more data where the command is used (e.g. "raise --requests")."""
+    pairs = int(entry.get("pairs") or 0)
+    est, lo, hi = entry.get("estimate"), entry.get("lower"), entry.get("upper")
+    if pairs == 0:
+        return ("not enough data: 0 replay pairs yet", f"send temperature-0 traffic; {more}")
+    if est is None or lo is None or hi is None:
+        return (
+            f"no T_bg yet: {pairs} pairs, none carried logprobs (method {entry.get('method')})",
+            "use an upstream that returns logprobs, or keep shadow.augment_logprobs on",
+        )
+    if ceiling is None:
+        return ("no ceiling configured", "set shadow.ceiling (or --ceiling) to get a verdict")
+    if hi < ceiling:
+        return (
+            f"below the ceiling {ceiling:g}: T=0 outputs vary no more than an ideal copy of the "
+            f"model sampling at T <= {hi:.3g}",
+            "nothing to do; the TbgAboveCeiling alert watches it",
+        )
+    if lo > ceiling:
+        return (
+            f"ABOVE the ceiling {ceiling:g}: this stack's T=0 outputs are measurably random",
+            "see docs/runbooks/TbgAboveCeiling.md (batch-invariant kernels, smaller batches)",
+        )
+    need = pairs_needed(pairs, est, lo, hi, ceiling)
+    hint = f", need ~{need} if the estimate holds" if need > pairs else ""
+    return (
+        f"undecided against the ceiling {ceiling:g} (the interval contains it): not enough "
+        f"data, {pairs} pairs{hint}",
+        more,
+    )
+
+
+def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sample_rate") -> str:
+    """A /tbg report (JSON dict) as text for a person."""
+    if report.get("shadow") == "off":
+        return str(report.get("message", "shadow replay is off: nothing is measured"))
+    lines: list[str] = []
+    for e in report.get("estimates", []):
+        ceiling = e.get("ceiling")
+        lines.append(f"{e['upstream']} / {e['model_name']}")
+        lines.append(
+            f"  T_bg      {_g(e.get('estimate'))}   95% interval [{_g(e.get('lower'))}, "
+            f"{_g(e.get('upper'))}]   ({e.get('method')})"
+        )
+        lines.append(f"  ceiling   {_g(ceiling)}")
+        said, todo = verdict(e, ceiling, more)
+        lines.append(f"  verdict   {said}")
+        lines.append(f"  next      {todo}")
+        lines.append(
+            f"  evidence  {e.get('diverged', 0)} of {e.get('pairs', 0)} replay pairs diverged, "
+            f"{e.get('tokens_at_risk', 0)} tokens at risk; hazard {_g(e.get('hazard'))}/token; "
+            f"jitter_temperature {_g(e.get('jitter_temperature'))}"
+        )
+        for bucket, b in (e.get("by_load") or {}).items():
+            lines.append(
+                f"  load {bucket:>3}  T_bg {_g(b.get('estimate'))} [{_g(b.get('lower'))}, "
+                f"{_g(b.get('upper'))}], {b.get('diverged', 0)}/{b.get('pairs', 0)} diverged"
+            )
+        lines.append("")
+    if not lines:
+        lines += ["no estimate yet: no temperature-0 request has been replayed", ""]
+    acc = report.get("accounting") or {}
+    if acc:
+        lines.append(
+            f"replays: sampled {acc.get('sampled', 0)} = replayed {acc.get('replayed', 0)} + "
+            f"dropped {acc.get('dropped', 0)} + failed {acc.get('failed', 0)}; queue "
+            f"{report.get('queue_depth', 0)}"
+        )
+    lines.append(textwrap.fill(GUIDE, width=100))
+    return "\n".join(lines)
+
+
+def wants_text(query: Mapping[str, str], accept: str) -> bool:
+    """`?format=text`, or an Accept header that asks for text/plain before JSON."""
+    if query.get("format") == "text":
+        return True
+    first = accept.split(",")[0].split(";")[0].strip().lower()
+    return first == "text/plain"
+
+
+class StatusError(RuntimeError):
+    """One line for the user: what is wrong with the URL or what answers there."""
+
+
+def fetch(base: str, timeout: float) -> tuple[dict[str, Any], bytes]:
+    """GET {base}/tbg: the parsed report and its raw bytes, or StatusError."""
+    import httpx  # only the CLI needs a client; the proxy imports this module for render_text
+
+    url = f"{base}/tbg"
+    try:
+        resp = httpx.get(url, timeout=timeout, headers={"Accept": "application/json"})
+    except httpx.ConnectError as exc:
+        raise StatusError(
+            f"cannot connect to {base} ({exc}): is a proxy running there (`tbg serve`)?"
+        ) from None
+    except httpx.TimeoutException:
+        raise StatusError(f"{url} did not answer within {timeout:g}s") from None
+    except httpx.HTTPError as exc:
+        raise StatusError(f"{url}: {exc}") from None
+    if resp.status_code == 404:
+        raise StatusError(
+            f"{url} answered 404: not a tbg proxy, or one without shadow replay "
+            "(start it with --model NAME --sample-rate 0.1)"
+        )
+    if resp.status_code != 200:
+        raise StatusError(f"{url} answered HTTP {resp.status_code}")
+    try:
+        body = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict) or "estimates" not in body:
+        raise StatusError(f"{url} is not a tbg report: is {base} a tbg proxy?")
+    if body.get("shadow") == "off":
+        raise StatusError(
+            f"{base} has shadow replay off, so nothing is measured: start it with --model NAME "
+            "--sample-rate 0.1, or a shadow: section (docs/configuration.md)"
+        )
+    return body, resp.content
+
+
+def base_url(url: str) -> str:
+    """The proxy's root from what a user may paste: with or without /v1 or /tbg, or host:port."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    for tail in ("/tbg", "/v1"):
+        if url.endswith(tail):
+            url = url[: -len(tail)]
+    return url
+
+
+def main(argv: list[str]) -> int:
+    parser = Parser("tbg status", description=__doc__)
+    parser.add_argument("url", nargs="?", default=DEFAULT_URL, help="the proxy's address")
+    parser.add_argument("--json", action="store_true", help="print /tbg's JSON unchanged")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.fail("--timeout must be > 0")
+    base = base_url(args.url)
+    try:
+        report, raw = fetch(base, args.timeout)
+    except StatusError as exc:
+        print(f"tbg status: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(raw.decode("utf-8") + "\n")
+    else:
+        print(render_text(report))
+    return 0
