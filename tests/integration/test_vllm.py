@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from openai import OpenAI
@@ -27,6 +28,7 @@ from tests.integration.common import (
 from tests.integration.conftest import figure
 from tests.integration.proxy_server import ProxyThread
 from tests.integration.vllm_server import VllmProcess
+from tests.measure.helpers import load_json, tbg
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -134,3 +136,27 @@ def test_alone_vs_concurrent_divergence(vllm_server: VllmProcess, vllm_proxy: Pr
         f"8 concurrent {sum(r.usage.completion_tokens for r in together) / together_s:.1f} tok/s"
     )
     assert len(diverged) >= 1, "no prompt diverged under concurrency (expected some in bf16)"
+
+
+def test_sweep_sees_answers_move_with_load(vllm_server: VllmProcess, tmp_path: Path) -> None:
+    """`tbg sweep` through the real CLI against the session's vLLM: alone (load 1) vLLM is
+    reproducible; at load 8 requests share bf16 batches and answers move away from the load-1
+    ones (25 % of 16 prompts at 16 tokens in docs/measure.md; 6/8 diverge at 64 tokens above).
+    32 tokens and 12 prompts: a miss needs all 12 to agree."""
+    out = tmp_path / "sweep"
+    cp = tbg(
+        "sweep", "--base-url", vllm_server.base_url, "--model", MODEL, "--levels", "1,8",
+        "--prompt-limit", "12", "--runs", "2", "--max-tokens", "32", "--out", str(out),
+        "--time-limit", "400", timeout=460,
+    )  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    one, eight = load_json(out / "sweep.json")["levels"]
+    assert one["diverged_pairs"] == 0, one
+    moved = eight["diverged_pairs"] > 0 or eight["differs_from_level1"] > 0
+    assert moved, eight
+    figure(
+        f"vLLM sweep (12 prompts x 2 runs x 32 tokens): load 8 diverged pairs "
+        f"{eight['diverged_pairs']}/{eight['pairs']}, differs from load 1 "
+        f"{eight['differs_from_level1']:.0%}; {one['throughput_tps']:.1f} -> "
+        f"{eight['throughput_tps']:.1f} tok/s"
+    )
