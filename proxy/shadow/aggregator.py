@@ -46,7 +46,6 @@ class Aggregator:
     ) -> None:
         self._config = config
         self._state = ShadowState(online_config(config), config.exemplars)
-        self.grid = self._state.grid
         self._render = render
         # Request hashes are keyed per process: stable within it, useless for guessing prompts.
         self._hash_key = hash_key or os.urandom(16)

@@ -10,9 +10,19 @@ import pytest
 
 from bench.truth import TruthModel
 from estimator.likelihood import GridLoglik, fit
-from estimator.online import OnlineConfig, OnlineEstimator
+from estimator.online import OnlineConfig, OnlineEstimator, OnlineSnapshot
 from estimator.profile import grid_profile, upper_drop
 from estimator.simulate import GapModel, simulate_pairs
+
+
+def _snapshot(law: str, seed: int, rng_seed: int, runs: int, temperature: float) -> OnlineSnapshot:
+    """One data set of 40 trials of `runs` runs × 32 tokens through the undecayed online estimator."""
+    model = TruthModel(law=law, seed=seed)  # type: ignore[arg-type]
+    rng = np.random.default_rng(rng_seed)
+    est = OnlineEstimator(OnlineConfig(half_life_trials=1e12))
+    for p in range(40):
+        est.update(model.trial(rng, p, runs=runs, length=32, temperature=temperature))
+    return est.snapshot()
 
 
 @pytest.mark.slow
@@ -23,12 +33,7 @@ def test_live_coverage_on_independent_generators() -> None:
     covered = total = 0
     for law in ("lognormal", "exponential", "ties"):
         for s in range(60):
-            model = TruthModel(law=law, seed=s)  # type: ignore[arg-type]
-            rng = np.random.default_rng(10_000 + s)
-            est = OnlineEstimator(OnlineConfig(half_life_trials=1e12))
-            for p in range(40):
-                est.update(model.trial(rng, p, runs=3, length=32, temperature=0.05))
-            snap = est.snapshot()
+            snap = _snapshot(law, s, 10_000 + s, runs=3, temperature=0.05)
             covered += snap.lower <= 0.05 <= snap.upper
             total += 1
     assert covered / total >= 0.90, (covered, total)
@@ -90,12 +95,7 @@ def test_sparse_data_cover_on_the_upper_side() -> None:
     divergences each); the 95 % interval covers the truth in >= 95 % and misses high in <= 3 %."""
     covered = high = 0
     for s in range(300, 420):
-        model = TruthModel(law="lognormal", seed=s)
-        rng = np.random.default_rng(20_000 + s)
-        est = OnlineEstimator(OnlineConfig(half_life_trials=1e12))
-        for p in range(40):
-            est.update(model.trial(rng, p, runs=2, length=32, temperature=0.01))
-        snap = est.snapshot()
+        snap = _snapshot("lognormal", s, 20_000 + s, runs=2, temperature=0.01)
         covered += snap.lower <= 0.01 <= snap.upper
         high += snap.upper < 0.01
     assert covered >= 0.95 * 120 and high <= 0.03 * 120, (covered, high)
