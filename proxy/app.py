@@ -50,11 +50,14 @@ __all__ = [
 log = logging.getLogger("tbg.proxy")
 
 
-def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
+def make_app(
+    config: Config, *, tap: Tap | None = None, lean_client: bool = True
+) -> web.Application:
     """Build the proxy application.
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
     shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
+    `lean_client=False` forwards through aiohttp's ClientSession instead of proxy/h1.py.
     """
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
@@ -78,7 +81,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
         tap = install_shadow(app, config)
     if tap is None:
         app.router.add_get("/tbg", _tbg_off)
-    forward = Forwarder(config, metrics, in_flight, tap)
+    forward = Forwarder(config, metrics, in_flight, tap, lean=lean_client)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -120,6 +123,7 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[PROBE].close()
+        await app[UPSTREAMS].pool.close()
         await session.close()
 
 

@@ -11,25 +11,27 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy import errors
 from proxy.config import Config, UpstreamConfig
 from proxy.errors import ProxyError
+from proxy.h1 import ConnectFailed, Reset, UpstreamError, request_head
 from proxy.inflight import InFlight
 from proxy.keys import UPSTREAMS
 from proxy.metrics import MERGED_UPSTREAM, NO_UPSTREAM, OTHER_MODEL, ProxyMetrics
 from proxy.probe import public_url
 from proxy.sse import SSESplitter, event_json
 from proxy.tap import Exchange, RequestInfo, Tap, TapPlan
-from proxy.upstreams import RESPONSE_DROP, Upstreams, end_to_end
+from proxy.upstreams import Upstreams, end_to_end_raw
 
 log = logging.getLogger("tbg.proxy")
 access_log = logging.getLogger("tbg.access")
@@ -44,7 +46,15 @@ _ROUTES = {
 _JSON_ROUTES = frozenset({"chat", "completions", "embeddings", "responses"})
 _TAP_ROUTES = frozenset({"chat", "completions"})
 # A payload error while relaying is a body cut short by the upstream closing the connection.
-_RESET_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)
+_RESET_ERRORS = (
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    aiohttp.ClientPayloadError,
+    Reset,
+)
+_UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError)
+# Methods the lean client (proxy/h1.py) sends; others (HEAD: a length but no body) go via aiohttp.
+_LEAN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
 
 
@@ -76,12 +86,95 @@ class _Tee:
     completed: bool = False
 
 
+class _UpstreamResponse(Protocol):
+    """What the relay reads of an upstream response: proxy/h1.py's Response, or aiohttp's through
+    `_AiohttpResponse`."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def complete(self) -> bool: ...
+    def read_buffered(self) -> bytes: ...
+    async def readany(self) -> bytes: ...
+    async def read(self) -> bytes: ...
+    def close(self) -> None: ...
+    def release(self) -> None: ...
+
+
+class _AiohttpResponse:
+    """aiohttp's ClientResponse behind the lean client's interface (HEAD, odd methods, or the
+    lean client switched off)."""
+
+    __slots__ = ("_resp",)
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+
+    @property
+    def status(self) -> int:
+        return self._resp.status
+
+    @property
+    def reason(self) -> str:
+        return self._resp.reason or ""
+
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]:
+        return self._resp.raw_headers
+
+    @property
+    def content_type(self) -> str:
+        return self._resp.content_type
+
+    @property
+    def content_length(self) -> int | None:
+        return self._resp.content_length
+
+    @property
+    def complete(self) -> bool:
+        return False  # always relayed through the streaming path
+
+    def read_buffered(self) -> bytes:
+        return b""
+
+    async def readany(self) -> bytes:
+        return await self._resp.content.readany()
+
+    async def read(self) -> bytes:
+        return await self._resp.read()
+
+    def close(self) -> None:
+        self._resp.close()
+
+    def release(self) -> None:
+        self._resp.release()
+
+
 class Forwarder:
-    """The /v1/{tail} handler. Stateless per request; holds only per-app collaborators."""
+    """The /v1/{tail} handler. Stateless per request; holds only per-app collaborators.
+
+    `lean` (default True) sends through the lean HTTP/1.1 client (proxy/h1.py); False sends
+    everything through aiohttp's ClientSession as before (kept as a fallback and for comparison).
+    """
 
     def __init__(
-        self, config: Config, metrics: ProxyMetrics, in_flight: InFlight, tap: Tap | None
+        self,
+        config: Config,
+        metrics: ProxyMetrics,
+        in_flight: InFlight,
+        tap: Tap | None,
+        *,
+        lean: bool = True,
     ) -> None:
+        self._lean = lean
         self._config = config
         self._metrics = metrics
         self._in_flight = in_flight
@@ -166,19 +259,52 @@ class Forwarder:
                 stream=parsed.get("stream") is True,
             )
             plan = self._plan(info)
-        headers = upstreams.request_headers(upstream, request.headers)
         tee: _Tee | None = None
         if plan is not None:
             tee = _Tee()
-            headers["Accept-Encoding"] = "identity"  # the tee must be able to parse the bytes
             if plan.upstream_body is not None:
-                body = plan.upstream_body  # aiohttp sets Content-Length from it
+                body = plan.upstream_body
+        in_flight = self._in_flight
+        in_flight.enter(upstream.name)
         try:
-            with self._in_flight.track(upstream.name):
-                return await self._relay(request, st, upstreams, upstream, headers, body, plan, tee)
+            return await self._relay(request, st, upstreams, upstream, body, plan, tee)
         finally:
+            in_flight.leave(upstream.name)
             if info is not None and plan is not None and tee is not None:
                 self._complete(info, plan, tee, st.started)
+
+    async def _send(
+        self,
+        request: web.Request,
+        upstreams: Upstreams,
+        upstream: UpstreamConfig,
+        body: bytes,
+        identity: bool,
+    ) -> _UpstreamResponse:
+        """Send the request upstream; return once the response head is in."""
+        tail = "/" + request.match_info.get("tail", "")
+        method = request.method
+        if self._lean and method in _LEAN_METHODS:
+            endpoint = upstreams.endpoint(upstream)
+            target = upstreams.target(upstream, tail, request.query_string)
+            raw = upstreams.raw_request_headers(upstream, request.raw_headers, identity)
+            head = request_head(method, target, endpoint, raw, body)
+            return await upstreams.pool.request(
+                endpoint, upstreams.limits(upstream), head + body if body else head, method
+            )
+        headers = upstreams.request_headers(upstream, request.headers)
+        if identity:
+            headers["Accept-Encoding"] = "identity"  # the tee must be able to parse the bytes
+        async with asyncio.timeout(upstream.timeouts.first_byte):
+            resp = await upstreams.session.request(
+                method,
+                upstreams.url(upstream, tail, request.query_string),
+                headers=headers,
+                data=body or None,  # aiohttp sets Content-Length from it
+                timeout=upstreams.client_timeout(upstream),
+                allow_redirects=False,
+            )
+        return _AiohttpResponse(resp)
 
     async def _relay(
         self,
@@ -186,25 +312,14 @@ class Forwarder:
         st: _State,
         upstreams: Upstreams,
         upstream: UpstreamConfig,
-        headers: Mapping[str, str],
         body: bytes,
         plan: TapPlan | None,
         tee: _Tee | None,
     ) -> web.StreamResponse:
-        tail = "/" + request.match_info.get("tail", "")
-        url = upstreams.url(upstream, tail, request.query_string)
         sent = time.monotonic()
         try:
-            async with asyncio.timeout(upstream.timeouts.first_byte):
-                resp = await upstreams.session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=body or None,
-                    timeout=upstreams.client_timeout(upstream),
-                    allow_redirects=False,
-                )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            resp = await self._send(request, upstreams, upstream, body, tee is not None)
+        except _UPSTREAM_ERRORS as exc:
             raise self._upstream_failure(upstream.name, exc) from None
         finally:
             st.upstream_wait += time.monotonic() - sent
@@ -212,12 +327,22 @@ class Forwarder:
         if tee is not None:
             tee.status = resp.status
         try:
-            out = web.StreamResponse(status=resp.status, reason=resp.reason)
-            out.headers.extend(end_to_end(resp.headers, RESPONSE_DROP))
+            headers = end_to_end_raw(resp.raw_headers)
             is_sse = resp.content_type == "text/event-stream"
             ok = 200 <= resp.status < 300
             if plan is not None and tee is not None and not is_sse:
-                return await self._relay_buffered(request, st, resp, out, plan, tee, ok, upstream)
+                return await self._relay_buffered(st, resp, headers, plan, tee, ok, upstream)
+            if plan is None and not is_sse and resp.complete and resp.content_length is not None:
+                # The whole sized body came with the head (the usual case for a JSON answer):
+                # send head and body to the client in one write.
+                st.first_byte_at = time.monotonic()
+                return web.Response(
+                    status=resp.status,
+                    reason=resp.reason,
+                    headers=headers,
+                    body=resp.read_buffered(),
+                )
+            out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
             rewrite = plan.rewrite_event if plan is not None and is_sse and ok else None
             if resp.content_length is not None and rewrite is None:
                 out.content_length = resp.content_length
@@ -238,7 +363,7 @@ class Forwarder:
         self,
         request: web.Request,
         st: _State,
-        resp: aiohttp.ClientResponse,
+        resp: _UpstreamResponse,
         out: web.StreamResponse,
         tee: _Tee | None,
         is_sse: bool,
@@ -250,8 +375,8 @@ class Forwarder:
         while True:
             t = time.monotonic()
             try:
-                chunk = await resp.content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                chunk = await resp.readany()
+            except _UPSTREAM_ERRORS as exc:
                 # Headers are already out: the only honest signal left is a truncated response.
                 self._upstream_failure(upstream.name, exc)
                 resp.close()
@@ -282,34 +407,28 @@ class Forwarder:
 
     async def _relay_buffered(
         self,
-        request: web.Request,
         st: _State,
-        resp: aiohttp.ClientResponse,
-        out: web.StreamResponse,
+        resp: _UpstreamResponse,
+        headers: CIMultiDict[str],
         plan: TapPlan,
         tee: _Tee,
         ok: bool,
         upstream: UpstreamConfig,
     ) -> web.StreamResponse:
-        """Non-streaming with a plan: tee the full body, rewrite it if asked, then send it."""
+        """Non-streaming with a plan: tee the full body, rewrite it if asked, then send it (head and
+        body in one write; Content-Length from the body sent)."""
         t = time.monotonic()
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except _UPSTREAM_ERRORS as exc:
             raise self._upstream_failure(upstream.name, exc) from None
         finally:
             st.upstream_wait += time.monotonic() - t
         tee.body, tee.completed = data, True
         if plan.rewrite_body is not None and ok:
             data = self._rewrite(plan.rewrite_body, data, "rewrite_body")
-        out.content_length = len(data)
-        try:
-            await out.prepare(request)
-            await self._write(out, st, data)
-            await out.write_eof()
-        except ConnectionResetError:  # the client went away
-            st.status = CLIENT_CLOSED
-        return out
+        st.first_byte_at = time.monotonic()
+        return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=data)
 
     async def _write(self, out: web.StreamResponse, st: _State, data: bytes) -> None:
         if st.first_byte_at is None:
@@ -381,7 +500,7 @@ class Forwarder:
         )
         if isinstance(exc, TimeoutError):
             kind, error = "timeout", errors.gateway_timeout(upstream, url)
-        elif isinstance(exc, aiohttp.ClientConnectorError):
+        elif isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailed)):
             kind, error = "connect", errors.bad_gateway(upstream, "connect", url)
         elif isinstance(exc, _RESET_ERRORS):
             kind, error = "reset", errors.bad_gateway(upstream, "reset", url)

@@ -21,6 +21,13 @@ class InFlight:
     def total(self) -> int:
         return sum(self._counts.values())
 
+    def enter(self, upstream: str) -> None:
+        """One more in flight (pair with `leave` in a finally; cheaper than `track` per request)."""
+        self._counts[upstream] += 1
+
+    def leave(self, upstream: str) -> None:
+        self._counts[upstream] -= 1
+
     @contextmanager
     def track(self, upstream: str) -> Iterator[None]:
         self._counts[upstream] += 1

@@ -7,13 +7,16 @@ timeouts and auth rules as the primary traffic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy.config import Config, UpstreamConfig
+from proxy.h1 import Endpoint, Limits, Pool
 from proxy.metrics import OTHER_MODEL
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the ones aiohttp must compute itself.
@@ -32,6 +35,9 @@ HOP_BY_HOP = frozenset(
 )
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+_RAW_REQUEST_DROP = frozenset(h.encode() for h in _REQUEST_DROP)
+_RAW_RESPONSE_DROP = frozenset(h.encode() for h in RESPONSE_DROP)
+_TARGET_CACHE = 1024  # request targets remembered per app (paths are client-chosen: bounded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,32 @@ def end_to_end(headers: Mapping[str, str], drop: frozenset[str] = HOP_BY_HOP) ->
     return out
 
 
+def _connection_named(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    return frozenset(
+        token.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+        if token.strip()
+    )
+
+
+def end_to_end_raw(
+    raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = _RAW_RESPONSE_DROP
+) -> CIMultiDict[str]:
+    """`end_to_end` over raw header pairs (as parsed off the wire), decoded like aiohttp does."""
+    raw = tuple(raw)
+    named = _connection_named(raw)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in raw:
+        lower = name.lower()
+        if lower not in drop and lower not in named:
+            out.add(
+                name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
+            )
+    return out
+
+
 def _all(headers: Mapping[str, str], key: str) -> list[str]:
     getall = getattr(headers, "getall", None)
     if getall is not None:
@@ -71,11 +103,25 @@ def _all(headers: Mapping[str, str], key: str) -> list[str]:
 class Upstreams:
     """The configured upstreams, their routing table and the shared `aiohttp.ClientSession`."""
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, config: Config, session: aiohttp.ClientSession, pool: Pool | None = None
+    ) -> None:
         self._config = config
         self._by_name = {u.name: u for u in config.upstreams}
         self._by_model = {m: u for u in config.upstreams for m in u.models}
         self.session = session
+        self.pool = pool if pool is not None else Pool()  # the forwarding hot path's client
+        self._endpoints = {u.name: _endpoint(u.base_url) for u in config.upstreams}
+        self._limits = {
+            u.name: Limits(u.timeouts.connect, u.timeouts.first_byte, u.timeouts.total)
+            for u in config.upstreams
+        }
+        self._auth = {
+            u.name: b"Bearer " + u.api_key.encode("latin-1")
+            for u in config.upstreams
+            if u.auth == "inject" and u.api_key is not None
+        }
+        self._targets: dict[tuple[str, str], str] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -115,6 +161,46 @@ class Upstreams:
             headers["Authorization"] = f"Bearer {upstream.api_key}"
         return headers
 
+    def endpoint(self, upstream: UpstreamConfig) -> Endpoint:
+        return self._endpoints[upstream.name]
+
+    def limits(self, upstream: UpstreamConfig) -> Limits:
+        return self._limits[upstream.name]
+
+    def target(self, upstream: UpstreamConfig, path: str, query: str = "") -> str:
+        """The request target aiohttp would send for `url(upstream, path, query)`."""
+        if query:
+            return URL(self.url(upstream, path, query)).raw_path_qs
+        key = (upstream.name, path)
+        target = self._targets.get(key)
+        if target is None:
+            if len(self._targets) >= _TARGET_CACHE:
+                self._targets.clear()
+            target = self._targets[key] = URL(self.url(upstream, path)).raw_path_qs
+        return target
+
+    def raw_request_headers(
+        self,
+        upstream: UpstreamConfig,
+        client_headers: Iterable[tuple[bytes, bytes]],
+        identity: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """`request_headers` over the client's raw header pairs; with `identity`, asks the upstream
+        for an unencoded body (Accept-Encoding: identity) as the tap needs."""
+        raw = tuple(client_headers)
+        drop = _RAW_REQUEST_DROP | _connection_named(raw)
+        auth = self._auth.get(upstream.name)
+        if auth is not None:
+            drop |= {b"authorization"}
+        if identity:
+            drop |= {b"accept-encoding"}
+        out = [(n, v) for n, v in raw if n.lower() not in drop]
+        if identity:
+            out.append((b"Accept-Encoding", b"identity"))
+        if auth is not None:
+            out.append((b"Authorization", auth))
+        return out
+
     def auth_headers(
         self, upstream: UpstreamConfig, client_headers: Mapping[str, str]
     ) -> dict[str, str]:
@@ -128,6 +214,22 @@ class Upstreams:
         """connect and total; the first-byte limit is enforced by the caller around the headers."""
         t = upstream.timeouts
         return aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
+
+
+def _endpoint(base_url: str) -> Endpoint:
+    url = URL(base_url)
+    host, port = url.raw_host, url.port
+    assert host is not None and port is not None  # config validated an absolute http(s) URL
+    host_port = url.host_port_subcomponent
+    assert host_port is not None
+    tls = url.scheme == "https"
+    return Endpoint(
+        host=host.strip("[]"),
+        port=port,
+        host_header=host_port.encode("idna" if not host_port.isascii() else "ascii"),
+        ssl=ssl.create_default_context() if tls else None,
+        server_hostname=url.host if tls else None,
+    )
 
 
 def new_session() -> aiohttp.ClientSession:
