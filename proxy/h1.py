@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 
 # Read-side flow control: stop reading the upstream socket while this much body is unread.
 _HIGH_WATER = 2**18
-_IDLE_SWEEP_SECONDS = 10.0
+_IDLE_SWEEP_SECONDS = 10.0  # at most; sooner with a shorter keep-alive
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
@@ -382,6 +382,7 @@ class Pool:
 
     def __init__(self, *, keepalive_timeout: float = 60.0) -> None:
         self._keepalive = keepalive_timeout
+        self._sweep_every = min(_IDLE_SWEEP_SECONDS, keepalive_timeout / 2)
         self._idle: dict[Endpoint, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -417,7 +418,7 @@ class Pool:
         conn.idle_since = conn.loop.time()
         self._idle.setdefault(conn._endpoint, []).append(conn)
         if self._sweeper is None:
-            self._sweeper = conn.loop.call_later(_IDLE_SWEEP_SECONDS, self._sweep)
+            self._sweeper = conn.loop.call_later(self._sweep_every, self._sweep)
 
     def forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
@@ -464,4 +465,4 @@ class Pool:
             for conn in [c for c in idle if c.idle_since < cutoff]:
                 conn.abort()
         if any(self._idle.values()):
-            self._sweeper = loop.call_later(_IDLE_SWEEP_SECONDS, self._sweep)
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep)

@@ -49,6 +49,13 @@ def build_parser() -> Parser:
         "--api-keys-env", help="env var holding the proxy's API keys, comma-separated"
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument(
+        "--upstream-client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="HTTP client that forwards requests: the lean HTTP/1.1 pool (default) or aiohttp's "
+        "ClientSession (slower; a fallback)",
+    )
     quick = parser.add_argument_group(
         "quick start", "measure with no config file; any of the last three turns shadow replay on"
     )
@@ -92,13 +99,14 @@ def main(argv: list[str]) -> int:
         print(f"tbg serve: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    lean = args.upstream_client == "lean"
     try:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve(config))
+            asyncio.run(serve(config, lean_client=lean))
         else:
-            uvloop.run(serve(config))
+            uvloop.run(serve(config, lean_client=lean))
     except StartError as exc:
         print(f"tbg serve: {exc}", file=sys.stderr)
         return 2
@@ -127,9 +135,9 @@ def _measuring(config: Config) -> str:
     return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}"
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, lean_client: bool = True) -> None:
     """Run until SIGINT/SIGTERM; then stop accepting, drain up to `drain_seconds`, clean up."""
-    app = make_app(config)
+    app = make_app(config, lean_client=lean_client)
     runner = make_runner(app)
     await runner.setup()
     stop = asyncio.Event()

@@ -213,11 +213,13 @@ async def proxy_stack(
     make_config: Callable[[list[str]], Config],
     fakes: list[FakeUpstream] | None = None,
     tap: Tap | None = None,
+    *,
+    lean_client: bool = True,
 ) -> AsyncIterator[Stack]:
     """Start the fake upstreams and the proxy (configured from their URLs) on 127.0.0.1."""
     fakes = fakes if fakes is not None else [FakeUpstream()]
     fake_runners = [await _serve_fake(f) for f in fakes]
-    app = make_app(make_config([f.url for f in fakes]), tap=tap)
+    app = make_app(make_config([f.url for f in fakes]), tap=tap, lean_client=lean_client)
     runner = make_runner(app)
     await runner.setup()
     try:
