@@ -204,7 +204,9 @@ class Forwarder:
             st.status = CLIENT_CLOSED
             raise
         finally:
-            self._observe(request, st)
+            # After the response is written (aiohttp writes a returned Response once this handler
+            # returns, in the same step): metrics and the access log stay off the critical path.
+            asyncio.get_running_loop().call_soon(self._observe, request, st)
 
     # -- request side --------------------------------------------------------------------------
 

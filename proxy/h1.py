@@ -280,7 +280,8 @@ class _Connection(asyncio.Protocol):
         head, self._head = self._head, None
         if head is not None and not head.done():
             head.set_result(resp)
-        self._arm(self._deadline)  # from here on only the total limit applies
+        # From here on only the total limit applies; the timer still armed for the head is moved
+        # on when it fires (most bodies end before that, and then it is simply cancelled).
 
     def on_body(self, body: bytes) -> None:
         assert self._resp is not None
@@ -368,6 +369,11 @@ class _Connection(asyncio.Protocol):
 
     def _expired(self) -> None:
         self._timer = None
+        if self._head is None and self._deadline is not None and self.loop.time() < self._deadline:
+            self._arm(self._deadline)  # the head came in time: now the total limit
+            return
+        if self._head is None and self._deadline is None:
+            return  # the head came in time and there is no total limit
         self._error(TimeoutError())
 
     def _cancel_timer(self) -> None:

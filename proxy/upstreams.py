@@ -8,7 +8,7 @@ timeouts and auth rules as the primary traffic.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -76,15 +76,15 @@ def _connection_named(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
 
 
 def end_to_end_raw(
-    raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = _RAW_RESPONSE_DROP
+    raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] = _RAW_RESPONSE_DROP
 ) -> CIMultiDict[str]:
     """`end_to_end` over raw header pairs (as parsed off the wire), decoded like aiohttp does."""
-    raw = tuple(raw)
-    named = _connection_named(raw)
+    lowered = [name.lower() for name, _ in raw]
+    if b"connection" in lowered:
+        drop = drop | _connection_named(raw)
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in raw:
-        lower = name.lower()
-        if lower not in drop and lower not in named:
+    for lower, (name, value) in zip(lowered, raw, strict=True):
+        if lower not in drop:
             out.add(
                 name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
             )
@@ -120,6 +120,10 @@ class Upstreams:
             u.name: b"Bearer " + u.api_key.encode("latin-1")
             for u in config.upstreams
             if u.auth == "inject" and u.api_key is not None
+        }
+        self._drop = {  # request headers never forwarded as the client sent them, per upstream
+            u.name: _RAW_REQUEST_DROP | ({b"authorization"} if u.name in self._auth else set())
+            for u in config.upstreams
         }
         self._targets: dict[tuple[str, str], str] = {}
 
@@ -188,13 +192,14 @@ class Upstreams:
         """`request_headers` over the client's raw header pairs; with `identity`, asks the upstream
         for an unencoded body (Accept-Encoding: identity) as the tap needs."""
         raw = tuple(client_headers)
-        drop = _RAW_REQUEST_DROP | _connection_named(raw)
-        auth = self._auth.get(upstream.name)
-        if auth is not None:
-            drop |= {b"authorization"}
+        lowered = [name.lower() for name, _ in raw]
+        drop = self._drop[upstream.name]
+        if b"connection" in lowered:
+            drop = drop | _connection_named(raw)
         if identity:
-            drop |= {b"accept-encoding"}
-        out = [(n, v) for n, v in raw if n.lower() not in drop]
+            drop = drop | {b"accept-encoding"}
+        out = [pair for lower, pair in zip(lowered, raw, strict=True) if lower not in drop]
+        auth = self._auth.get(upstream.name)
         if identity:
             out.append((b"Accept-Encoding", b"identity"))
         if auth is not None:
