@@ -229,7 +229,15 @@ class Forwarder:
             raise errors.too_large(limit)
         if not request.body_exists:
             return b""
-        buf = bytearray()
+        if request.content_length is not None:
+            # Usually the whole body came with the head: take it without a round trip through
+            # the event loop.
+            head = request.content.read_nowait()
+            if len(head) == request.content_length:
+                return head
+            buf = bytearray(head)
+        else:
+            buf = bytearray()
         while chunk := await request.content.readany():
             buf += chunk
             if len(buf) > limit:
