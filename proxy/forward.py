@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy import errors
 from proxy.config import Config, UpstreamConfig
@@ -419,7 +418,7 @@ class Forwarder:
         self,
         st: _State,
         resp: _UpstreamResponse,
-        headers: CIMultiDict[str],
+        headers: list[tuple[str, str]],
         plan: TapPlan,
         tee: _Tee,
         ok: bool,

@@ -77,18 +77,17 @@ def _connection_named(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
 
 def end_to_end_raw(
     raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] = _RAW_RESPONSE_DROP
-) -> CIMultiDict[str]:
-    """`end_to_end` over raw header pairs (as parsed off the wire), decoded like aiohttp does."""
+) -> list[tuple[str, str]]:
+    """`end_to_end` over raw header pairs (as parsed off the wire), decoded like aiohttp does;
+    a list, which aiohttp's Response turns into its header multidict in one go."""
     lowered = [name.lower() for name, _ in raw]
     if b"connection" in lowered:
         drop = drop | _connection_named(raw)
-    out: CIMultiDict[str] = CIMultiDict()
-    for lower, (name, value) in zip(lowered, raw, strict=True):
-        if lower not in drop:
-            out.add(
-                name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
-            )
-    return out
+    return [
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for lower, (name, value) in zip(lowered, raw, strict=True)
+        if lower not in drop
+    ]
 
 
 def _all(headers: Mapping[str, str], key: str) -> list[str]:
