@@ -65,6 +65,7 @@ class Arm:
     base: str  # URL up to and including /v1
     pid: int | None = None  # the process whose RSS we follow (tbg arms)
     headers: dict[str, str] | None = None
+    cpu_pid: int | None = None  # the process (with its children) whose CPU per request we count
 
 
 def _wait(
@@ -122,7 +123,7 @@ def _tbg(
     proc = stack.enter_context(started(args, f"http://127.0.0.1:{port}/healthz", "tbg"))
     name = "tbg-accesslog" if log else "tbg" if rate is None else f"tbg-shadow{round(rate * 100)}"
     name = name if client == "lean" else f"tbg-{client}"
-    return Arm(name, f"http://127.0.0.1:{port}/v1", pid=proc.pid)
+    return Arm(name, f"http://127.0.0.1:{port}/v1", pid=proc.pid, cpu_pid=proc.pid)
 
 
 def _nginx_conf(tmp: Path, port: int, upstream_port: int | None, static: bool) -> Path:
@@ -156,8 +157,8 @@ def _nginx(stack: contextlib.ExitStack, tmp: Path, upstream_port: int | None) ->
     conf = _nginx_conf(tmp, port, upstream_port, static=upstream_port is None)
     exe = shutil.which("nginx") or "/usr/sbin/nginx"
     ready = f"http://127.0.0.1:{port}" + ("/file.json" if upstream_port is None else "/v1/models")
-    stack.enter_context(started([exe, "-c", str(conf), "-e", "stderr"], ready, "nginx"))
-    return Arm("nginx", f"http://127.0.0.1:{port}/v1")
+    proc = stack.enter_context(started([exe, "-c", str(conf), "-e", "stderr"], ready, "nginx"))
+    return Arm("nginx", f"http://127.0.0.1:{port}/v1", cpu_pid=proc.pid)
 
 
 def _router(stack: contextlib.ExitStack, upstream_port: int) -> Arm:
@@ -165,8 +166,8 @@ def _router(stack: contextlib.ExitStack, upstream_port: int) -> Arm:
     exe = str(PEERS / "vllm-router/bin/vllm-router")
     args = [exe, "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
             f"http://127.0.0.1:{upstream_port}", "--policy", "round_robin"]  # fmt: skip
-    stack.enter_context(started(args, f"http://127.0.0.1:{port}/v1/models", "vllm-router"))
-    return Arm("vllm-router", f"http://127.0.0.1:{port}/v1")
+    proc = stack.enter_context(started(args, f"http://127.0.0.1:{port}/v1/models", "vllm-router"))
+    return Arm("vllm-router", f"http://127.0.0.1:{port}/v1", cpu_pid=proc.pid)
 
 
 def _litellm(stack: contextlib.ExitStack, tmp: Path, upstream: str) -> Arm:
@@ -178,8 +179,10 @@ def _litellm(stack: contextlib.ExitStack, tmp: Path, upstream: str) -> Arm:
     args = [exe, "--config", str(conf), "--port", str(port), "--host", "127.0.0.1",
             "--num_workers", "1"]  # fmt: skip
     env = {"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR"}
-    stack.enter_context(started(args, f"http://127.0.0.1:{port}/health/liveliness", "litellm", env))
-    return Arm("litellm", f"http://127.0.0.1:{port}/v1",
+    proc = stack.enter_context(
+        started(args, f"http://127.0.0.1:{port}/health/liveliness", "litellm", env)
+    )
+    return Arm("litellm", f"http://127.0.0.1:{port}/v1", cpu_pid=proc.pid,
                headers={"Authorization": f"Bearer {MASTER_KEY}"})  # fmt: skip
 
 
@@ -272,6 +275,22 @@ def _wrk(url: str, connections: int, seconds: float, lua: Path | None) -> dict[s
     return {"connections": connections, "rps": rps, "p99_ms": p99, "requests": total}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its direct children (nginx's workers), in seconds."""
+    pids = [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and _stat(int(p.name))[1] == pid]  # fmt: skip
+    return sum(_stat(p)[0] for p in pids)
+
+
+def _stat(pid: int) -> tuple[float, int]:
+    """(utime + stime in seconds, ppid); (0, 0) for a process that is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[1])
+
+
 def load_phase(arms: list[Arm], levels: list[int], seconds: float, tmp: Path, bound_ms: float,
                repeats: int) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {a.name: {"runs": []} for a in arms}
@@ -283,7 +302,11 @@ def load_phase(arms: list[Arm], levels: list[int], seconds: float, tmp: Path, bo
     for _ in range(repeats):  # interleaved: every arm at a level, then the next level
         for c in levels:
             for arm in arms:
+                before = cpu_seconds(arm.cpu_pid) if arm.cpu_pid else 0.0
                 run = _wrk(arm.base + "/chat/completions", c, seconds, Path(out[arm.name]["lua"]))
+                if arm.cpu_pid:  # the arm's own CPU per request: load-independent, unlike RPS
+                    used = cpu_seconds(arm.cpu_pid) - before
+                    run["cpu_us_per_request"] = 1e6 * used / max(run["requests"], 1)
                 out[arm.name]["runs"].append(run)
     for arm in arms:
         runs = out[arm.name]["runs"]
@@ -293,6 +316,9 @@ def load_phase(arms: list[Arm], levels: list[int], seconds: float, tmp: Path, bo
         top = max(levels)
         sat = [r["p99_ms"] for r in runs if r["connections"] == top]
         out[arm.name]["p99_at_saturation_ms"] = float(np.median(sat))
+        cpu = [r["cpu_us_per_request"] for r in runs if "cpu_us_per_request" in r]
+        if cpu:
+            out[arm.name]["cpu_us_per_request_median"] = float(np.median(cpu))
         del out[arm.name]["lua"]
     return out
 
@@ -351,12 +377,12 @@ def main() -> int:
     upstream = f"http://127.0.0.1:{up_port}/v1"
     with tempfile.TemporaryDirectory() as tmpdir, contextlib.ExitStack() as stack:
         tmp = Path(tmpdir)
-        stack.enter_context(started([sys.executable, "-m", "bench.fake_upstream", "--port",
+        up = stack.enter_context(started([sys.executable, "-m", "bench.fake_upstream", "--port",
                                      str(up_port)], f"{upstream}/models", "fake upstream"))  # fmt: skip
         arms: list[Arm] = []
         for name in wanted:
             if name == "direct":
-                arms.append(Arm("direct", upstream))
+                arms.append(Arm("direct", upstream, cpu_pid=up.pid))  # the upstream's own cost
             elif name == "tbg":
                 arms.append(_tbg(stack, tmp, upstream, None))
             elif name == "tbg-accesslog":  # the default log_level INFO: one JSON line per request
