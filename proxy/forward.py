@@ -11,10 +11,10 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import orjson
@@ -28,6 +28,7 @@ from proxy.inflight import InFlight
 from proxy.keys import UPSTREAMS
 from proxy.metrics import MERGED_UPSTREAM, NO_UPSTREAM, OTHER_MODEL, ProxyMetrics
 from proxy.probe import public_url
+from proxy.responses import AiohttpResponse, UpstreamResponse
 from proxy.sse import SSESplitter, event_json
 from proxy.tap import Exchange, RequestInfo, Tap, TapPlan
 from proxy.upstreams import Upstreams, end_to_end_raw
@@ -83,78 +84,6 @@ class _Tee:
     body: bytes | None = None
     events: list[Mapping[str, Any]] = field(default_factory=list)
     completed: bool = False
-
-
-class _UpstreamResponse(Protocol):
-    """What the relay reads of an upstream response: proxy/h1.py's Response, or aiohttp's through
-    `_AiohttpResponse`."""
-
-    @property
-    def status(self) -> int: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
-    @property
-    def content_type(self) -> str: ...
-    @property
-    def content_length(self) -> int | None: ...
-    @property
-    def complete(self) -> bool: ...
-    def read_buffered(self) -> bytes: ...
-    async def readany(self) -> bytes: ...
-    async def read(self) -> bytes: ...
-    def close(self) -> None: ...
-    def release(self) -> None: ...
-
-
-class _AiohttpResponse:
-    """aiohttp's ClientResponse behind the lean client's interface (HEAD, odd methods, or the
-    lean client switched off)."""
-
-    __slots__ = ("_resp",)
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
-
-    @property
-    def status(self) -> int:
-        return self._resp.status
-
-    @property
-    def reason(self) -> str:
-        return self._resp.reason or ""
-
-    @property
-    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]:
-        return self._resp.raw_headers
-
-    @property
-    def content_type(self) -> str:
-        return self._resp.content_type
-
-    @property
-    def content_length(self) -> int | None:
-        return self._resp.content_length
-
-    @property
-    def complete(self) -> bool:
-        return False  # always relayed through the streaming path
-
-    def read_buffered(self) -> bytes:
-        return b""
-
-    async def readany(self) -> bytes:
-        return await self._resp.content.readany()
-
-    async def read(self) -> bytes:
-        return await self._resp.read()
-
-    def close(self) -> None:
-        self._resp.close()
-
-    def release(self) -> None:
-        self._resp.release()
 
 
 class Forwarder:
@@ -289,7 +218,7 @@ class Forwarder:
         upstream: UpstreamConfig,
         body: bytes,
         identity: bool,
-    ) -> _UpstreamResponse:
+    ) -> UpstreamResponse:
         """Send the request upstream; return once the response head is in."""
         tail = "/" + request.match_info.get("tail", "")
         method = request.method
@@ -313,7 +242,7 @@ class Forwarder:
                 timeout=upstreams.client_timeout(upstream),
                 allow_redirects=False,
             )
-        return _AiohttpResponse(resp)
+        return AiohttpResponse(resp)
 
     async def _relay(
         self,
@@ -372,7 +301,7 @@ class Forwarder:
         self,
         request: web.Request,
         st: _State,
-        resp: _UpstreamResponse,
+        resp: UpstreamResponse,
         out: web.StreamResponse,
         tee: _Tee | None,
         is_sse: bool,
@@ -417,7 +346,7 @@ class Forwarder:
     async def _relay_buffered(
         self,
         st: _State,
-        resp: _UpstreamResponse,
+        resp: UpstreamResponse,
         headers: list[tuple[str, str]],
         plan: TapPlan,
         tee: _Tee,
