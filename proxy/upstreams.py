@@ -110,7 +110,7 @@ class Upstreams:
         self._by_model = {m: u for u in config.upstreams for m in u.models}
         self.session = session
         self.pool = pool if pool is not None else Pool()  # the forwarding hot path's client
-        self._endpoints = {u.name: _endpoint(u.base_url) for u in config.upstreams}
+        self._endpoints = {u.name: endpoint_of(u.base_url) for u in config.upstreams}
         self._limits = {
             u.name: Limits(u.timeouts.connect, u.timeouts.first_byte, u.timeouts.total)
             for u in config.upstreams
@@ -220,7 +220,8 @@ class Upstreams:
         return aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
 
 
-def _endpoint(base_url: str) -> Endpoint:
+def endpoint_of(base_url: str) -> Endpoint:
+    """Where the lean client connects for `base_url`, and the Host it sends (as aiohttp would)."""
     url = URL(base_url)
     host, port = url.raw_host, url.port
     assert host is not None and port is not None  # config validated an absolute http(s) URL

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
 
 from proxy.h1 import ConnectFailed, Endpoint, Limits, Pool, ProtocolError, Reset, request_head
+from proxy.upstreams import endpoint_of
 
 from .fakes import CHAT_BODY, CHAT_EVENTS, proxy_stack
 from .test_forwarding import MESSAGES, sample, single
@@ -286,3 +290,41 @@ async def test_both_clients_relay_the_same_bytes_statuses_and_errors(lean: bool)
             assert sample(stack.app, "tbg_upstream_errors_total", upstream="up", kind=kind) == 1
         seen = stack.fakes[0].requests
         assert seen[0].peer == seen[1].peer  # the connection was kept alive for the stream
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and its key."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_upstreams_are_verified(self_signed: tuple[Path, Path]) -> None:
+    cert, key = self_signed
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server = await asyncio.start_server(_serve(SIZED, SIZED), "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        default = endpoint_of(f"https://127.0.0.1:{port}/v1")  # what a config URL gives
+        assert default.ssl is not None and default.host_header == b"127.0.0.1:%d" % port
+        pool = Pool()
+        with pytest.raises(ConnectFailed):  # self-signed: not trusted by the default context
+            await pool.request(default, LIMITS, _post(default), "POST")
+        trusting = ssl.create_default_context(cafile=str(cert))
+        endpoint = Endpoint("127.0.0.1", port, default.host_header, trusting, "127.0.0.1")
+        for _ in range(2):
+            resp = await pool.request(endpoint, LIMITS, _post(endpoint), "POST")
+            assert (resp.status, await resp.read()) == (200, b'{"x":1}')
+            resp.release()
+        assert len(pool._all) == 1  # kept alive over TLS too
+        await pool.close()
+    finally:
+        server.close()
+        await server.wait_closed()
