@@ -220,6 +220,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        self._pool.adopt(self)  # known to the pool at once, so close() reaches it even if the
+        # request that opened it was cancelled before it could use it
 
     def data_received(self, data: bytes) -> None:
         resp = self._resp
@@ -426,6 +428,12 @@ class Pool:
         if self._sweeper is None:
             self._sweeper = conn.loop.call_later(self._sweep_every, self._sweep)
 
+    def adopt(self, conn: _Connection) -> None:
+        if self._closed:
+            conn.abort()
+        else:
+            self._all.add(conn)
+
     def forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
         idle = self._idle.get(conn._endpoint)
@@ -460,7 +468,6 @@ class Pool:
             )
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"{type(exc).__name__}") from exc
-        self._all.add(conn)
         return conn
 
     def _sweep(self) -> None:
