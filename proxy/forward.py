@@ -134,7 +134,7 @@ class Forwarder:
         finally:
             # After the response is written (aiohttp writes a returned Response once this handler
             # returns, in the same step): metrics and the access log stay off the critical path.
-            asyncio.get_running_loop().call_soon(self._observe, request, st)
+            asyncio.get_running_loop().call_soon(self._observe_safely, request, st)
 
     # -- request side --------------------------------------------------------------------------
 
@@ -495,6 +495,14 @@ class Forwarder:
         self._metrics.tap_errors.labels(stage).inc()
         self._metrics.internal_errors.labels("tap").inc()
         log.error("tap raised", extra={"stage": stage, "error": type(exc).__name__}, exc_info=exc)
+
+    def _observe_safely(self, request: web.Request, st: _State) -> None:
+        """`_observe` as a loop callback: a bug there is logged and counted like any other."""
+        try:
+            self._observe(request, st)
+        except Exception:
+            self._metrics.internal_errors.labels("v1").inc()
+            log.exception("internal error", extra={"where": "v1", "stage": "observe"})
 
     def _observe(self, request: web.Request, st: _State) -> None:
         now = time.monotonic()

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.app import IN_FLIGHT, REGISTRY, make_app, make_runner
 from proxy.config import Config, build_config
+from proxy.forward import Forwarder
 
 from .fakes import (
     CHAT_BODY,
@@ -357,3 +358,19 @@ async def _until(predicate: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached in 5 s")
+
+
+async def test_a_bug_in_request_accounting_is_counted_and_the_answer_still_goes_out(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Forwarder, request: web.Request, st: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Forwarder, "_observe", broken)
+    async with proxy_stack(single()) as stack, httpx.AsyncClient() as http:
+        r = await http.post(
+            stack.proxy_url + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}
+        )
+        assert r.status_code == 200 and r.content == CHAT_BODY
+        await _until(lambda: sample(stack.app, "tbg_internal_errors_total", where="v1") == 1)
+    assert any(rec.exc_info and rec.getMessage() == "internal error" for rec in caplog.records)
