@@ -2,8 +2,8 @@
 
 The proxy: /readyz, a chat completion and a streamed one through the openai SDK, the requests
 counted on /metrics. Prometheus (optional): the proxy target is up, the project's rule groups are
-loaded and healthy, a recording rule produced a series from the scraped proxy, the Alertmanager is
-discovered. Alertmanager (optional): ready. Prints one JSON object of findings; exits 1 on the first
+loaded and healthy, a recording rule gives a positive request rate from what it scraped (after more
+requests once the counter is in), the Alertmanager is discovered. Alertmanager (optional): ready. Prints one JSON object of findings; exits 1 on the first
 failed check with its reason. Not a pytest test: it needs images built by root with podman.
 """
 
@@ -106,7 +106,18 @@ def _prom(url: str, path: str, **params: str) -> Any:
     return body["data"]
 
 
-def check_prometheus(url: str, job: str, timeout: float) -> dict[str, Any]:
+def more_chat(proxy: str, model: str, n: int) -> None:
+    """Short chat requests, so the request counter rises between two scrapes."""
+    client = OpenAI(base_url=f"{proxy}/v1", api_key="unused", timeout=120, max_retries=0)
+    for i in range(n):
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": f"Say {i}."}], max_tokens=4
+        )
+
+
+def check_prometheus(
+    url: str, job: str, timeout: float, traffic: Callable[[], None]
+) -> dict[str, Any]:
     def proxy_up() -> list[dict[str, Any]]:
         active = _prom(url, "targets")["activeTargets"]
         return [t for t in active if t["labels"]["job"] == job and t["health"] == "up"]
@@ -123,8 +134,19 @@ def check_prometheus(url: str, job: str, timeout: float) -> dict[str, Any]:
         raise SmokeError(f"rule groups loaded {loaded}, expected {want}")
     rules = [r for g in groups for r in g["rules"]]
 
+    # Once Prometheus holds the chat counter, more requests make the recorded rate positive: the rule
+    # computes from what was scraped, not only from a series that exists (a series' first sample
+    # counts no increase, so the traffic must come after it).
+    wait_for(
+        "proxy counter scraped",
+        lambda: _prom(url, "query", query='tbg_requests_total{route="chat"}')["result"],
+        timeout,
+    )
+    traffic()
+
     def recorded() -> list[Any]:
-        return list(_prom(url, "query", query=RECORDED)["result"])
+        result = _prom(url, "query", query=f"{RECORDED} > 0")["result"]
+        return list(result)
 
     series = wait_for(f"recording rule {RECORDED}", recorded, timeout, every=2)
     bad = [
@@ -171,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.alertmanager:
             found["alertmanager"] = check_alertmanager(args.alertmanager.rstrip("/"), args.timeout)
         if args.prometheus:
+            proxy = args.proxy.rstrip("/")
             found["prometheus"] = check_prometheus(
-                args.prometheus.rstrip("/"), args.job, args.timeout
+                args.prometheus.rstrip("/"),
+                args.job,
+                args.timeout,
+                lambda: more_chat(proxy, args.model, 3),
             )
     except SmokeError as exc:
         print(json.dumps(found, indent=2), file=sys.stderr)
