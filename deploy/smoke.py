@@ -46,7 +46,7 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, every: float =
     raise SmokeError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
 
-def check_proxy(url: str, model: str, timeout: float) -> dict[str, Any]:
+def check_proxy(url: str, model: str, timeout: float, max_tokens: int = 24) -> dict[str, Any]:
     started = time.monotonic()
     wait_for(
         "proxy /readyz", lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, timeout
@@ -59,7 +59,7 @@ def check_proxy(url: str, model: str, timeout: float) -> dict[str, Any]:
     messages: Any = [{"role": "user", "content": "Name three primary colours."}]
     t0 = time.monotonic()
     chat = client.chat.completions.create(
-        model=model, messages=messages, temperature=0, max_tokens=24
+        model=model, messages=messages, temperature=0, max_tokens=max_tokens
     )
     chat_s = time.monotonic() - t0
     text = chat.choices[0].message.content or ""
@@ -68,7 +68,7 @@ def check_proxy(url: str, model: str, timeout: float) -> dict[str, Any]:
     t0 = time.monotonic()
     chunks = list(
         client.chat.completions.create(
-            model=model, messages=messages, temperature=0, max_tokens=24, stream=True
+            model=model, messages=messages, temperature=0, max_tokens=max_tokens, stream=True
         )
     )
     stream_s = time.monotonic() - t0
@@ -118,6 +118,8 @@ def more_chat(proxy: str, model: str, n: int) -> None:
 def check_prometheus(
     url: str, job: str, timeout: float, traffic: Callable[[], None]
 ) -> dict[str, Any]:
+    started = time.monotonic()
+
     def proxy_up() -> list[dict[str, Any]]:
         active = _prom(url, "targets")["activeTargets"]
         return [t for t in active if t["labels"]["job"] == job and t["health"] == "up"]
@@ -160,6 +162,7 @@ def check_prometheus(
         timeout,
     )
     return {
+        "seconds": round(time.monotonic() - started, 1),
         "proxy_targets_up": [t["scrapeUrl"] for t in targets],
         "rule_groups": loaded,
         "rules": len(rules),
@@ -186,10 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job", default="tbg-proxy", help="the proxy's scrape job in Prometheus")
     p.add_argument("--alertmanager", help="Alertmanager base URL")
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for each part")
+    p.add_argument(
+        "--max-tokens", type=int, default=24, help="per completion (CPU upstreams are slow)"
+    )
     args = p.parse_args(argv)
     found: dict[str, Any] = {}
     try:
-        found["proxy"] = check_proxy(args.proxy.rstrip("/"), args.model, args.timeout)
+        found["proxy"] = check_proxy(
+            args.proxy.rstrip("/"), args.model, args.timeout, args.max_tokens
+        )
         if args.alertmanager:
             found["alertmanager"] = check_alertmanager(args.alertmanager.rstrip("/"), args.timeout)
         if args.prometheus:
