@@ -51,14 +51,17 @@ log = logging.getLogger("tbg.proxy")
 
 
 def make_app(
-    config: Config, *, tap: Tap | None = None, lean_client: bool = True
+    config: Config, *, tap: Tap | None = None, lean_client: bool | None = None
 ) -> web.Application:
     """Build the proxy application.
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
     shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
-    `lean_client=False` forwards through aiohttp's ClientSession instead of proxy/h1.py.
+    `lean_client` (default: the config's `upstream_client == "lean"`) forwards through
+    proxy/h1.py; False forwards through aiohttp's ClientSession.
     """
+    if lean_client is None:
+        lean_client = config.upstream_client == "lean"
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
     metrics = ProxyMetrics(registry, (u.name for u in config.upstreams), in_flight)

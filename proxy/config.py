@@ -29,6 +29,7 @@ from proxy.schema import (
     DEFAULT_TOTAL_TIMEOUT,
     AuthMode,
     FileSchema,
+    UpstreamClient,
 )
 from proxy.shadow.config import ShadowConfig
 from proxy.validation import messages
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigError",
     "Overrides",
     "Timeouts",
+    "UpstreamClient",
     "UpstreamConfig",
     "build_config",
     "load_config",
@@ -57,6 +59,7 @@ ENV_VARS = {
     "max_body_bytes": "TBG_MAX_BODY_BYTES",
     "drain_seconds": "TBG_DRAIN_SECONDS",
     "client_keepalive_seconds": "TBG_CLIENT_KEEPALIVE_SECONDS",
+    "upstream_client": "TBG_UPSTREAM_CLIENT",
     "api_keys_env": "TBG_API_KEYS_ENV",
     "log_level": "TBG_LOG_LEVEL",
     "default_upstream": "TBG_DEFAULT_UPSTREAM",
@@ -68,6 +71,7 @@ _FLAG_FIELDS = (
     "max_body_bytes",
     "drain_seconds",
     "client_keepalive_seconds",
+    "upstream_client",
     "api_keys_env",
     "log_level",
 )
@@ -110,6 +114,7 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     client_keepalive_seconds: float = DEFAULT_CLIENT_KEEPALIVE
+    upstream_client: UpstreamClient = "lean"
     log_level: str = "INFO"
     api_keys_env: str | None = None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: proxy auth off
@@ -140,6 +145,7 @@ class Overrides:
     api_keys_env: str | None = None
     log_level: str | None = None
     client_keepalive_seconds: float | None = None
+    upstream_client: str | None = None
     # Quick start (`tbg serve --upstream URL --model M --sample-rate R`): models served by the one
     # flag upstream, and shadow settings that also turn shadow replay on.
     models: tuple[str, ...] = ()
@@ -263,6 +269,7 @@ def _runtime(schema: FileSchema, merged: Mapping[str, Any], environ: Mapping[str
         max_body_bytes=schema.max_body_bytes,
         drain_seconds=schema.drain_seconds,
         client_keepalive_seconds=schema.client_keepalive_seconds,
+        upstream_client=schema.upstream_client,
         log_level=schema.log_level,
         api_keys_env=schema.api_keys_env,
         api_keys=api_keys,

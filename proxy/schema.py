@@ -41,6 +41,7 @@ DEFAULT_TOTAL_TIMEOUT = 900.0
 
 AuthMode = Literal["passthrough", "inject"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+UpstreamClient = Literal["lean", "aiohttp"]
 
 
 def _name(value: str) -> str:
@@ -148,6 +149,12 @@ class FileSchema(Section):
         DEFAULT_CLIENT_KEEPALIVE,
         description="an idle client connection, or a request head still arriving (slowloris), "
         "is closed this long after the connection opened or its previous response ended",
+    )
+    upstream_client: UpstreamClient = Field(
+        "lean",
+        description="HTTP client that forwards `/v1` requests: `lean` (proxy/h1.py, a keep-alive "
+        "HTTP/1.1 pool with a C parser) or `aiohttp` (its ClientSession: slower, a fallback); "
+        "HEAD, `/v1/models`, probes and replays always use aiohttp",
     )
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = Field(
         "INFO", description="JSON log level (any case)"

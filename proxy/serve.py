@@ -52,9 +52,8 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--upstream-client",
         choices=("lean", "aiohttp"),
-        default="lean",
         help="HTTP client that forwards requests: the lean HTTP/1.1 pool (default) or aiohttp's "
-        "ClientSession (slower; a fallback)",
+        "ClientSession (slower; a fallback); config `upstream_client`",
     )
     quick = parser.add_argument_group(
         "quick start", "measure with no config file; any of the last three turns shadow replay on"
@@ -84,6 +83,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         drain_seconds=args.drain_seconds,
         api_keys_env=args.api_keys_env,
         log_level=args.log_level,
+        upstream_client=args.upstream_client,
         models=tuple(args.model),
         sample_rate=args.sample_rate,
         replays=args.replays,
@@ -99,14 +99,13 @@ def main(argv: list[str]) -> int:
         print(f"tbg serve: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-    lean = args.upstream_client == "lean"
     try:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve(config, lean_client=lean))
+            asyncio.run(serve(config))
         else:
-            uvloop.run(serve(config, lean_client=lean))
+            uvloop.run(serve(config))
     except StartError as exc:
         print(f"tbg serve: {exc}", file=sys.stderr)
         return 2
@@ -135,7 +134,7 @@ def _measuring(config: Config) -> str:
     return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}"
 
 
-async def serve(config: Config, *, lean_client: bool = True) -> None:
+async def serve(config: Config, *, lean_client: bool | None = None) -> None:
     """Run until SIGINT/SIGTERM; then stop accepting, drain up to `drain_seconds`, clean up."""
     app = make_app(config, lean_client=lean_client)
     runner = make_runner(app)

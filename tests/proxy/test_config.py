@@ -319,3 +319,13 @@ def test_client_keepalive_is_a_config_field(source: str, value: dict[str, Any]) 
     assert build_config(BASE, ENV).client_keepalive_seconds == 75.0
     with pytest.raises(ConfigError, match=r"^client_keepalive_seconds: must be > 0"):
         build_config({**BASE, "client_keepalive_seconds": 0}, ENV)
+
+
+def test_upstream_client_is_a_config_field() -> None:
+    assert build_config(BASE, ENV).upstream_client == "lean"
+    env = {**ENV, "TBG_UPSTREAM_CLIENT": "aiohttp"}
+    assert build_config(BASE, env).upstream_client == "aiohttp"
+    flag = Overrides(upstream_client="aiohttp")
+    assert build_config({**BASE, "upstream_client": "lean"}, ENV, flag).upstream_client == "aiohttp"
+    with pytest.raises(ConfigError, match=r"^upstream_client: must be one of 'lean' or 'aiohttp'"):
+        build_config({**BASE, "upstream_client": "curl"}, ENV)
