@@ -6,6 +6,14 @@ The client alternates blocks of requests between the two so that machine noise h
 Bounded: `--requests` per arm, `--time-limit` for the whole run.
 
     python -m bench.shadow_overhead --requests 2000 --concurrency 1
+
+Attribution (where the primaries' extra latency comes from), `--variants` adds arms at the highest
+rate whose replays do not reach the primaries' upstream:
+- `sep`: replays go to a second fake upstream process (the primaries' loop still sends them, parses
+  and compares them; the primaries' upstream is not busier);
+- `null`: replays never leave the proxy (a canned answer with logprobs; what remains is the shadow
+  path's own CPU: replay bodies, JSON parse, run building, comparison, fold, publication).
+`--taskset` pins each process to a CPU list (e.g. `--taskset upstream=0,proxy=1,client=0`).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -35,7 +43,10 @@ BODY = orjson.dumps(
 
 
 @contextlib.contextmanager
-def process(args: list[str], url: str, env: dict[str, str] | None = None) -> Iterator[None]:
+def process(args: list[str], url: str, env: dict[str, str] | None = None,
+            cpus: str | None = None) -> Iterator[None]:  # fmt: skip
+    if cpus:
+        args = ["taskset", "-c", cpus, *args]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, **(env or {})})  # fmt: skip
     try:
@@ -95,6 +106,38 @@ async def measure(urls: dict[str, str], requests: int, concurrency: int, block_s
     return results
 
 
+def _serve_variant(config_path: str, replays_to: str) -> int:
+    """`tbg serve` whose replays go to `replays_to` (a base URL ending in /v1) or nowhere ("null").
+    A diagnostic only: it swaps the shadow transport's class before the app is built."""
+    from bench.fake_upstream import _chat_logprobs, _tokens
+    from proxy import serve
+    from proxy.keys import UPSTREAMS
+    from proxy.shadow import wiring
+
+    class Redirected(wiring.UpstreamTransport):
+        async def post_json(self, upstream: str, path: str, body: bytes,
+                            client_headers: Mapping[str, str],
+                            timeout_s: float) -> tuple[int, bytes]:  # fmt: skip
+            if replays_to == "null":
+                req = orjson.loads(body)
+                tokens = _tokens(int(req.get("max_tokens") or 16))
+                choice = {"index": 0, "finish_reason": "length",
+                          "message": {"role": "assistant", "content": "".join(tokens)},
+                          "logprobs": _chat_logprobs(tokens, int(req.get("top_logprobs") or 1))}  # fmt: skip
+                usage = {"prompt_tokens": 5, "completion_tokens": len(tokens),
+                         "total_tokens": 5 + len(tokens)}  # fmt: skip
+                await asyncio.sleep(0)
+                return 200, orjson.dumps({"id": "null", "object": "chat.completion",
+                                          "choices": [choice], "usage": usage})  # fmt: skip
+            session = self._app[UPSTREAMS].session
+            async with session.post(f"{replays_to}{path}", data=body,
+                                    headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
+                return resp.status, await resp.read()
+
+    wiring.UpstreamTransport = Redirected  # type: ignore[misc]
+    return serve.main(["--config", config_path])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -103,17 +146,38 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--rates", default="0,0.1")
+    parser.add_argument("--variants", default="", help="comma-separated: sep, null (see above)")
+    parser.add_argument("--proxy-env", action="append", default=[], metavar="ARM=VAR=VALUE",
+                        help="environment for one arm's proxy, e.g. 10%%=TBG_SHADOW_WORKER=process")  # fmt: skip
+    parser.add_argument("--taskset", default="", help="e.g. upstream=0,proxy=1,client=0")
     parser.add_argument("--time-limit", type=float, default=300.0)
+    parser.add_argument(
+        "--serve", nargs=2, metavar=("CONFIG", "REPLAYS_TO"), help=argparse.SUPPRESS
+    )
     ns = parser.parse_args()
+    if ns.serve:
+        return _serve_variant(*ns.serve)
+    cpus = dict(item.split("=", 1) for item in ns.taskset.split(",") if item)
+    if "client" in cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus["client"].split("-")})
     rates = [float(r) for r in ns.rates.split(",")]
-    upstream_port = free_port()
+    variants = [v for v in ns.variants.split(",") if v]
+    upstream_port, second_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
+    second = f"http://127.0.0.1:{second_port}/v1"
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        stack.enter_context(process(
-            [sys.executable, "-m", "bench.fake_upstream", "--port", str(upstream_port)],
-            f"{upstream}/models"))  # fmt: skip
+        for port in (upstream_port, second_port) if "sep" in variants else (upstream_port,):
+            stack.enter_context(process(
+                [sys.executable, "-m", "bench.fake_upstream", "--port", str(port)],
+                f"http://127.0.0.1:{port}/v1/models", cpus=cpus.get("upstream")))  # fmt: skip
+        arms = [(f"{rate:.0%}", rate, "") for rate in rates]
+        arms += [(f"{max(rates):.0%}-{v}", max(rates), v) for v in variants]
+        envs: dict[str, dict[str, str]] = {}
+        for item in ns.proxy_env:
+            arm, var, value = item.split("=", 2)
+            envs.setdefault(arm, {})[var] = value
         urls: dict[str, str] = {}
-        for rate in rates:
+        for name, rate, variant in arms:
             port = free_port()
             config = {
                 "host": "127.0.0.1", "port": port, "log_level": "WARNING",
@@ -121,20 +185,29 @@ def main() -> int:
                 "shadow": {"enabled": True, "sample_rate": rate, "replays": 2,
                            "replays_per_minute": 1e9, "tokens_per_minute": 1e12},
             }  # fmt: skip
-            path = Path(tmp) / f"proxy-{rate}.yaml"
+            path = Path(tmp) / f"proxy-{name}.yaml"
             path.write_text(yaml.safe_dump(config))
-            stack.enter_context(process(["tbg", "serve", "--config", str(path)],
-                                        f"http://127.0.0.1:{port}/healthz"))  # fmt: skip
-            urls[f"{rate:.0%}"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            args = ["tbg", "serve", "--config", str(path)]
+            if variant:
+                args = [sys.executable, "-m", "bench.shadow_overhead", "--serve", str(path),
+                        second if variant == "sep" else "null"]  # fmt: skip
+            stack.enter_context(process(args, f"http://127.0.0.1:{port}/healthz",
+                                        env=envs.get(name), cpus=cpus.get("proxy")))  # fmt: skip
+            urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
         urls["direct"] = f"{upstream}/chat/completions"
+        load_before = os.getloadavg()[0]
         results = asyncio.run(measure(urls, ns.requests, ns.concurrency, ns.block, ns.time_limit))
-    print(f"concurrency {ns.concurrency}, {ns.block}-request blocks interleaved; latency in ms")
-    print("| arm | n | p50 | p90 | p99 |")
-    print("|---|---|---|---|---|")
+        load_after = os.getloadavg()[0]
+    print(f"concurrency {ns.concurrency}, {ns.block}-request blocks interleaved; latency in ms; "
+          f"load average {load_before:.2f} -> {load_after:.2f}")  # fmt: skip
+    print("| arm | n | p50 | p90 | p99 | p50 / 0 % | p99 / 0 % |")
+    print("|---|---|---|---|---|---|---|")
+    base = np.percentile(np.asarray(results[arms[0][0]]) * 1000, [50, 99])
     for name, values in results.items():
         arr = np.asarray(values) * 1000
         p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-        print(f"| {name} | {arr.size} | {p50:.3f} | {p90:.3f} | {p99:.3f} |")
+        print(f"| {name} | {arr.size} | {p50:.3f} | {p90:.3f} | {p99:.3f} | "
+              f"{p50 / base[0]:.2f} | {p99 / base[1]:.2f} |")  # fmt: skip
     return 0
 
 
