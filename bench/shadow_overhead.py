@@ -111,7 +111,6 @@ def _serve_variant(config_path: str, replays_to: str) -> int:
     A diagnostic only: it swaps the shadow transport's class before the app is built."""
     from bench.fake_upstream import _chat_logprobs, _tokens
     from proxy import serve
-    from proxy.keys import UPSTREAMS
     from proxy.shadow import wiring
 
     class Redirected(wiring.UpstreamTransport):
@@ -129,7 +128,7 @@ def _serve_variant(config_path: str, replays_to: str) -> int:
                 await asyncio.sleep(0)
                 return 200, orjson.dumps({"id": "null", "object": "chat.completion",
                                           "choices": [choice], "usage": usage})  # fmt: skip
-            session = self._app[UPSTREAMS].session
+            session = self._upstreams().session
             async with session.post(f"{replays_to}{path}", data=body,
                                     headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
                 return resp.status, await resp.read()
