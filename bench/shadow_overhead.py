@@ -13,6 +13,9 @@ rate whose replays do not reach the primaries' upstream:
   and compares them; the primaries' upstream is not busier);
 - `null`: replays never leave the proxy (a canned answer with logprobs; what remains is the shadow
   path's own CPU: replay bodies, JSON parse, run building, comparison, fold, publication).
+- `drop`: sampled primaries are captured and queued, then dropped for budget (no replay at all):
+  what sampling costs the primaries by itself.
+`process` adds an arm with the shadow worker process (TBG_SHADOW_WORKER=process).
 `--taskset` pins each process to a CPU list (e.g. `--taskset upstream=0,proxy=1,client=0`).
 """
 
@@ -21,12 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -44,7 +48,7 @@ BODY = orjson.dumps(
 
 @contextlib.contextmanager
 def process(args: list[str], url: str, env: dict[str, str] | None = None,
-            cpus: str | None = None) -> Iterator[None]:  # fmt: skip
+            cpus: str | None = None) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
     if cpus:
         args = ["taskset", "-c", cpus, *args]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -63,7 +67,7 @@ def process(args: list[str], url: str, env: dict[str, str] | None = None,
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{args[:3]} not ready")
             time.sleep(0.1)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -90,14 +94,35 @@ async def block(session: aiohttp.ClientSession, url: str, n: int, concurrency: i
     return latencies
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the process, of its children: the shadow worker), from /proc."""
+
+    def fields(p: str) -> list[str] | None:  # after "pid (comm)": state, ppid, ..., utime, stime
+        try:
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+
+    def cpu(f: list[str]) -> float:
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    own = fields(str(pid))
+    children = sum(
+        cpu(f) for e in os.listdir("/proc")
+        if e.isdigit() and (f := fields(e)) is not None and f[1] == str(pid)
+    )  # fmt: skip
+    return (cpu(own) if own else math.nan), children
+
+
 async def measure(urls: dict[str, str], requests: int, concurrency: int, block_size: int,
-                  time_limit: float) -> dict[str, list[float]]:  # fmt: skip
+                  time_limit: float, on_warm: Callable[[], None]) -> dict[str, list[float]]:  # fmt: skip
     results: dict[str, list[float]] = {name: [] for name in urls}
     started = time.monotonic()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         for url in urls.values():  # warm-up: connections, code paths
             await block(session, url, 50, concurrency)
+        on_warm()
         while min(len(v) for v in results.values()) < requests:
             if time.monotonic() - started > time_limit:
                 break
@@ -145,9 +170,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--rates", default="0,0.1")
-    parser.add_argument("--variants", default="", help="comma-separated: sep, null (see above)")
-    parser.add_argument("--proxy-env", action="append", default=[], metavar="ARM=VAR=VALUE",
-                        help="environment for one arm's proxy, e.g. 10%%=TBG_SHADOW_WORKER=process")  # fmt: skip
+    parser.add_argument(
+        "--variants", default="", help="comma-separated: sep, null, drop, process (see above)"
+    )
     parser.add_argument("--taskset", default="", help="e.g. upstream=0,proxy=1,client=0")
     parser.add_argument("--time-limit", type=float, default=300.0)
     parser.add_argument(
@@ -171,11 +196,8 @@ def main() -> int:
                 f"http://127.0.0.1:{port}/v1/models", cpus=cpus.get("upstream")))  # fmt: skip
         arms = [(f"{rate:.0%}", rate, "") for rate in rates]
         arms += [(f"{max(rates):.0%}-{v}", max(rates), v) for v in variants]
-        envs: dict[str, dict[str, str]] = {}
-        for item in ns.proxy_env:
-            arm, var, value = item.split("=", 2)
-            envs.setdefault(arm, {})[var] = value
         urls: dict[str, str] = {}
+        pids: dict[str, int] = {}
         for name, rate, variant in arms:
             port = free_port()
             config = {
@@ -184,29 +206,49 @@ def main() -> int:
                 "shadow": {"enabled": True, "sample_rate": rate, "replays": 2,
                            "replays_per_minute": 1e9, "tokens_per_minute": 1e12},
             }  # fmt: skip
+            if variant == "drop":  # sampled, captured, queued, then dropped for budget: no replay
+                config["shadow"]["tokens_per_minute"] = 1  # type: ignore[index]
             path = Path(tmp) / f"proxy-{name}.yaml"
             path.write_text(yaml.safe_dump(config))
             args = ["tbg", "serve", "--config", str(path)]
-            if variant:
+            env = {"TBG_SHADOW_WORKER": "process" if variant == "process" else "inline"}
+            if variant in ("sep", "null"):
                 args = [sys.executable, "-m", "bench.shadow_overhead", "--serve", str(path),
                         second if variant == "sep" else "null"]  # fmt: skip
-            stack.enter_context(process(args, f"http://127.0.0.1:{port}/healthz",
-                                        env=envs.get(name), cpus=cpus.get("proxy")))  # fmt: skip
+            proc = stack.enter_context(process(args, f"http://127.0.0.1:{port}/healthz",
+                                               env=env, cpus=cpus.get("proxy")))  # fmt: skip
+            pids[name] = proc.pid
             urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
         urls["direct"] = f"{upstream}/chat/completions"
         load_before = os.getloadavg()[0]
-        results = asyncio.run(measure(urls, ns.requests, ns.concurrency, ns.block, ns.time_limit))
+        cpu0: dict[str, tuple[float, float]] = {}
+
+        def on_warm() -> None:
+            cpu0.update({name: cpu_seconds(pid) for name, pid in pids.items()})
+
+        results = asyncio.run(
+            measure(urls, ns.requests, ns.concurrency, ns.block, ns.time_limit, on_warm)
+        )
+        cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         load_after = os.getloadavg()[0]
     print(f"concurrency {ns.concurrency}, {ns.block}-request blocks interleaved; latency in ms; "
           f"load average {load_before:.2f} -> {load_after:.2f}")  # fmt: skip
-    print("| arm | n | p50 | p90 | p99 | p50 / 0 % | p99 / 0 % |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| arm | n | p50 | p90 | p99 | p50 / 0 % | p99 / 0 % | proxy CPU µs/req | worker CPU µs/req |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     base = np.percentile(np.asarray(results[arms[0][0]]) * 1000, [50, 99])
     for name, values in results.items():
         arr = np.asarray(values) * 1000
         p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+        cpu = ["", ""]
+        if name in cpu1:
+            cpu = [
+                f"{(b - a) / arr.size * 1e6:.0f}"
+                for a, b in zip(cpu0[name], cpu1[name], strict=True)
+            ]
         print(f"| {name} | {arr.size} | {p50:.3f} | {p90:.3f} | {p99:.3f} | "
-              f"{p50 / base[0]:.2f} | {p99 / base[1]:.2f} |")  # fmt: skip
+              f"{p50 / base[0]:.2f} | {p99 / base[1]:.2f} | {cpu[0]} | {cpu[1]} |")  # fmt: skip
     return 0
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copyreg
+import io
 import logging
 import os
 import pickle
@@ -30,6 +32,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -47,8 +50,24 @@ log = logging.getLogger("tbg.shadow")
 _HEADER = struct.Struct(">I")
 
 
+def read_only(d: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    return MappingProxyType(d)
+
+
+def _reduce_mappingproxy(m: MappingProxyType[Any, Any]) -> tuple[Any, ...]:
+    return read_only, (dict(m),)
+
+
+# Frozen configs and views hold read-only mappings, which pickle refuses by default.
+_DISPATCH = {**copyreg.dispatch_table, MappingProxyType: _reduce_mappingproxy}
+
+
 def frame(message: tuple[Any, ...]) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _DISPATCH
+    pickler.dump(message)
+    data = buf.getvalue()
     return _HEADER.pack(len(data)) + data
 
 
@@ -65,6 +84,10 @@ class WorkerSpec:
     shadow section, resolved replay keys) travels to the child at start."""
 
     config: Config
+    # Added to the child's nice value: on a busy machine the kernel then runs the primaries (the
+    # proxy process) before the replays and comparisons, which can wait. 0 keeps the proxy's.
+    nice: int = 10
+    start_timeout_s: float = 60.0
     stop_timeout_s: float = 10.0
 
 
@@ -74,6 +97,7 @@ class WorkerInit:
 
     config: Config
     hash_key: bytes
+    nice: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +209,23 @@ class ProcessReplayer:
         finally:
             child.close()
         reader, self._writer = await asyncio.open_connection(sock=parent)
-        self._send(("init", WorkerInit(self._spec.config, self._agg.hash_key)))
+        self._send(("init", WorkerInit(self._spec.config, self._agg.hash_key, self._spec.nice)))
+        # Wait for the child (its imports take a second or two): the proxy starts with a working
+        # shadow path, or does not start, saying why (the child's own error is on stderr above).
+        try:
+            ready = await asyncio.wait_for(read_frame(reader), self._spec.start_timeout_s)
+        except (asyncio.IncompleteReadError, TimeoutError) as exc:
+            self._writer.close()
+            self._writer = None
+            if self._proc.returncode is None:
+                self._proc.kill()
+            await self._proc.wait()
+            raise RuntimeError(
+                f"the shadow worker process did not start ({type(exc).__name__}, returncode "
+                f"{self._proc.returncode}); its error, if any, is logged above"
+            ) from None
+        if ready != ("ready",):
+            raise RuntimeError(f"shadow worker process: expected ready, got {ready[0]!r}")
         self._reader = asyncio.create_task(self._read(reader), name="tbg-shadow-process-reader")
 
     async def stop(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import sys
 from typing import Any
@@ -104,6 +105,8 @@ async def serve(sock: socket.socket) -> None:
     if kind != "init" or not isinstance(init, WorkerInit):
         raise RuntimeError(f"shadow worker: expected init, got {kind!r}")
     configure_logging(init.config.log_level)
+    if init.nice:
+        os.nice(init.nice)  # background work: the kernel serves the proxy's primaries first
     shadow = init.config.shadow_config
     channel = Channel(writer)
     session = new_session()
@@ -119,6 +122,7 @@ async def serve(sock: socket.socket) -> None:
     )
     replayer.on_logprobs_detected = lambda upstream, ok: channel.send(("logprobs", upstream, ok))
     await replayer.start()
+    channel.send(("ready",))
     try:
         while True:
             message = await read_frame(reader)
