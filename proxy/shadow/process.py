@@ -29,11 +29,11 @@ import socket
 import struct
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -71,11 +71,65 @@ def frame(message: tuple[Any, ...]) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...]:
-    """The next message; asyncio.IncompleteReadError at end of stream."""
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    message: tuple[Any, ...] = pickle.loads(await reader.readexactly(size))
-    return message
+class Channel(asyncio.Protocol):
+    """Length-prefixed pickled messages over a stream socket, both ways. `send` never blocks:
+    frames are corked and written with one system call per loop iteration; every complete frame
+    received is handed to `on_message` (an exception there is logged and reported to `on_error`,
+    and the channel goes on)."""
+
+    def __init__(
+        self, on_message: Callable[[tuple[Any, ...]], None], on_error: Callable[[], None]
+    ) -> None:
+        self._on_message = on_message
+        self._on_error = on_error
+        self._in = bytearray()
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._in
+        buf += data
+        start = 0
+        while len(buf) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buf, start)
+            end = start + _HEADER.size + size
+            if len(buf) < end:
+                break
+            message = pickle.loads(buf[start + _HEADER.size : end])
+            start = end
+            try:
+                self._on_message(message)
+            except Exception:  # a bug handling one message must not take the channel down
+                log.exception("shadow worker channel: handling %r failed", message[0])
+                self._on_error()
+        del buf[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(frame(message))
+
+    def _flush(self) -> None:
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    async def aclose(self) -> None:
+        """Write what is corked, close, and wait until the socket is closed."""
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+        await self.closed
 
 
 @dataclass(frozen=True)
@@ -165,8 +219,9 @@ class ProcessReplayer:
         self._logprobs_ok: dict[str, bool] = {}
         self._logprobs_fixed = {"yes": True, "no": False}.get(config.logprobs)
         self._proc: asyncio.subprocess.Process | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._channel: Channel | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()  # the child said so, or it is gone
         self._broken = False
 
@@ -177,7 +232,7 @@ class ProcessReplayer:
         return self._logprobs_ok.get(upstream)
 
     def full(self) -> bool:
-        return self._broken or self._writer is None or self._total >= self._limit
+        return self._broken or self._channel is None or self._total >= self._limit
 
     def submit(self, job: Job) -> bool:
         if self.full():
@@ -194,8 +249,8 @@ class ProcessReplayer:
         return self._total
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(frame(message))  # buffered by asyncio: never blocks the loop
+        if self._channel is not None:
+            self._channel.send(message)  # corked, written by the loop: never blocks
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -208,28 +263,34 @@ class ProcessReplayer:
             )  # fmt: skip
         finally:
             child.close()
-        reader, self._writer = await asyncio.open_connection(sock=parent)
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        _, channel = await loop.create_connection(
+            lambda: Channel(self._handle, self._agg.on_internal_error), sock=parent
+        )
+        self._channel = channel
         self._send(("init", WorkerInit(self._spec.config, self._agg.hash_key, self._spec.nice)))
         # Wait for the child (its imports take a second or two): the proxy starts with a working
         # shadow path, or does not start, saying why (the child's own error is on stderr above).
-        try:
-            ready = await asyncio.wait_for(read_frame(reader), self._spec.start_timeout_s)
-        except (asyncio.IncompleteReadError, TimeoutError) as exc:
-            self._writer.close()
-            self._writer = None
+        done, _ = await asyncio.wait(
+            (self._ready, channel.closed), timeout=self._spec.start_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )  # fmt: skip
+        if self._ready not in done:
+            await channel.aclose()
+            self._channel = None
             if self._proc.returncode is None:
                 self._proc.kill()
             await self._proc.wait()
             raise RuntimeError(
-                f"the shadow worker process did not start ({type(exc).__name__}, returncode "
-                f"{self._proc.returncode}); its error, if any, is logged above"
-            ) from None
-        if ready != ("ready",):
-            raise RuntimeError(f"shadow worker process: expected ready, got {ready[0]!r}")
-        self._reader = asyncio.create_task(self._read(reader), name="tbg-shadow-process-reader")
+                f"the shadow worker process did not start (returncode {self._proc.returncode});"
+                " its error, if any, is logged above"
+            )
+        self._watch = asyncio.create_task(self._watch_child(channel), name="tbg-shadow-process")
 
     async def stop(self) -> None:
-        if self._writer is None:
+        channel = self._channel
+        if channel is None:
             return
         self._send(("stop",))
         try:
@@ -237,15 +298,14 @@ class ProcessReplayer:
         except TimeoutError:
             log.error("shadow worker process did not stop within %ss", self._spec.stop_timeout_s)
             self._agg.on_internal_error()
-        if self._reader is not None:
-            self._reader.cancel()
+            self._stopped.set()  # what it still held is counted failed below
+        if self._watch is not None:
+            self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
-        self._writer = None
+                await self._watch
+            self._watch = None
+        await channel.aclose()
+        self._channel = None
         if self._proc is not None:
             try:
                 await asyncio.wait_for(self._proc.wait(), 5.0)
@@ -255,17 +315,10 @@ class ProcessReplayer:
             self._proc = None
         self._account_lost()
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                self._handle(await read_frame(reader))
-        except asyncio.IncompleteReadError:  # the child closed its end: after "stopped", or died
-            pass
-        except Exception:  # a bug in the protocol: the same as losing the child
-            log.exception("shadow worker process channel failed")
-            self._agg.on_internal_error()
+    async def _watch_child(self, channel: Channel) -> None:
+        await asyncio.shield(channel.closed)  # the child closed its end: after "stopped", or died
         if not self._stopped.is_set():
-            rc = self._proc.returncode if self._proc is not None else None
+            rc = await self._proc.wait() if self._proc is not None else None
             log.error("shadow worker process exited unexpectedly (returncode %s)", rc)
             self._agg.on_internal_error()
             self._broken = True
@@ -305,21 +358,24 @@ class ProcessReplayer:
             self._agg.replay_request(key, outcome, tokens)
         elif kind == "fold":  # terminal: compared
             compared = message[1]
-            self._agg.record(compared)
             self._ended((compared.context.upstream, compared.context.model_name))
+            self._agg.record(compared)
         elif kind == "count":  # terminal: every replay failed, or the trial raised
             _, key, what = message
-            self._agg.count(key, what)
             self._ended(key)
+            self._agg.count(key, what)
         elif kind == "drop":  # terminal: budget, primary_incomplete, shutdown
             _, key, reason = message
-            self._agg.drop(key, reason)
             self._ended(key)
+            self._agg.drop(key, reason)
         elif kind == "error":
             self._agg.on_internal_error()
         elif kind == "logprobs":
             self._logprobs_ok[message[1]] = message[2]
         elif kind == "stopped":
             self._stopped.set()
+        elif kind == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
         else:
             raise ValueError(f"unknown message from the shadow worker: {kind!r}")

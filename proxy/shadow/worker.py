@@ -22,22 +22,13 @@ from estimator.online import OnlineEstimator
 from proxy.logs import configure_logging
 from proxy.shadow.aggregator import compare_trial, online_config
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.process import JobSpec, WorkerInit, frame, read_frame
+from proxy.shadow.process import Channel, JobSpec, WorkerInit
 from proxy.shadow.replayer import Replayer
 from proxy.shadow.sampling import Sampler
 from proxy.shadow.transport import UpstreamTransport
 from proxy.shadow.view import Key
 from proxy.tap import RequestInfo
 from proxy.upstreams import Upstreams, new_session
-
-
-class Channel:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(frame(message))
 
 
 class RemoteSink:
@@ -99,49 +90,71 @@ class RemoteLoad:
             future.set_result(load)
 
 
+class _Child:
+    """The child's side of the channel: jobs in, the proxy's load answers in, stop."""
+
+    def __init__(self) -> None:
+        self.init: asyncio.Future[WorkerInit] = asyncio.get_running_loop().create_future()
+        self.stop = asyncio.Event()
+        self.replayer: Replayer | None = None
+        self.load: RemoteLoad | None = None
+        self.channel: Channel | None = None
+
+    def failed(self) -> None:  # a message this side failed to handle (logged with its stack)
+        if self.channel is not None:
+            self.channel.send(("error",))
+
+    def handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "job" and self.replayer is not None:
+            spec: JobSpec = message[1]
+            self.replayer.submit(spec.job())
+        elif kind == "load" and self.load is not None:
+            self.load.answer(message[1], message[2])
+        elif kind == "init" and not self.init.done():
+            self.init.set_result(message[1])
+        elif kind == "stop":
+            self.stop.set()
+
+
 async def serve(sock: socket.socket) -> None:
-    reader, writer = await asyncio.open_connection(sock=sock)
-    kind, init = await read_frame(reader)
-    if kind != "init" or not isinstance(init, WorkerInit):
-        raise RuntimeError(f"shadow worker: expected init, got {kind!r}")
+    child = _Child()
+    _, channel = await asyncio.get_running_loop().create_connection(
+        lambda: Channel(child.handle, child.failed), sock=sock
+    )
+    child.channel = channel
+    done, _ = await asyncio.wait((child.init, channel.closed), return_when=asyncio.FIRST_COMPLETED)
+    if child.init not in done:
+        return  # the proxy went away before saying anything
+    init = child.init.result()
     configure_logging(init.config.log_level)
     if init.nice:
         os.nice(init.nice)  # background work: the kernel serves the proxy's primaries first
     shadow = init.config.shadow_config
-    channel = Channel(writer)
     session = new_session()
     upstreams = Upstreams(init.config, session)
-    load = RemoteLoad(channel)
-    replayer = Replayer(
+    child.load = RemoteLoad(channel)
+    child.replayer = replayer = Replayer(
         shadow,
         UpstreamTransport(lambda: upstreams, init.config.replay_keys),
         Sampler(shadow),  # the token budget and replay delays live here; the coin flip does not
-        load,
+        child.load,
         RemoteSink(channel, shadow, init.hash_key),
         queue_size=0,  # unbounded here: the proxy bounds what it sends
     )
     replayer.on_logprobs_detected = lambda upstream, ok: channel.send(("logprobs", upstream, ok))
     await replayer.start()
     channel.send(("ready",))
+    stop = asyncio.ensure_future(child.stop.wait())
     try:
-        while True:
-            message = await read_frame(reader)
-            if message[0] == "job":
-                spec: JobSpec = message[1]
-                replayer.submit(spec.job())
-            elif message[0] == "load":
-                load.answer(message[1], message[2])
-            elif message[0] == "stop":
-                break
-    except asyncio.IncompleteReadError:
-        pass  # the proxy is gone: nobody to report to
+        # Until told to stop, or until the proxy's end closes (nobody left to report to).
+        await asyncio.wait((stop, channel.closed), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stop.cancel()
         await replayer.stop()  # trials in progress: failed; still queued: dropped as shutdown
         channel.send(("stopped",))
         await session.close()
-        if not writer.is_closing():
-            await writer.drain()
-            writer.close()
+        await channel.aclose()
 
 
 def main(argv: list[str]) -> int:
