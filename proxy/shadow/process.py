@@ -225,6 +225,11 @@ class ProcessReplayer:
         self._stopped = asyncio.Event()  # the child said so, or it is gone
         self._broken = False
 
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
     # -- ReplayPool (event loop only) -------------------------------------------------------------
     def supports_logprobs(self, upstream: str) -> bool | None:
         if self._logprobs_fixed is not None:
