@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy import errors
-from proxy.config import Config
+from proxy.config import DEFAULT_CLIENT_KEEPALIVE, Config
 from proxy.forward import Forwarder
 from proxy.inflight import InFlight
 from proxy.keys import (
@@ -91,22 +91,23 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
 # response, and incoming bytes do not re-arm it, so it bounds both an idle keep-alive connection
 # and a request head dribbled one byte at a time (slowloris). aiohttp has no separate header-read
 # timeout and no connection cap (see docs/configuration.md, "Client connections").
-CLIENT_KEEPALIVE_SECONDS = 75.0  # nginx's default keepalive_timeout
+CLIENT_KEEPALIVE_SECONDS = DEFAULT_CLIENT_KEEPALIVE  # nginx's default keepalive_timeout
 
 
-def make_runner(
-    app: web.Application, *, keepalive_timeout: float = CLIENT_KEEPALIVE_SECONDS
-) -> web.AppRunner:
+def make_runner(app: web.Application, *, keepalive_timeout: float | None = None) -> web.AppRunner:
     """A runner with the proxy's semantics: handlers are cancelled when their client disconnects,
     aiohttp's text access log is off (the proxy logs JSON itself), shutdown waits up to
     `drain_seconds` for in-flight requests, and idle or slow-to-send client connections are closed
-    after `keepalive_timeout` seconds."""
+    after `keepalive_timeout` seconds (default: the config's `client_keepalive_seconds`)."""
+    config = app[CONFIG]
     return web.AppRunner(
         app,
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=app[CONFIG].drain_seconds,
-        keepalive_timeout=keepalive_timeout,
+        shutdown_timeout=config.drain_seconds,
+        keepalive_timeout=config.client_keepalive_seconds
+        if keepalive_timeout is None
+        else keepalive_timeout,
     )
 
 

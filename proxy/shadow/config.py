@@ -1,12 +1,27 @@
-"""The `shadow:` section of the proxy config, validated once into frozen dataclasses."""
+"""The `shadow:` section of the proxy config: its schema (pydantic, part of the whole file's
+schema in `proxy.config`) and the frozen dataclasses the shadow path reads."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, StrictBool, ValidationError
+
+from proxy.validation import Int, Number, Section, Text, as_float, as_int, messages
+
+__all__ = [
+    "Eligibility",
+    "ModelPolicy",
+    "ShadowConfig",
+    "ShadowConfigError",
+    "ShadowSchema",
+    "as_float",
+    "as_int",
+    "parse_shadow_config",
+]
 
 
 class ShadowConfigError(ValueError):
@@ -65,194 +80,145 @@ class ShadowConfig:
         return self.models.get(model_name, self.defaults)
 
 
-_POLICY_KEYS = {"sample_rate", "replays_per_minute", "tokens_per_minute", "ceiling"}
-_TOP_KEYS = {
-    "enabled",
-    "replays",
-    "max_concurrent",
-    "queue_size",
-    "delay_seconds",
-    "delay_jitter_seconds",
-    "augment_logprobs",
-    "top_logprobs",
-    "half_life_trials",
-    "exemplars",
-    "record_text",
-    "load_source",
-    "load_poll_seconds",
-    "replay_timeout_seconds",
-    "models",
-    "eligibility",
-    "logprobs",
-    "replay_key_env",
-} | _POLICY_KEYS
+# Policy fields may sit at the section's top level (the defaults) and under `models.<name>`
+# (overrides; an absent field inherits the section's value).
+_RATE = Field(ge=0.0, le=1.0, description="probability an eligible request is replayed")
+_RPM = Field(ge=0.0, description="replay budget per model, replays per minute")
+_TPM = Field(ge=0.0, description="replay token budget per model, tokens per minute")
+_CEILING = Field(gt=0.0, description="T_bg ceiling exported as `tbg_temperature_ceiling`")
 
 
-def as_int(value: Any) -> int | None:
-    """The one integer rule for every config section: an int, an integral float (8080.0) or a
-    decimal string ("8080", as env vars and flags give); booleans and anything else are None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            number = as_float(text)
-            return None if number is None or not number.is_integer() else int(number)
-    return None
+class PolicySchema(Section):
+    """`shadow.models.<name>`: the four policy fields, each inheriting the section's value."""
+
+    sample_rate: Annotated[Number | None, _RATE] = None
+    replays_per_minute: Annotated[Number | None, _RPM] = None
+    tokens_per_minute: Annotated[Number | None, _TPM] = None
+    ceiling: Annotated[Number | None, _CEILING] = None
+
+    def over(self, base: ModelPolicy) -> ModelPolicy:
+        given = {k: v for k, v in self.model_dump().items() if v is not None}
+        return replace(base, **given)
 
 
-def as_float(value: Any) -> float | None:
-    """The one number rule: an int, a finite float or a numeric string; booleans are None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
+class EligibilitySchema(Section):
+    """`shadow.eligibility`: which primaries count as greedy."""
 
-
-def _number(
-    raw: Mapping[str, Any],
-    key: str,
-    where: str,
-    default: float,
-    *,
-    lo: float,
-    hi: float = math.inf,
-    lo_open: bool = False,
-) -> float:
-    value = raw.get(key, default)
-    number = as_float(value)
-    if number is None:
-        raise ShadowConfigError(f"{where}.{key}: expected a number, got {value!r}")
-    x = number
-    if not math.isfinite(x) or x < lo or x > hi or (lo_open and x == lo):
-        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-        raise ShadowConfigError(f"{where}.{key}: {value!r} is outside {bound}")
-    return x
-
-
-def _integer(
-    raw: Mapping[str, Any], key: str, where: str, default: int, *, lo: int, hi: int
-) -> int:
-    value = raw.get(key, default)
-    number = as_int(value)
-    if number is None or not lo <= number <= hi:
-        raise ShadowConfigError(
-            f"{where}.{key}: expected an integer in [{lo}, {hi}], got {value!r}"
-        )
-    return number
-
-
-def _flag(raw: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        raise ShadowConfigError(f"{where}.{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ShadowConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-    return value
-
-
-# Renamed fields: a config that still uses the old name gets told what it became and why.
-_RENAMED = {
-    "half_life_comparisons": "half_life_trials (the estimator's memory now counts replayed "
-    "requests, not compared pairs, so it no longer shrinks as `replays` grows)",
-}
-
-
-def _unknown(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(raw) - allowed)
-    for name in extra:
-        if name in _RENAMED:
-            raise ShadowConfigError(f"{where}.{name}: renamed to {_RENAMED[name]}")
-    if extra:
-        raise ShadowConfigError(f"{where}.{extra[0]}: unknown field (allowed: {sorted(allowed)})")
-
-
-def _policy(raw: Mapping[str, Any], where: str, base: ModelPolicy) -> ModelPolicy:
-    return ModelPolicy(
-        sample_rate=_number(raw, "sample_rate", where, base.sample_rate, lo=0.0, hi=1.0),
-        replays_per_minute=_number(
-            raw, "replays_per_minute", where, base.replays_per_minute, lo=0.0
-        ),
-        tokens_per_minute=_number(raw, "tokens_per_minute", where, base.tokens_per_minute, lo=0.0),
-        ceiling=_number(raw, "ceiling", where, base.ceiling, lo=0.0, lo_open=True),
+    missing_temperature_is_greedy: StrictBool = Field(
+        False, description="treat an absent `temperature` as 0 (OpenAI's default is 1)"
     )
+    allow_top_k_1: StrictBool = Field(True, description="treat `top_k: 1` as greedy")
+
+
+class ShadowSchema(Section):
+    """The `shadow:` section as written in the file; `to_config()` gives the runtime value."""
+
+    renamed: ClassVar[Mapping[str, str]] = {
+        "half_life_comparisons": "half_life_trials (the estimator's memory now counts replayed "
+        "requests, not compared pairs, so it no longer shrinks as `replays` grows)",
+    }
+
+    enabled: StrictBool | None = Field(
+        None, description="replay on/off; default: on when the section is non-empty"
+    )
+    sample_rate: Annotated[Number, _RATE] = 0.1
+    replays_per_minute: Annotated[Number, _RPM] = 60.0
+    tokens_per_minute: Annotated[Number, _TPM] = 100_000.0
+    ceiling: Annotated[Number, _CEILING] = 0.05
+    models: dict[str, PolicySchema] = Field(
+        default_factory=dict,
+        description="per-model override of the four policy fields; `<name>` must be a "
+        "configured model",
+    )
+    replays: Annotated[Int, Field(ge=1, le=16, description="k replays per sampled request")] = 2
+    max_concurrent: Annotated[Int, Field(ge=1, le=256, description="replays in flight")] = 4
+    queue_size: Annotated[
+        Int,
+        Field(ge=1, le=1_000_000, description="finished primaries waiting; full: `queue_full`"),
+    ] = 256
+    delay_seconds: Annotated[
+        Number, Field(ge=0.0, le=3600.0, description="wait before replaying")
+    ] = 0.0
+    delay_jitter_seconds: Annotated[
+        Number, Field(ge=0.0, le=3600.0, description="plus a uniform jitter up to this")
+    ] = 0.0
+    augment_logprobs: StrictBool = Field(
+        True, description="ask for logprobs on sampled requests, strip them for the client"
+    )
+    top_logprobs: Annotated[
+        Int, Field(ge=1, le=20, description="logprobs requested per position")
+    ] = 5
+    half_life_trials: Annotated[
+        Number,
+        Field(
+            gt=0.0,
+            description="online estimator memory: a replayed request (trial) weighs "
+            "2^(-age/half_life), age counted in trials (was `half_life_comparisons`, in pairs)",
+        ),
+    ] = 200.0
+    exemplars: Annotated[
+        Int, Field(ge=0, le=10_000, description="divergence exemplars kept for `GET /tbg`")
+    ] = 50
+    record_text: StrictBool = Field(False, description="keep prompt/answer text in exemplars")
+    load_source: LoadSource = Field("inflight", description="where load buckets come from")
+    load_poll_seconds: Annotated[
+        Number, Field(ge=0.05, le=3600.0, description="poll period for `vllm_metrics`")
+    ] = 1.0
+    logprobs: LogprobsSupport = Field(
+        "auto", description="whether upstreams return logprobs (`auto`: from the first replay)"
+    )
+    replay_key_env: dict[str, Text] = Field(
+        default_factory=dict,
+        description="upstream name -> env var with a key for that upstream's replays only; "
+        "the upstream must exist and the variable be set",
+    )
+    replay_timeout_seconds: Annotated[
+        Number, Field(gt=0.0, description="per replay request, seconds")
+    ] = 120.0
+    eligibility: EligibilitySchema = Field(
+        EligibilitySchema(), description="which primaries count as greedy"
+    )
+
+    def to_config(self, *, non_empty: bool) -> ShadowConfig:
+        """The runtime value; `non_empty`: the section had keys (turns replay on by default)."""
+        defaults = ModelPolicy(
+            sample_rate=self.sample_rate,
+            replays_per_minute=self.replays_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            ceiling=self.ceiling,
+        )
+        return ShadowConfig(
+            enabled=non_empty if self.enabled is None else self.enabled,
+            defaults=defaults,
+            models=MappingProxyType({n: p.over(defaults) for n, p in self.models.items()}),
+            replays=self.replays,
+            max_concurrent=self.max_concurrent,
+            queue_size=self.queue_size,
+            delay_seconds=self.delay_seconds,
+            delay_jitter_seconds=self.delay_jitter_seconds,
+            augment_logprobs=self.augment_logprobs,
+            top_logprobs=self.top_logprobs,
+            half_life_trials=self.half_life_trials,
+            exemplars=self.exemplars,
+            record_text=self.record_text,
+            load_source=self.load_source,
+            logprobs=self.logprobs,
+            replay_key_env=MappingProxyType(dict(self.replay_key_env)),
+            load_poll_seconds=self.load_poll_seconds,
+            replay_timeout_seconds=self.replay_timeout_seconds,
+            eligibility=Eligibility(
+                missing_temperature_is_greedy=self.eligibility.missing_temperature_is_greedy,
+                allow_top_k_1=self.eligibility.allow_top_k_1,
+            ),
+        )
 
 
 def parse_shadow_config(raw_in: Mapping[str, Any] | None, where: str = "shadow") -> ShadowConfig:
-    """Validate the raw YAML mapping; absent section = shadow replay disabled."""
-    raw = _mapping(raw_in, where)
-    _unknown(raw, _TOP_KEYS, where)
-    defaults = _policy(raw, where, ModelPolicy())
-    models_raw = _mapping(raw.get("models"), f"{where}.models")
-    models: dict[str, ModelPolicy] = {}
-    for name, policy_raw in models_raw.items():
-        sub = f"{where}.models.{name}"
-        policy_map = _mapping(policy_raw, sub)
-        _unknown(policy_map, _POLICY_KEYS, sub)
-        models[str(name)] = _policy(policy_map, sub, defaults)
-    elig_raw = _mapping(raw.get("eligibility"), f"{where}.eligibility")
-    _unknown(elig_raw, {"missing_temperature_is_greedy", "allow_top_k_1"}, f"{where}.eligibility")
-    load_source = raw.get("load_source", "inflight")
-    if load_source not in ("inflight", "vllm_metrics"):
-        raise ShadowConfigError(
-            f"{where}.load_source: expected 'inflight' or 'vllm_metrics', got {load_source!r}"
-        )
-    logprobs = raw.get("logprobs", "auto")
-    if logprobs not in ("auto", "yes", "no"):
-        raise ShadowConfigError(
-            f"{where}.logprobs: expected 'auto', 'yes' or 'no', got {logprobs!r}"
-        )
-    key_env_raw = _mapping(raw.get("replay_key_env"), f"{where}.replay_key_env")
-    for name, env in key_env_raw.items():
-        if not isinstance(env, str) or not env:
-            raise ShadowConfigError(
-                f"{where}.replay_key_env.{name}: expected an environment variable name, got {env!r}"
-            )
-    return ShadowConfig(
-        enabled=_flag(raw, "enabled", where, bool(raw)),
-        defaults=defaults,
-        models=MappingProxyType(models),
-        replays=_integer(raw, "replays", where, 2, lo=1, hi=16),
-        max_concurrent=_integer(raw, "max_concurrent", where, 4, lo=1, hi=256),
-        queue_size=_integer(raw, "queue_size", where, 256, lo=1, hi=1_000_000),
-        delay_seconds=_number(raw, "delay_seconds", where, 0.0, lo=0.0, hi=3600.0),
-        delay_jitter_seconds=_number(raw, "delay_jitter_seconds", where, 0.0, lo=0.0, hi=3600.0),
-        augment_logprobs=_flag(raw, "augment_logprobs", where, True),
-        top_logprobs=_integer(raw, "top_logprobs", where, 5, lo=1, hi=20),
-        half_life_trials=_number(raw, "half_life_trials", where, 200.0, lo=0.0, lo_open=True),
-        exemplars=_integer(raw, "exemplars", where, 50, lo=0, hi=10_000),
-        record_text=_flag(raw, "record_text", where, False),
-        load_source=load_source,
-        logprobs=logprobs,
-        replay_key_env=MappingProxyType({str(k): str(v) for k, v in key_env_raw.items()}),
-        load_poll_seconds=_number(raw, "load_poll_seconds", where, 1.0, lo=0.05, hi=3600.0),
-        replay_timeout_seconds=_number(
-            raw, "replay_timeout_seconds", where, 120.0, lo=0.0, lo_open=True
-        ),
-        eligibility=Eligibility(
-            missing_temperature_is_greedy=_flag(
-                elig_raw, "missing_temperature_is_greedy", f"{where}.eligibility", False
-            ),
-            allow_top_k_1=_flag(elig_raw, "allow_top_k_1", f"{where}.eligibility", True),
-        ),
-    )
+    """Validate the `shadow:` section on its own (the proxy validates it inside the whole file's
+    schema, `proxy.config`); absent section = shadow replay disabled."""
+    raw = {} if raw_in is None else raw_in
+    try:
+        schema = ShadowSchema.model_validate(raw)
+    except ValidationError as exc:
+        raise ShadowConfigError("\n".join(messages(exc, ShadowSchema, where))) from None
+    return schema.to_config(non_empty=bool(raw))

@@ -50,8 +50,8 @@ def test_bad_shadow_section_is_a_config_error(tmp_path: object) -> None:
         f.write("shadow: {sample_rate: 2}\n")
     out = run("serve", "--config", path)
     assert out.returncode == 2
-    assert out.stderr.strip() == (
-        "tbg serve: config error: shadow.sample_rate: 2 is outside [0.0, 1.0]"
+    assert (
+        out.stderr.strip() == "tbg serve: config error: shadow.sample_rate: must be <= 1.0, got 2"
     )
 
 

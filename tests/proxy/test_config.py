@@ -240,18 +240,82 @@ def test_docs_example_file_validates() -> None:
     assert config.shadow_config.enabled and config.shadow_config.policy("smollm2").sample_rate == 1
 
 
-def test_docs_tables_name_every_schema_field() -> None:
-    from proxy import config as core
-    from proxy.shadow import config as shadow
+def test_docs_field_tables_are_the_schema() -> None:
+    """docs/configuration.md holds exactly what `python -m proxy.schema` prints."""
+    from proxy.schema import reference_tables
+    from proxy.schema_doc import BEGIN, END
+
+    text = DOC.read_text(encoding="utf-8")
+    assert BEGIN in text and END in text
+    documented = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+    assert documented == reference_tables(), "regenerate: python -m proxy.schema"
+
+
+def test_docs_tables_name_every_field_a_file_may_set() -> None:
+    """Walk the schema itself: every field path a file can hold is a row of the tables."""
+    from proxy.schema import FileSchema
+    from proxy.validation import Section
+
+    def paths(model: type[Section], prefix: str) -> set[str]:
+        found: set[str] = set()
+        for name, info in model.model_fields.items():
+            found.add(prefix + name)
+            inner = info.annotation
+            args = getattr(inner, "__args__", ())
+            if isinstance(inner, type) and issubclass(inner, Section):
+                found |= paths(inner, f"{prefix}{name}.")
+            elif args and isinstance(args[0], type) and issubclass(args[0], Section):
+                found |= paths(args[0], f"{prefix}{name}[i].")
+        return found
 
     text = DOC.read_text(encoding="utf-8")
     documented = set(re.findall(r"^\| `([^`]+)` \|", text, flags=re.MULTILINE))
-    expected = set(core._TOP_FIELDS)
-    expected |= {f"upstreams[i].{f}" for f in core._UPSTREAM_FIELDS - {"timeouts"}}
-    expected |= {f"upstreams[i].timeouts.{f}" for f in core._TIMEOUT_FIELDS}
-    expected |= {f"shadow.{f}" for f in shadow._TOP_KEYS - {"models", "eligibility"}}
-    expected |= {"shadow.models.<name>"}
-    expected |= {
-        f"shadow.eligibility.{f}" for f in ("missing_temperature_is_greedy", "allow_top_k_1")
+    expected = paths(FileSchema, "")
+    assert len(expected) > 40 and expected <= documented, sorted(expected - documented)
+
+
+def test_every_bad_field_is_reported_at_once() -> None:
+    data = {
+        **BASE,
+        "port": 70000,
+        "colour": "red",
+        "shadow": {"sample_rate": 2, "half_life_comparisons": 5, "replays": True},
     }
-    assert expected <= documented, sorted(expected - documented)
+    with pytest.raises(ConfigError) as info:
+        build_config(data, ENV)
+    lines = str(info.value).splitlines()
+    fields = {line.split(": ")[0] for line in lines}
+    assert {"port", "colour", "shadow.sample_rate", "shadow.replays"} <= fields, lines
+    assert any(
+        line.startswith("shadow.half_life_comparisons: renamed to half_life_trials")
+        for line in lines
+    )
+    assert "port: must be <= 65535, got 70000" in lines
+
+
+def test_schema_defaults_are_the_dataclass_defaults() -> None:
+    """A minimal file gives the same values as the dataclasses' own defaults (one source of
+    truth would drift silently otherwise)."""
+    from proxy.config import Config, Timeouts, UpstreamConfig
+    from proxy.shadow.config import ShadowConfig, parse_shadow_config
+
+    config = build_config({"upstreams": [{"name": "a", "base_url": "http://h/v1"}]}, {})
+    plain = Config(
+        upstreams=(UpstreamConfig(name="a", base_url="http://h/v1"),), default_upstream="a"
+    )
+    assert config == plain
+    assert config.upstreams[0].timeouts == Timeouts()
+    assert parse_shadow_config({"enabled": False}) == ShadowConfig()
+
+
+@pytest.mark.parametrize(
+    ("source", "value"),
+    [("file", {"client_keepalive_seconds": 5}), ("env", {"TBG_CLIENT_KEEPALIVE_SECONDS": "5"})],
+)
+def test_client_keepalive_is_a_config_field(source: str, value: dict[str, Any]) -> None:
+    data = {**BASE, **value} if source == "file" else BASE
+    env = {**ENV, **value} if source == "env" else ENV
+    assert build_config(data, env).client_keepalive_seconds == 5.0
+    assert build_config(BASE, ENV).client_keepalive_seconds == 75.0
+    with pytest.raises(ConfigError, match=r"^client_keepalive_seconds: must be > 0"):
+        build_config({**BASE, "client_keepalive_seconds": 0}, ENV)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import openai
 from aiohttp import web
@@ -110,15 +111,16 @@ async def test_disconnect_mid_stream_cancels_the_upstream() -> None:
 
 # -- slow and idle clients -------------------------------------------------------------------------
 
-KEEPALIVE = 1.0  # the tests' keep-alive timeout; production's is CLIENT_KEEPALIVE_SECONDS
+KEEPALIVE = 1.0  # the tests' keep-alive timeout; production's default is CLIENT_KEEPALIVE_SECONDS
 
 
 @contextlib.asynccontextmanager
 async def _short_keepalive() -> AsyncIterator[tuple[int, FakeUpstream, web.AppRunner]]:
     fake = FakeUpstream()
     async with proxy_stack(single(), [fake]):  # only for the fake upstream's URL and lifecycle
-        app = make_app(single()([fake.url]))
-        runner = make_runner(app, keepalive_timeout=KEEPALIVE)
+        # Through the config field, as `client_keepalive_seconds:` in a file would set it.
+        config = replace(single()([fake.url]), client_keepalive_seconds=KEEPALIVE)
+        runner = make_runner(make_app(config))
         await runner.setup()
         try:
             await web.TCPSite(runner, "127.0.0.1", 0).start()
