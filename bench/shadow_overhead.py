@@ -15,7 +15,8 @@ rate whose replays do not reach the primaries' upstream:
   path's own CPU: replay bodies, JSON parse, run building, comparison, fold, publication).
 - `drop`: sampled primaries are captured and queued, then dropped for budget (no replay at all):
   what sampling costs the primaries by itself.
-`process` adds an arm with the shadow worker process (TBG_SHADOW_WORKER=process).
+`process` adds an arm with the shadow worker process (TBG_SHADOW_WORKER=process); `tree=DIR` one
+whose proxy runs the code in DIR (e.g. `git archive COMMIT | tar -x -C DIR`: before/after).
 `--taskset` pins each process to a CPU list (e.g. `--taskset upstream=0,proxy=1,client=0`).
 """
 
@@ -195,7 +196,7 @@ def main() -> int:
                 [sys.executable, "-m", "bench.fake_upstream", "--port", str(port)],
                 f"http://127.0.0.1:{port}/v1/models", cpus=cpus.get("upstream")))  # fmt: skip
         arms = [(f"{rate:.0%}", rate, "") for rate in rates]
-        arms += [(f"{max(rates):.0%}-{v}", max(rates), v) for v in variants]
+        arms += [(f"{max(rates):.0%}-{v.split('=')[0]}", max(rates), v) for v in variants]
         urls: dict[str, str] = {}
         pids: dict[str, int] = {}
         for name, rate, variant in arms:
@@ -212,6 +213,8 @@ def main() -> int:
             path.write_text(yaml.safe_dump(config))
             args = ["tbg", "serve", "--config", str(path)]
             env = {"TBG_SHADOW_WORKER": "process" if variant == "process" else "inline"}
+            if variant.startswith("tree="):  # the proxy's code from another checkout (before/after)
+                env["PYTHONPATH"] = variant.removeprefix("tree=")
             if variant in ("sep", "null"):
                 args = [sys.executable, "-m", "bench.shadow_overhead", "--serve", str(path),
                         second if variant == "sep" else "null"]  # fmt: skip
