@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -158,6 +159,9 @@ async def serve(sock: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C at a terminal reaches the whole process group: the proxy stops this worker itself
+    # (accounting for what it holds), or the worker ends when the proxy's end of the socket closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
     try:
         import uvloop
