@@ -323,7 +323,10 @@ class ProcessReplayer:
     async def _watch_child(self, channel: Channel) -> None:
         await asyncio.shield(channel.closed)  # the child closed its end: after "stopped", or died
         if not self._stopped.is_set():
-            rc = await self._proc.wait() if self._proc is not None else None
+            rc = None
+            if self._proc is not None:
+                with contextlib.suppress(TimeoutError):
+                    rc = await asyncio.wait_for(self._proc.wait(), 5.0)
             log.error("shadow worker process exited unexpectedly (returncode %s)", rc)
             self._agg.on_internal_error()
             self._broken = True
