@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -83,7 +85,33 @@ async def test_worker_accounting_through_overload_and_shutdown() -> None:
 @pytest.mark.usefixtures("process_worker")
 @pytest.mark.parametrize("mode", ["fail_every_second", "ok"])
 async def test_slow_or_failing_replays_in_the_worker_never_touch_the_primary(mode: str) -> None:
-    await faults.test_failing_or_slow_replays_never_touch_the_primary(mode)
+    # test_shadow_faults' scenario, except that the primaries are timed only once the worker's
+    # replays are under way: the worker is another process, scheduled on its own.
+    fake = faults.ShadowUpstream(mode=mode)
+    async with faults._stacks(fake) as (direct, off, on, tap, _), aiohttp.ClientSession() as http:
+        await faults._primary(http, off)  # warm-up (pools, lazy imports); not sampled
+        await faults._primary(http, on)  # sampled: its replays start in the worker
+        await until(lambda: fake.replays > 0, within=30.0)
+        off_s: list[float] = []
+        on_s: list[float] = []
+        for _ in range(faults.N):
+            expected, _ = await faults._primary(http, direct)
+            via_off, t_off = await faults._primary(http, off)
+            via_on, t_on = await faults._primary(http, on)
+            assert via_on == via_off == expected
+            off_s.append(t_off)
+            on_s.append(t_on)
+        # A primary that waited for even one replay would take ≥ REPLAY_DELAY.
+        assert statistics.median(on_s) < statistics.median(off_s) + faults.BUDGET, (on_s, off_s)
+        assert max(on_s) < faults.REPLAY_DELAY, on_s
+        assert await tap.idle((faults.N + 1) * 2 * faults.REPLAY_DELAY + 10)
+    totals = tap.view().totals()
+    assert totals["sampled"] == faults.N + 1 and totals["dropped"] == 0, totals
+    assert totals["sampled"] == totals["replayed"] + totals["failed"], totals
+    if mode == "ok":
+        assert fake.replay_errors == 0 and totals["replayed"] == faults.N + 1
+    else:
+        assert fake.replay_errors == faults.N + 1 and totals["replayed"] >= (faults.N + 1) // 2
 
 
 async def test_the_same_estimates_in_process_and_in_the_worker(
