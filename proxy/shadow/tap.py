@@ -1,7 +1,8 @@
 """ShadowTap: the shadow path as the proxy sees it (a proxy.tap.Tap), composed of three parts:
 
 - the Sampler (hot path): `plan` is a dict lookup, a coin flip and, for sampled requests only, a
-  token-bucket check and (with augment_logprobs) one orjson.dumps; `complete` is a put_nowait;
+  token-bucket check and (with augment_logprobs) one orjson.dumps; `complete` is a non-blocking
+  hand-off (a put_nowait, or one corked socket write to the worker process);
 - the Replayer: `max_concurrent` workers that replay queued primaries off the hot path; with
   `worker=` they run in a separate shadow worker process (proxy.shadow.process), so the proxy's
   event loop only samples, hands off a compact job and folds the comparisons that come back;
