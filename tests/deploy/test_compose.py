@@ -105,3 +105,44 @@ def test_gpu_stack_switches_batch_invariance() -> None:
     assert vllm["image"].startswith("docker.io/vllm/vllm-openai:")
     assert vllm["environment"]["VLLM_BATCH_INVARIANT"] == "${VLLM_BATCH_INVARIANT:-0}"
     assert "--max-logprobs" in vllm["command"]
+
+
+def _defaults(value: str) -> str:
+    """`${VAR:-default}` -> default, as compose substitutes with VAR unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def test_reference_command_is_one_tbg_reference_accepts(capsys: pytest.CaptureFixture[str]) -> None:
+    # The image's ENTRYPOINT is `tbg reference`; the stack's command is its arguments.
+    from reference.cli import _validate, build_parser
+
+    parser = build_parser()
+    argv = [_defaults(a) for a in _stack("cpu")["services"]["upstream"]["command"]]
+    args = parser.parse_args(argv)
+    _validate(args, parser)  # exits 2 on a bad combination (e.g. --temperature without thermostat)
+    assert capsys.readouterr().err == ""
+    assert (args.host, args.port, args.mode) == ("0.0.0.0", 8000, "thermostat")
+    assert args.temperature > 0
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_official_monitoring_images_by_default(name: str) -> None:
+    # Swappable by environment variable (deploy/compose/smoke uses local stand-ins), official unset.
+    services = _stack(name)["services"]
+    for svc, var, official in (
+        ("prometheus", "TBG_PROMETHEUS_IMAGE", "docker.io/prom/prometheus:"),
+        ("alertmanager", "TBG_ALERTMANAGER_IMAGE", "docker.io/prom/alertmanager:"),
+    ):
+        image = services[svc]["image"]
+        assert image.startswith(f"${{{var}:-")
+        assert _defaults(image).startswith(official)
+    assert services["grafana"]["image"].startswith("docker.io/grafana/grafana:")
+
+
+def test_standins_provide_the_swapped_services() -> None:
+    text = (COMPOSE / "standins" / "Containerfile").read_text(encoding="utf-8")
+    stages = dict(re.findall(r"^FROM \S+ AS (\S+)$\n(.*?)(?=^FROM |\Z)", text, re.M | re.S))
+    assert set(stages) == {"prometheus", "alertmanager"}
+    for body in stages.values():
+        assert re.search(r"^USER 65534", body, re.M)  # nobody, as in the official images
+        assert re.search(r"^ENTRYPOINT \[\"/usr/bin/", body, re.M)
