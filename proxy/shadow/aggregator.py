@@ -16,9 +16,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from estimator.model import Run, Trial, TrialContext
-from estimator.online import OnlineConfig
+from estimator.online import OnlineConfig, TrialComparison
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import LOAD_BUCKETS, load_bucket
 from proxy.shadow.state import ShadowState
@@ -28,6 +29,51 @@ from proxy.tap import RequestInfo
 log = logging.getLogger("tbg.shadow")
 
 Render = Callable[[ShadowView], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Compared:
+    """One trial, compared: all the Aggregator needs to fold it (small and picklable)."""
+
+    context: TrialContext
+    comparison: TrialComparison
+    exemplars: tuple[Exemplar, ...]
+
+
+def compare_trial(
+    compare: Callable[[Trial], TrialComparison],
+    config: ShadowConfig,
+    hash_key: bytes,
+    request: RequestInfo,
+    runs: tuple[Run, ...],
+    load: int,
+) -> Compared:
+    """Compare one trial and pick its exemplars; touches no state (safe in a thread or process)."""
+    digest = hashlib.blake2b(request.raw_body, key=hash_key, digest_size=8).hexdigest()
+    context = TrialContext(request.upstream, request.model_name, load_bucket(load))
+    comparison = compare(Trial(digest, runs, context))
+    now = time.time()
+    seen: set[tuple[int, str, str]] = set()
+    exemplars: list[Exemplar] = []
+    for div in comparison.exemplars:
+        # One exemplar per distinct split: with k replays the same fork shows up in many pairs.
+        low, high = sorted((div.token_a, div.token_b))
+        split = (div.position, low, high)
+        if split in seen:
+            continue
+        seen.add(split)
+        text = None
+        if config.record_text:
+            text = {
+                "input": request.body.get("messages", request.body.get("prompt")),
+                "run_a": runs[div.run_a].text,
+                "run_b": runs[div.run_b].text,
+            }
+        exemplars.append(
+            Exemplar(now, request.upstream, request.model_name, context.load_bucket, digest,
+                     div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text)
+        )  # fmt: skip
+    return Compared(context, comparison, tuple(exemplars))
 
 
 def online_config(config: ShadowConfig) -> OnlineConfig:
@@ -85,38 +131,26 @@ class Aggregator:
     async def fold(self, request: RequestInfo, runs: tuple[Run, ...], load: int) -> None:
         """Compare one trial (in a worker thread: the trie and the grid likelihood are the heavy
         part) and fold it into the overall and per-load-bucket estimators."""
-        key = (request.upstream, request.model_name)
-        digest = hashlib.blake2b(request.raw_body, key=self._hash_key, digest_size=8).hexdigest()
-        context = TrialContext(request.upstream, request.model_name, load_bucket(load))
-        trial = Trial(digest, runs, context)
-        comparison = await asyncio.to_thread(self._state.compare, trial)
-        self._state.record(trial, comparison)
-        self._state.count(key, "replayed")
-        now = time.time()
-        seen: set[tuple[int, str, str]] = set()
-        for div in comparison.exemplars:
-            # One exemplar per distinct split: with k replays the same fork shows up in many pairs.
-            low, high = sorted((div.token_a, div.token_b))
-            split = (div.position, low, high)
-            if split in seen:
-                continue
-            seen.add(split)
-            text = None
-            if self._config.record_text:
-                text = {
-                    "input": request.body.get("messages", request.body.get("prompt")),
-                    "run_a": runs[div.run_a].text,
-                    "run_b": runs[div.run_b].text,
-                }
-            self._state.add_exemplar(
-                Exemplar(now, request.upstream, request.model_name, context.load_bucket, digest,
-                         div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b,
-                         text)
-            )  # fmt: skip
+        compared = await asyncio.to_thread(
+            compare_trial, self._state.compare, self._config, self._hash_key, request, runs, load
+        )
+        self.record(compared)
+
+    def record(self, compared: Compared) -> None:
+        """Fold a trial compared elsewhere (a worker thread or the shadow worker process)."""
+        self._state.record_comparison(compared.context, compared.comparison)
+        self._state.count((compared.context.upstream, compared.context.model_name), "replayed")
+        for exemplar in compared.exemplars:
+            self._state.add_exemplar(exemplar)
         self._touch()
 
     def _touch(self) -> None:
         self._changed.set()
+
+    @property
+    def hash_key(self) -> bytes:
+        """The per-process key of request hashes (the shadow worker process hashes with it too)."""
+        return self._hash_key
 
     # -- readers --------------------------------------------------------------------------------
     @property

@@ -62,6 +62,13 @@ class LoadTracker:
     def replay_finished(self, upstream: str) -> None:
         self._replays[upstream] = max(0, self._replays.get(upstream, 0) - 1)
 
+    # proxy.shadow.replayer.ReplayLoad, for the in-process replayer
+    async def acquire(self, upstream: str) -> int:
+        return self.replay_started(upstream)
+
+    def release(self, upstream: str) -> None:
+        self.replay_finished(upstream)
+
     def replays_in_flight(self) -> int:
         return sum(self._replays.values())
 

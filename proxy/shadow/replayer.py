@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,9 +23,8 @@ from estimator.builders import (
     text_tokens,
 )
 from estimator.model import Run
-from proxy.shadow.aggregator import Aggregator
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.load import LoadTracker, MetricsFetcher
+from proxy.shadow.load import MetricsFetcher
 from proxy.shadow.sampling import Sampler
 from proxy.shadow.view import Key
 from proxy.shadow.wire import replay_body
@@ -49,6 +48,29 @@ class ReplayTransport(MetricsFetcher, Protocol):
     ) -> tuple[int, bytes]:
         """POST `body` to <base_url><path>; returns (status, body). Raises on I/O errors."""
         ...
+
+
+class TrialSink(Protocol):
+    """Where the replayer reports: the Aggregator in-process, a pipe to it from the worker process."""
+
+    def count(self, key: Key, what: str) -> None: ...
+    def drop(self, key: Key, reason: str) -> None: ...
+    def replay_request(self, key: Key, outcome: str, tokens: int = 0) -> None: ...
+    async def fold(self, request: RequestInfo, runs: tuple[Run, ...], load: int) -> None:
+        """Compare one trial and fold it into the estimates."""
+        ...
+
+    def on_internal_error(self) -> None: ...
+
+
+class ReplayLoad(Protocol):
+    """The load a replay meets when it is sent (proxy.shadow.load.LoadTracker, maybe remote)."""
+
+    async def acquire(self, upstream: str) -> int:
+        """Mark one replay in flight; returns the load it meets (itself included)."""
+        ...
+
+    def release(self, upstream: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,48 +135,82 @@ def comparable_runs(runs: tuple[Run, ...]) -> tuple[Run, ...]:
 
 
 class Replayer:
-    """Owns the worker tasks; `busy` counts trials being processed (for `ShadowTap.idle`)."""
+    """Owns the bounded queue of finished primaries and the worker tasks that replay them.
+
+    `queue_size` bounds the waiting jobs (the ShadowTap drops on `full()`); `pending()` counts
+    waiting and in-progress trials (for `ShadowTap.idle`). In the shadow worker process the queue is
+    unbounded (`queue_size=0`): the proxy process bounds what it sends.
+    """
 
     def __init__(
         self,
         config: ShadowConfig,
         transport: ReplayTransport,
         sampler: Sampler,
-        load: LoadTracker,
-        aggregator: Aggregator,
-        queue: asyncio.Queue[Job],
+        load: ReplayLoad,
+        sink: TrialSink,
+        *,
+        queue_size: int | None = None,
     ) -> None:
         self._config = config
         self._transport = transport
         self._sampler = sampler
         self._load = load
-        self._agg = aggregator
-        self._queue = queue
+        self._agg = sink
+        size = config.queue_size if queue_size is None else queue_size
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=size)
         self._workers: list[asyncio.Task[None]] = []
         self.busy = 0
         # Per upstream: absent = unknown (config "auto"); True once a replay came back with
         # logprobs; False once it did not. "yes"/"no" in the config fix it for every upstream.
         self._logprobs_ok: dict[str, bool] = {}
         self._logprobs_fixed = {"yes": True, "no": False}.get(config.logprobs)
+        self.on_logprobs_detected: Callable[[str, bool], None] = lambda _upstream, _ok: None
 
     def supports_logprobs(self, upstream: str) -> bool | None:
         if self._logprobs_fixed is not None:
             return self._logprobs_fixed
         return self._logprobs_ok.get(upstream)
 
-    def start(self) -> None:
+    def _detected(self, upstream: str, ok: bool) -> None:
+        self._logprobs_ok[upstream] = ok
+        self.on_logprobs_detected(upstream, ok)
+
+    # -- the queue (event loop only) --------------------------------------------------------------
+    def full(self) -> bool:
+        return self._queue.full()
+
+    def submit(self, job: Job) -> bool:
+        """Queue a finished primary without waiting; False when the queue is full."""
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def pending(self) -> int:
+        return self._queue.qsize() + self.busy
+
+    async def start(self) -> None:
         self._workers = [
             asyncio.create_task(self._worker(), name=f"tbg-shadow-worker-{i}")
             for i in range(self._config.max_concurrent)
         ]
 
     async def stop(self) -> None:
+        """Cancel the workers (a trial in progress counts as failed), then account for the jobs
+        still queued: sampled, never replayed (`shutdown`)."""
         for task in self._workers:
             task.cancel()
         for task in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers = []
+        while not self._queue.empty():
+            self._agg.drop(self._queue.get_nowait().key, "shutdown")
 
     async def _worker(self) -> None:
         while True:
@@ -215,7 +271,7 @@ class Replayer:
             max_tokens=length,
             logprobs_k=self._config.top_logprobs if ask_logprobs else None,
         )
-        load = self._load.replay_started(upstream)
+        load = await self._load.acquire(upstream)
         try:
             status, payload = await self._transport.post_json(
                 upstream,
@@ -229,10 +285,10 @@ class Replayer:
             self._agg.replay_request(key, "error")
             return None
         finally:
-            self._load.replay_finished(upstream)
+            self._load.release(upstream)
         detecting = self._logprobs_fixed is None and upstream not in self._logprobs_ok
         if status == 400 and ask_logprobs and detecting:
-            self._logprobs_ok[upstream] = False  # it rejects logprobs: ask without from now on
+            self._detected(upstream, False)  # it rejects logprobs: ask without from now on
             return await self._replay(request, length)
         if status != 200:
             self._agg.replay_request(key, "error")
@@ -247,7 +303,7 @@ class Replayer:
             self._agg.replay_request(key, "error")
             return None
         if ask_logprobs and detecting:
-            self._logprobs_ok[upstream] = run.top_logprobs is not None
+            self._detected(upstream, run.top_logprobs is not None)
         usage = data.get("usage") if isinstance(data, dict) else None
         tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
         self._agg.replay_request(key, "ok", tokens if isinstance(tokens, int) else 0)

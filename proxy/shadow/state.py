@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from estimator.model import Trial
+from estimator.model import Trial, TrialContext
 from estimator.online import (
     OnlineConfig,
     OnlineEstimator,
@@ -99,7 +99,12 @@ class ShadowState:
         return self._comparer.compare(trial)
 
     def record(self, trial: Trial, comparison: TrialComparison | None = None) -> TrialComparison:
-        ctx = trial.context
+        if comparison is None:
+            comparison = self.compare(trial)  # compared once, folded into both views
+        self.record_comparison(trial.context, comparison)
+        return comparison
+
+    def record_comparison(self, ctx: TrialContext, comparison: TrialComparison) -> None:
         key = (ctx.upstream, ctx.model_name)
         lkey = (ctx.upstream, ctx.model_name, ctx.load_bucket)
         overall = self._overall.get(key)
@@ -108,8 +113,6 @@ class ShadowState:
         by_load = self._by_load.get(lkey)
         if by_load is None:
             by_load = self._by_load[lkey] = OnlineEstimator(self.online)
-        if comparison is None:
-            comparison = self.compare(trial)  # compared once, folded into both views
         overall.add(comparison)
         by_load.add(comparison)
         self._positions.setdefault(key, [0] * len(POSITION_BOUNDS))
@@ -122,7 +125,6 @@ class ShadowState:
                     self._positions[key][i] += 1
                     break
         self._last_update[key] = self._clock()
-        return comparison
 
     def add_exemplar(self, exemplar: Exemplar) -> None:
         self.exemplars.append(exemplar)

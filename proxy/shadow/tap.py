@@ -1,8 +1,11 @@
 """ShadowTap: the shadow path as the proxy sees it (a proxy.tap.Tap), composed of three parts:
 
 - the Sampler (hot path): `plan` is a dict lookup, a coin flip and, for sampled requests only, a
-  token-bucket check and (with augment_logprobs) one orjson.dumps; `complete` is a put_nowait;
-- the Replayer: `max_concurrent` workers that replay queued primaries off the hot path;
+  token-bucket check and (with augment_logprobs) one orjson.dumps; `complete` is a non-blocking
+  hand-off (a put_nowait, or one corked socket write to the worker process);
+- the Replayer: `max_concurrent` workers that replay queued primaries off the hot path; with
+  `worker=` they run in a separate shadow worker process (proxy.shadow.process), so the proxy's
+  event loop only samples, hands off a compact job and folds the comparisons that come back;
 - the Aggregator: the only writer of the estimates, which publishes an immutable ShadowView.
 
 Accounting per sampled primary, exact once idle: sampled = replayed + dropped + failed.
@@ -16,10 +19,12 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxy.shadow.aggregator import Aggregator, Render
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import InFlightProbe, LoadTracker
+from proxy.shadow.process import ProcessReplayer, WorkerSpec
 from proxy.shadow.replayer import Job, Replayer, ReplayTransport
 from proxy.shadow.sampling import Sampler
 from proxy.shadow.view import Key, ShadowView
@@ -32,6 +37,19 @@ from proxy.shadow.wire import (
 from proxy.tap import Exchange, RequestInfo, TapPlan
 
 log = logging.getLogger("tbg.shadow")
+
+
+class ReplayPool(Protocol):
+    """The replayer as the tap sees it: in this process (Replayer) or in the shadow worker
+    process (proxy.shadow.process.ProcessReplayer)."""
+
+    def supports_logprobs(self, upstream: str) -> bool | None: ...
+    def full(self) -> bool: ...
+    def submit(self, job: Job) -> bool: ...
+    def queue_depth(self) -> int: ...
+    def pending(self) -> int: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +74,7 @@ class ShadowTap:
         hash_key: bytes | None = None,
         render: Render | None = None,
         publish_interval_s: float = 1.0,
+        worker: WorkerSpec | None = None,
     ) -> None:
         self.config = config
         self.sampler = Sampler(config, rng=rng or random.Random())
@@ -63,11 +82,12 @@ class ShadowTap:
         self.aggregator = Aggregator(
             config, render=render, hash_key=hash_key, publish_interval_s=publish_interval_s
         )
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=config.queue_size)
         self._transport = transport
-        self.replayer = Replayer(
-            config, transport, self.sampler, self.load, self.aggregator, self._queue
-        )
+        self.replayer: ReplayPool
+        if worker is None:
+            self.replayer = Replayer(config, transport, self.sampler, self.load, self.aggregator)
+        else:
+            self.replayer = ProcessReplayer(config, worker, self.load, self.aggregator)
 
     @property
     def on_internal_error(self) -> Callable[[], None]:
@@ -88,25 +108,22 @@ class ShadowTap:
 
     async def start(self, upstreams_for_polling: tuple[str, ...] = ()) -> None:
         await self.aggregator.start()
-        self.replayer.start()
+        await self.replayer.start()
         if self.config.load_source == "vllm_metrics" and upstreams_for_polling:
             self.load.start_polling(
                 self._transport, upstreams_for_polling, self.config.load_poll_seconds
             )
 
     async def stop(self) -> None:
-        await self.replayer.stop()
+        await self.replayer.stop()  # jobs still queued are dropped as "shutdown"
         await self.load.stop()
-        # Jobs still queued were sampled but will never be replayed: account for them.
-        while not self._queue.empty():
-            self.aggregator.drop(self._queue.get_nowait().key, "shutdown")
         await self.aggregator.stop()
 
     async def idle(self, within_s: float) -> bool:
         """Wait until the queue is empty and no worker is busy, then publish (tests, the demo).
         False if not idle within `within_s` seconds."""
         deadline = time.monotonic() + within_s
-        while self._queue.qsize() or self.replayer.busy:
+        while self.replayer.pending():
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.02)
@@ -114,7 +131,7 @@ class ShadowTap:
         return True
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self.replayer.queue_depth()
 
     # -- hot path (proxy.tap.Tap) ---------------------------------------------------------------
     def plan(self, request: RequestInfo) -> TapPlan | None:
@@ -130,7 +147,7 @@ class ShadowTap:
         if decision.dropped_reason is not None:
             agg.drop(key, decision.dropped_reason)
             return None
-        if self._queue.full():  # would be dropped at complete(); do not touch the request at all
+        if self.replayer.full():  # would be dropped at complete(); do not touch the request at all
             self.sampler.refund_rate(request.model_name)
             agg.drop(key, "queue_full")
             return None
@@ -161,8 +178,6 @@ class ShadowTap:
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.drop(ticket.key, "primary_incomplete")
             return
-        try:
-            self._queue.put_nowait(Job(exchange, ticket.key, ticket.load_at_start))
-        except asyncio.QueueFull:
+        if not self.replayer.submit(Job(exchange, ticket.key, ticket.load_at_start)):
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.drop(ticket.key, "queue_full")

@@ -6,9 +6,9 @@ Called once from `make_app`; nothing here runs at import time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
@@ -16,61 +16,47 @@ from proxy.keys import EXPOSITION, IN_FLIGHT, METRICS, REGISTRY, UPSTREAMS
 from proxy.shadow.aggregator import online_config
 from proxy.shadow.api import make_handler
 from proxy.shadow.metrics import LiveCollector, ShadowExposition
+from proxy.shadow.process import WorkerSpec
 from proxy.shadow.tap import ShadowTap
+from proxy.shadow.transport import UpstreamTransport
+
+__all__ = ["SHADOW", "UpstreamTransport", "install_shadow"]
 
 SHADOW = web.AppKey("tbg_shadow", ShadowTap)
 
 
-class UpstreamTransport:
-    """Replays through the proxy's own pooled session, with each upstream's auth and timeouts."""
-
-    def __init__(self, app: web.Application, replay_keys: Mapping[str, str]) -> None:
-        self._app = app  # Upstreams exists only once the app has started
-        self._replay_keys = replay_keys  # upstream name -> dedicated replay key
-
-    async def post_json(
-        self,
-        upstream: str,
-        path: str,
-        body: bytes,
-        client_headers: Mapping[str, str],
-        timeout_s: float,
-    ) -> tuple[int, bytes]:
-        upstreams = self._app[UPSTREAMS]
-        target = upstreams.upstream_for(upstream)
-        key = self._replay_keys.get(upstream)
-        if key is not None:
-            headers = {"Authorization": f"Bearer {key}"}
-        else:
-            headers = upstreams.auth_headers(target, client_headers)
-        headers["Content-Type"] = "application/json"
-        limit = min(timeout_s, target.timeouts.total or timeout_s)
-        client_timeout = aiohttp.ClientTimeout(total=limit, connect=target.timeouts.connect)
-        async with upstreams.session.post(
-            upstreams.url(target, path), data=body, headers=headers, timeout=client_timeout
-        ) as response:
-            return response.status, await response.read()
-
-    async def fetch_metrics(self, upstream: str) -> str:
-        upstreams = self._app[UPSTREAMS]
-        target = upstreams.upstream_for(upstream)
-        root = target.base_url.removesuffix("/v1")
-        async with upstreams.session.get(
-            f"{root}/metrics", timeout=aiohttp.ClientTimeout(total=5.0)
-        ) as response:
-            response.raise_for_status()
-            return await response.text()
+WORKER_ENV = "TBG_SHADOW_WORKER"  # "inline" (default) or "process"; see install_shadow
+NICE_ENV = "TBG_SHADOW_WORKER_NICE"  # niceness added to the worker process (default 10)
 
 
-def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
-    """Build and register the shadow path when enabled; returns the tap for the forwarder."""
+def install_shadow(
+    app: web.Application, config: Config, *, worker: str | None = None, nice: int | None = None
+) -> ShadowTap | None:
+    """Build and register the shadow path when enabled; returns the tap for the forwarder.
+
+    `worker`: "inline" runs replays and comparisons on the proxy's event loop (and a worker
+    thread); "process" runs them in a separate shadow worker process (proxy.shadow.process), so
+    that the primaries' loop only samples and hands off. None reads TBG_SHADOW_WORKER (default
+    "inline") until the config schema has a field for it. `nice`: added to the worker process's
+    niceness so that on a busy machine the kernel runs the primaries first (None reads
+    TBG_SHADOW_WORKER_NICE, default 10; 0 keeps the proxy's priority).
+    """
     shadow = config.shadow_config  # validated, replay keys resolved, by load_config
     if not shadow.enabled:
         return None
+    mode = worker if worker is not None else os.environ.get(WORKER_ENV, "inline")
+    if mode not in ("inline", "process"):
+        raise ValueError(f"{WORKER_ENV} must be 'inline' or 'process', not {mode!r}")
+    if nice is None:
+        raw = os.environ.get(NICE_ENV, "10")
+        if not raw.isdigit() or int(raw) > 19:
+            raise ValueError(f"{NICE_ENV} must be an integer from 0 to 19, not {raw!r}")
+        nice = int(raw)
     models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
     exposition = ShadowExposition(shadow, models, online_config(shadow).grid)
-    transport = UpstreamTransport(app, config.replay_keys)
-    tap = ShadowTap(shadow, transport, app[IN_FLIGHT], render=exposition.render)
+    transport = UpstreamTransport(lambda: app[UPSTREAMS], config.replay_keys)
+    spec = WorkerSpec(config, nice=nice) if mode == "process" else None
+    tap = ShadowTap(shadow, transport, app[IN_FLIGHT], render=exposition.render, worker=spec)
     app[SHADOW] = tap
     tap.on_internal_error = app[METRICS].internal_errors.labels("shadow").inc
     tap.prime([(u.name, m) for u in config.upstreams for m in u.models])

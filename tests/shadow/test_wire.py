@@ -169,3 +169,17 @@ def test_augment_and_replay_bodies() -> None:
     comp = orjson.loads(replay_body("completions", {"prompt": "x"}, max_tokens=3, logprobs_k=4))
     assert comp == {"prompt": "x", "logprobs": 4, "stream": False, "max_tokens": 3}
     assert "stream" in chat  # the client's body is never mutated
+
+
+def test_strip_finds_the_end_of_deep_and_tricky_values() -> None:
+    # Brackets and escaped quotes inside strings, and nesting deeper than the one-regex path
+    # reaches (the scanner takes over there): the value always ends where JSON says it does.
+    tricky = b'{"content":[{"token":"]}\\"{[","bytes":[93,125],"top_logprobs":[]}]}'
+    deep = b"[" * 30 + b'"x"' + b"]" * 30
+    for value in (tricky, deep, b'"a \\" string"', b"-1.5e-3", b"[]", b"{}"):
+        body = b'{"choices":[{"index":0,"logprobs":' + value + b',"finish_reason":"stop"}]}'
+        assert orjson.loads(body)  # valid JSON
+        stripped = strip_logprobs(body)
+        assert stripped == b'{"choices":[{"index":0,"logprobs":null,"finish_reason":"stop"}]}'
+    with pytest.raises(ValueError, match="unterminated"):
+        strip_logprobs(b'{"choices":[{"logprobs":' + deep[:-1])
