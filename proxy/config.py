@@ -64,6 +64,8 @@ ENV_VARS = {
     "log_level": "TBG_LOG_LEVEL",
     "default_upstream": "TBG_DEFAULT_UPSTREAM",
 }
+# TBG_* variables that set one `shadow:` field (without turning replay on).
+SHADOW_ENV_VARS = {"worker": "TBG_SHADOW_WORKER", "worker_nice": "TBG_SHADOW_WORKER_NICE"}
 # Flags that set one top-level field (the rest of Overrides is handled by build_config).
 _FLAG_FIELDS = (
     "host",
@@ -185,11 +187,16 @@ def build_config(
     """Merge the three sources, validate them in one pass against `FileSchema`, and return the
     frozen runtime values; raises ConfigError listing every bad field (`path: detail` lines)."""
     merged = _merge(data, environ, overrides)
+    shadow_given = bool(merged.get("shadow"))  # a non-empty section turns replay on by default
+    from_env = {k: environ[v] for k, v in SHADOW_ENV_VARS.items() if environ.get(v)}
+    if from_env:
+        shadow = merged.get("shadow")
+        merged["shadow"] = {**(shadow if isinstance(shadow, Mapping) else {}), **from_env}
     try:
         schema = FileSchema.model_validate(merged, context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError("\n".join(messages(exc, FileSchema))) from None
-    return _runtime(schema, merged, environ)
+    return _runtime(schema, merged, environ, shadow_given=shadow_given)
 
 
 def _merge(
@@ -239,7 +246,9 @@ def _flag_upstream(index: int, spec: str) -> dict[str, Any]:
     return {"name": name, "base_url": url}
 
 
-def _runtime(schema: FileSchema, merged: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+def _runtime(
+    schema: FileSchema, merged: Mapping[str, Any], environ: Mapping[str, str], *, shadow_given: bool
+) -> Config:
     upstreams = tuple(
         UpstreamConfig(
             name=u.name,
@@ -274,7 +283,7 @@ def _runtime(schema: FileSchema, merged: Mapping[str, Any], environ: Mapping[str
         api_keys_env=schema.api_keys_env,
         api_keys=api_keys,
         shadow=MappingProxyType(dict(shadow_raw)),
-        shadow_config=schema.shadow.to_config(non_empty=bool(shadow_raw)),
+        shadow_config=schema.shadow.to_config(non_empty=shadow_given),
         replay_keys=MappingProxyType(
             {name: environ[env] for name, env in schema.shadow.replay_key_env.items()}
         ),

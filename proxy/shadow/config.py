@@ -30,6 +30,7 @@ class ShadowConfigError(ValueError):
 
 LoadSource = Literal["inflight", "vllm_metrics"]
 LogprobsSupport = Literal["auto", "yes", "no"]
+WorkerMode = Literal["inline", "process"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,9 @@ class ShadowConfig:
     load_poll_seconds: float = 1.0
     replay_timeout_seconds: float = 120.0
     eligibility: Eligibility = Eligibility()
+    # "process": replays and comparisons run in a child process (proxy/shadow/process.py), niced.
+    worker: WorkerMode = "inline"
+    worker_nice: int = 10
 
     def policy(self, model_name: str) -> ModelPolicy:
         return self.models.get(model_name, self.defaults)
@@ -175,6 +179,21 @@ class ShadowSchema(Section):
     replay_timeout_seconds: Annotated[
         Number, Field(gt=0.0, description="per replay request, seconds")
     ] = 120.0
+    worker: WorkerMode = Field(
+        "inline",
+        description="where replays and comparisons run: `inline` on the proxy's event loop (and "
+        "a thread), `process` in a shadow worker process, so the primaries' loop only samples "
+        "and hands off (+1 process per replica, +1–2 s at start); env `TBG_SHADOW_WORKER`",
+    )
+    worker_nice: Annotated[
+        Int,
+        Field(
+            ge=0,
+            le=19,
+            description="niceness added to the worker process, so that a busy machine serves the "
+            "primaries first; env `TBG_SHADOW_WORKER_NICE`",
+        ),
+    ] = 10
     eligibility: EligibilitySchema = Field(
         EligibilitySchema(), description="which primaries count as greedy"
     )
@@ -210,6 +229,8 @@ class ShadowSchema(Section):
                 missing_temperature_is_greedy=self.eligibility.missing_temperature_is_greedy,
                 allow_top_k_1=self.eligibility.allow_top_k_1,
             ),
+            worker=self.worker,
+            worker_nice=self.worker_nice,
         )
 
 

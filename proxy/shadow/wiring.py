@@ -6,7 +6,6 @@ Called once from `make_app`; nothing here runs at import time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -25,10 +24,6 @@ __all__ = ["SHADOW", "UpstreamTransport", "install_shadow"]
 SHADOW = web.AppKey("tbg_shadow", ShadowTap)
 
 
-WORKER_ENV = "TBG_SHADOW_WORKER"  # "inline" (default) or "process"; see install_shadow
-NICE_ENV = "TBG_SHADOW_WORKER_NICE"  # niceness added to the worker process (default 10)
-
-
 def install_shadow(
     app: web.Application, config: Config, *, worker: str | None = None, nice: int | None = None
 ) -> ShadowTap | None:
@@ -36,22 +31,17 @@ def install_shadow(
 
     `worker`: "inline" runs replays and comparisons on the proxy's event loop (and a worker
     thread); "process" runs them in a separate shadow worker process (proxy.shadow.process), so
-    that the primaries' loop only samples and hands off. None reads TBG_SHADOW_WORKER (default
-    "inline") until the config schema has a field for it. `nice`: added to the worker process's
-    niceness so that on a busy machine the kernel runs the primaries first (None reads
-    TBG_SHADOW_WORKER_NICE, default 10; 0 keeps the proxy's priority).
+    that the primaries' loop only samples and hands off. `nice`: added to the worker process's
+    niceness so that on a busy machine the kernel runs the primaries first (0 keeps the proxy's
+    priority). None: the config's `shadow.worker` / `shadow.worker_nice`.
     """
     shadow = config.shadow_config  # validated, replay keys resolved, by load_config
     if not shadow.enabled:
         return None
-    mode = worker if worker is not None else os.environ.get(WORKER_ENV, "inline")
+    mode = shadow.worker if worker is None else worker
     if mode not in ("inline", "process"):
-        raise ValueError(f"{WORKER_ENV} must be 'inline' or 'process', not {mode!r}")
-    if nice is None:
-        raw = os.environ.get(NICE_ENV, "10")
-        if not raw.isdigit() or int(raw) > 19:
-            raise ValueError(f"{NICE_ENV} must be an integer from 0 to 19, not {raw!r}")
-        nice = int(raw)
+        raise ValueError(f"worker must be 'inline' or 'process', not {mode!r}")
+    nice = shadow.worker_nice if nice is None else nice
     models = tuple(dict.fromkeys(m for u in config.upstreams for m in u.models))
     exposition = ShadowExposition(shadow, models, online_config(shadow).grid)
     transport = UpstreamTransport(lambda: app[UPSTREAMS], config.replay_keys)

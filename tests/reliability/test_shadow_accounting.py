@@ -12,6 +12,7 @@ from bench.fake_upstream import make_app as fake_app
 from proxy.app import make_app, make_runner
 from proxy.config import Overrides, load_config
 from proxy.shadow.wiring import SHADOW
+from tests.shadow.conftest import worker_env
 
 REQUESTS = 40
 
@@ -23,7 +24,7 @@ async def test_accounting_holds_through_overload_and_shutdown() -> None:
     upstream = f"http://127.0.0.1:{fake.addresses[0][1]}/v1"
     config = load_config(
         Overrides(upstreams=(upstream,), models=("m",), sample_rate=1, replays=2, port=0),
-        {},
+        worker_env(),
     )
     app = make_app(config)
     runner = make_runner(app)

@@ -27,6 +27,7 @@ from proxy.shadow.tap import ShadowTap
 from proxy.shadow.wiring import SHADOW
 from tests.proxy.fakes import CHAT_BODY, CHAT_EVENTS
 from tests.reliability.test_client_disconnect import until
+from tests.shadow.conftest import worker_env
 
 REPLAY_DELAY = 1.0  # every replay takes this long: a primary that waited for one would show it
 BUDGET = 0.3  # s: allowed median primary slowdown with shadow on, on a loaded 2-core CI box
@@ -105,8 +106,8 @@ async def _stacks(
     entry = {"name": "up", "base_url": up_url, "models": ["m"]}
     shadow = {"enabled": True, "sample_rate": 1, "replays": 2, "max_concurrent": 4,
               "replays_per_minute": 1e6, "tokens_per_minute": 1e9}  # fmt: skip
-    off_app = make_app(build_config({"upstreams": [entry]}, {}))
-    on_app = make_app(build_config({"upstreams": [entry], "shadow": shadow}, {}))
+    off_app = make_app(build_config({"upstreams": [entry]}, worker_env()))
+    on_app = make_app(build_config({"upstreams": [entry], "shadow": shadow}, worker_env()))
     off, on = await _serve(off_app, make_runner(off_app)), await _serve(on_app, make_runner(on_app))
     try:
         yield (

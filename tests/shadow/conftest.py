@@ -4,6 +4,7 @@ proxy app on loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,6 +171,13 @@ class Stack:
 StackFactory = Callable[..., "asyncio.Future[Stack]"]
 
 
+def worker_env() -> dict[str, str]:
+    """TBG_SHADOW_WORKER* from the test process's environment, for the configs tests build with
+    an injected environment: the worker-process tests (and a whole run under
+    TBG_SHADOW_WORKER=process) reach them this way."""
+    return {k: v for k, v in os.environ.items() if k.startswith("TBG_SHADOW_WORKER")}
+
+
 @pytest.fixture
 async def make_stack() -> AsyncIterator[Callable[..., Any]]:
     runners: list[web.AppRunner] = []
@@ -183,7 +191,7 @@ async def make_stack() -> AsyncIterator[Callable[..., Any]]:
         shadow_cfg = {"enabled": True, "sample_rate": 1.0, "replays": 2,
                       "replays_per_minute": 1e6, "tokens_per_minute": 1e9, **(shadow or {})}  # fmt: skip
         up = {"name": "fake", "base_url": f"{base}/v1", "models": ["m"], **(upstream or {})}
-        environ = {"FAKE_KEY": "sk-up", **(env or {})}  # injected, never os.environ
+        environ = {"FAKE_KEY": "sk-up", **worker_env(), **(env or {})}  # injected
         config = build_config({"upstreams": [up], "shadow": shadow_cfg}, environ)
         app = make_app(config)
         proxy, prunner = await serve(app, make_runner(app))

@@ -18,6 +18,7 @@ import aiohttp
 import httpx
 import pytest
 
+from proxy.config import ConfigError, build_config
 from proxy.shadow.process import ProcessReplayer
 from tests.reliability import test_shadow_accounting as accounting
 from tests.reliability import test_shadow_faults as faults
@@ -183,11 +184,24 @@ async def test_a_worker_that_cannot_start_stops_the_proxy_start(
         await make_stack(FakeLLM())
 
 
-@pytest.mark.parametrize(("var", "value"), [("TBG_SHADOW_WORKER", "thread"),
-                                            ("TBG_SHADOW_WORKER_NICE", "-5")])  # fmt: skip
+@pytest.mark.parametrize(("var", "value", "field"),
+                         [("TBG_SHADOW_WORKER", "thread", "shadow.worker"),
+                          ("TBG_SHADOW_WORKER_NICE", "-5", "shadow.worker_nice")])  # fmt: skip
 async def test_bad_worker_settings_stop_the_start(
-    make_stack: Any, monkeypatch: pytest.MonkeyPatch, var: str, value: str
+    make_stack: Any, monkeypatch: pytest.MonkeyPatch, var: str, value: str, field: str
 ) -> None:
     monkeypatch.setenv(var, value)
-    with pytest.raises(ValueError, match=var):
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
         await make_stack(FakeLLM())
+
+
+def test_worker_settings_come_from_the_file_or_the_environment_and_do_not_turn_replay_on() -> None:
+    up = {"name": "u", "base_url": "http://127.0.0.1:9/v1"}
+    config = build_config(
+        {"upstreams": [up], "shadow": {"worker": "process", "worker_nice": 3}}, {}
+    )
+    shadow = config.shadow_config
+    assert (shadow.enabled, shadow.worker, shadow.worker_nice) == (True, "process", 3)
+    env = {"TBG_SHADOW_WORKER": "process", "TBG_SHADOW_WORKER_NICE": "0"}
+    shadow = build_config({"upstreams": [up]}, env).shadow_config
+    assert (shadow.enabled, shadow.worker, shadow.worker_nice) == (False, "process", 0)
