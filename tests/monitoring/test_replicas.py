@@ -284,7 +284,7 @@ def test_pooled_rules_count_all_replicas_and_survive_a_restart(
         i_py = int(np.argmin(py_nll))
         ((_, argmin),) = _value(prom.url, f'{argmin_rec}{{model_name="m"}}')
         i_prom = min(range(len(grid)), key=lambda i: abs(grid[i] - argmin))
-        assert argmin == pytest.approx(grid[i_prom], rel=1e-6)
+        assert argmin == pytest.approx(grid[i_prom], rel=1e-5)  # labels carry 6 significant digits
         assert abs(i_prom - i_py) <= 1, (grid[i_prom], grid[i_py])
         assert pooled.diverged > 0
         estimate, _, _ = profile_from_grid(np.asarray(grid), py_nll, events=pooled.diverged)
