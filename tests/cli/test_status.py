@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import openai
@@ -47,13 +48,17 @@ def process(cmd: list[str]) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=20)
 
 
-def test_status_of_a_running_proxy() -> None:
+def test_status_of_a_running_proxy(tmp_path: Path) -> None:
     up_port, port = free_port(), free_port()
+    # The default replay budget (60 a minute) would drop most of 12 fast requests as rate_limit.
+    budget = tmp_path / "budget.yaml"
+    budget.write_text("shadow: {replays_per_minute: 100000}\n", encoding="utf-8")
     truth = [sys.executable, "-m", "bench.truth_upstream", "--temperature", "0.3"]
     with process([*truth, "--port", str(up_port)]):
         wait_http(f"http://127.0.0.1:{up_port}/v1/models")
         serve = [*TBG, "serve", "--upstream", f"up=http://127.0.0.1:{up_port}/v1"]
         serve += ["--model", "truth", "--sample-rate", "1", "--replays", "2"]
+        serve += ["--config", str(budget)]
         with process([*serve, "--port", str(port)]):
             base = f"http://127.0.0.1:{port}"
             wait_http(f"{base}/readyz")
