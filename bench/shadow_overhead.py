@@ -15,6 +15,9 @@ rate whose replays do not reach the primaries' upstream:
   path's own CPU: replay bodies, JSON parse, run building, comparison, fold, publication).
 - `drop`: sampled primaries are captured and queued, then dropped for budget (no replay at all):
   what sampling costs the primaries by itself.
+`noaug`: the sampled primary is not augmented with logprobs (`augment_logprobs: false`): what
+asking the upstream for logprobs costs the sampled primary itself. Variants combine with `+`
+(`process+noaug`).
 `process` adds an arm with the shadow worker process (TBG_SHADOW_WORKER=process); `tree=DIR` one
 whose proxy runs the code in DIR (e.g. `git archive COMMIT | tar -x -C DIR`: before/after).
 `--taskset` pins each process to a CPU list (e.g. `--taskset upstream=0,proxy=1,client=0`).
@@ -172,7 +175,9 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--rates", default="0,0.1")
     parser.add_argument(
-        "--variants", default="", help="comma-separated: sep, null, drop, process (see above)"
+        "--variants",
+        default="",
+        help="comma-separated: sep, null, drop, noaug, process, a+b (see above)",
     )
     parser.add_argument("--taskset", default="", help="e.g. upstream=0,proxy=1,client=0")
     parser.add_argument("--time-limit", type=float, default=300.0)
@@ -207,12 +212,15 @@ def main() -> int:
                 "shadow": {"enabled": True, "sample_rate": rate, "replays": 2,
                            "replays_per_minute": 1e9, "tokens_per_minute": 1e12},
             }  # fmt: skip
-            if variant == "drop":  # sampled, captured, queued, then dropped for budget: no replay
+            parts = set(variant.split("+"))  # e.g. process+noaug
+            if "drop" in parts:  # sampled, captured, queued, then dropped for budget: no replay
                 config["shadow"]["tokens_per_minute"] = 1  # type: ignore[index]
+            if "noaug" in parts:  # the sampled primary is sent as the client wrote it
+                config["shadow"]["augment_logprobs"] = False  # type: ignore[index]
             path = Path(tmp) / f"proxy-{name}.yaml"
             path.write_text(yaml.safe_dump(config))
             args = ["tbg", "serve", "--config", str(path)]
-            env = {"TBG_SHADOW_WORKER": "process" if variant == "process" else "inline"}
+            env = {"TBG_SHADOW_WORKER": "process" if "process" in parts else "inline"}
             if variant.startswith("tree="):  # the proxy's code from another checkout (before/after)
                 env["PYTHONPATH"] = variant.removeprefix("tree=")
             if variant in ("sep", "null"):
