@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy import errors
-from proxy.config import DEFAULT_CLIENT_KEEPALIVE, Config
+from proxy.config import Config
 from proxy.forward import Forwarder
 from proxy.inflight import InFlight
 from proxy.keys import (
@@ -50,18 +50,14 @@ __all__ = [
 log = logging.getLogger("tbg.proxy")
 
 
-def make_app(
-    config: Config, *, tap: Tap | None = None, lean_client: bool | None = None
-) -> web.Application:
+def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     """Build the proxy application.
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
     shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
-    `lean_client` (default: the config's `upstream_client == "lean"`) forwards through
-    proxy/h1.py; False forwards through aiohttp's ClientSession.
+    The config's `upstream_client` picks the forwarding client: proxy/h1.py (`lean`) or aiohttp's
+    ClientSession.
     """
-    if lean_client is None:
-        lean_client = config.upstream_client == "lean"
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
     metrics = ProxyMetrics(registry, (u.name for u in config.upstreams), in_flight)
@@ -84,7 +80,7 @@ def make_app(
         tap = install_shadow(app, config)
     if tap is None:
         app.router.add_get("/tbg", _tbg_off)
-    forward = Forwarder(config, metrics, in_flight, tap, lean=lean_client)
+    forward = Forwarder(config, metrics, in_flight, tap, lean=config.upstream_client == "lean")
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -97,7 +93,6 @@ def make_app(
 # response, and incoming bytes do not re-arm it, so it bounds both an idle keep-alive connection
 # and a request head dribbled one byte at a time (slowloris). aiohttp has no separate header-read
 # timeout and no connection cap (see docs/configuration.md, "Client connections").
-CLIENT_KEEPALIVE_SECONDS = DEFAULT_CLIENT_KEEPALIVE  # nginx's default keepalive_timeout
 
 
 def make_runner(app: web.Application, *, keepalive_timeout: float | None = None) -> web.AppRunner:

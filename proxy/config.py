@@ -186,12 +186,7 @@ def build_config(
 ) -> Config:
     """Merge the three sources, validate them in one pass against `FileSchema`, and return the
     frozen runtime values; raises ConfigError listing every bad field (`path: detail` lines)."""
-    merged = _merge(data, environ, overrides)
-    shadow_given = bool(merged.get("shadow"))  # a non-empty section turns replay on by default
-    from_env = {k: environ[v] for k, v in SHADOW_ENV_VARS.items() if environ.get(v)}
-    if from_env:
-        shadow = merged.get("shadow")
-        merged["shadow"] = {**(shadow if isinstance(shadow, Mapping) else {}), **from_env}
+    merged, shadow_given = _merge(data, environ, overrides)
     try:
         schema = FileSchema.model_validate(merged, context={"environ": environ})
     except ValidationError as exc:
@@ -201,8 +196,10 @@ def build_config(
 
 def _merge(
     data: Mapping[str, Any], environ: Mapping[str, str], overrides: Overrides
-) -> dict[str, Any]:
-    """File < TBG_* variables < flags, in the file's shape."""
+) -> tuple[dict[str, Any], bool]:
+    """File < TBG_* variables < flags, in the file's shape; and whether a `shadow:` section was
+    given (file or quick-start flags: a non-empty one turns replay on by default; the
+    TBG_SHADOW_WORKER* variables set fields without doing so)."""
     merged: dict[str, Any] = dict(data)
     for key, var in ENV_VARS.items():
         if environ.get(var):
@@ -235,7 +232,12 @@ def _merge(
         merged["shadow"] = {**base, **quick, "enabled": True}
     elif shadow is None:
         merged.pop("shadow", None)
-    return merged
+    shadow_given = bool(merged.get("shadow"))
+    from_env = {k: environ[v] for k, v in SHADOW_ENV_VARS.items() if environ.get(v)}
+    if from_env:
+        shadow = merged.get("shadow")
+        merged["shadow"] = {**(shadow if isinstance(shadow, Mapping) else {}), **from_env}
+    return merged, shadow_given
 
 
 def _flag_upstream(index: int, spec: str) -> dict[str, Any]:

@@ -134,9 +134,9 @@ def _measuring(config: Config) -> str:
     return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}"
 
 
-async def serve(config: Config, *, lean_client: bool | None = None) -> None:
+async def serve(config: Config) -> None:
     """Run until SIGINT/SIGTERM; then stop accepting, drain up to `drain_seconds`, clean up."""
-    app = make_app(config, lean_client=lean_client)
+    app = make_app(config)
     runner = make_runner(app)
     await runner.setup()
     stop = asyncio.Event()

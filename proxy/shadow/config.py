@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, ValidationError
 
-from proxy.validation import Int, Number, Section, Text, as_float, as_int, messages
+from proxy.validation import Int, Number, Section, Text, messages
 
 __all__ = [
     "Eligibility",
@@ -18,8 +18,6 @@ __all__ = [
     "ShadowConfig",
     "ShadowConfigError",
     "ShadowSchema",
-    "as_float",
-    "as_int",
     "parse_shadow_config",
 ]
 

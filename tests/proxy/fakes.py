@@ -7,14 +7,14 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from proxy.app import make_app, make_runner
-from proxy.config import Config
+from proxy.config import Config, UpstreamClient
 from proxy.probe import PROBE_USER_AGENT
 from proxy.tap import Tap
 
@@ -219,7 +219,9 @@ async def proxy_stack(
     """Start the fake upstreams and the proxy (configured from their URLs) on 127.0.0.1."""
     fakes = fakes if fakes is not None else [FakeUpstream()]
     fake_runners = [await _serve_fake(f) for f in fakes]
-    app = make_app(make_config([f.url for f in fakes]), tap=tap, lean_client=lean_client)
+    config = make_config([f.url for f in fakes])
+    client: UpstreamClient = "lean" if lean_client else "aiohttp"
+    app = make_app(replace(config, upstream_client=client), tap=tap)
     runner = make_runner(app)
     await runner.setup()
     try:

@@ -16,7 +16,8 @@ from dataclasses import replace
 import openai
 from aiohttp import web
 
-from proxy.app import CLIENT_KEEPALIVE_SECONDS, IN_FLIGHT, make_app, make_runner
+from proxy.app import IN_FLIGHT, make_app, make_runner
+from proxy.config import DEFAULT_CLIENT_KEEPALIVE
 from tests.proxy.fakes import FakeUpstream, Stack, proxy_stack
 from tests.proxy.test_forwarding import sample, single
 
@@ -111,7 +112,7 @@ async def test_disconnect_mid_stream_cancels_the_upstream() -> None:
 
 # -- slow and idle clients -------------------------------------------------------------------------
 
-KEEPALIVE = 1.0  # the tests' keep-alive timeout; production's default is CLIENT_KEEPALIVE_SECONDS
+KEEPALIVE = 1.0  # the tests' keep-alive timeout; production's default is DEFAULT_CLIENT_KEEPALIVE
 
 
 @contextlib.asynccontextmanager
@@ -147,7 +148,7 @@ async def _serves(port: int) -> None:
 
 
 async def test_a_request_head_sent_byte_by_byte_is_cut_off_after_the_keepalive_timeout() -> None:
-    assert 10 <= CLIENT_KEEPALIVE_SECONDS <= 300  # the documented production bound
+    assert 10 <= DEFAULT_CLIENT_KEEPALIVE <= 300  # the documented production bound
     async with _short_keepalive() as (port, fake, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         head = _request(stream=False)
