@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 from openai import AsyncOpenAI, OpenAI
 
 MODEL = "smollm2"
@@ -105,3 +107,19 @@ def stream_chat_text(
                 if choice.finish_reason:
                     finish = choice.finish_reason
     return "".join(text), chunks, finish
+
+
+def settled_report(proxy_url: str, sampled: int, *, timeout: float) -> dict[str, Any]:
+    """`GET /tbg` once `sampled` requests were sampled and every one is accounted for (replayed,
+    dropped or failed) and folded into the estimate."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=proxy_url, timeout=10) as http:
+        while True:
+            report: dict[str, Any] = http.get("/tbg").json()
+            acc = report["accounting"]
+            done = acc["replayed"] + acc["dropped"] + acc["failed"]
+            if acc["sampled"] >= sampled and done == acc["sampled"] and report["estimates"]:
+                return report
+            if time.monotonic() > deadline:
+                raise AssertionError(f"shadow path not settled after {timeout} s: {acc}")
+            time.sleep(0.5)

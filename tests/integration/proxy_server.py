@@ -9,8 +9,6 @@ tests use either the sync SDK or the async one on pytest-asyncio's per-test loop
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -19,10 +17,12 @@ from aiohttp import web
 
 from proxy.app import make_app, make_runner
 from proxy.config import build_config
+from tests.integration.loop_thread import LoopThread
 
 
 class ProxyThread:
-    """The proxy on 127.0.0.1:<free port>, forwarding everything to one upstream (no shadow)."""
+    """The proxy on 127.0.0.1:<free port>, forwarding everything to one upstream (shadow replay
+    off unless a `shadow` section is given)."""
 
     def __init__(
         self,
@@ -43,13 +43,16 @@ class ProxyThread:
         self.config = build_config(data, {})
         self.app: web.Application | None = None
         self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="proxy", daemon=True)
+        self._loop = LoopThread("proxy")
         self._runner: web.AppRunner | None = None
 
     @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return self.url + "/v1"
 
     async def _start(self) -> None:
         self.app = make_app(self.config)
@@ -64,8 +67,8 @@ class ProxyThread:
             await self._runner.cleanup()
 
     def __enter__(self) -> ProxyThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        self._loop.start()
+        self._loop.call(self._start())
         return self
 
     def __exit__(
@@ -75,8 +78,6 @@ class ProxyThread:
         tb: TracebackType | None,
     ) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
+            self._loop.call(self._stop())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+            self._loop.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from grafana import dashboards, promql, queries
+from tests.golden import assert_same_data
 from tests.monitoring.promserver import PROMETHEUS, Prometheus, run_prometheus
 
 DASHES = {p.name: json.loads(p.read_text()) for p in queries.dashboard_files()}
@@ -21,7 +22,7 @@ def test_committed_json_is_not_stale() -> None:
     committed = {p.name: p.read_text(encoding="utf-8") for p in queries.dashboard_files()}
     assert set(committed) == set(generated)
     for name, text in generated.items():
-        assert committed[name] == text, f"{name} is stale: run python -m grafana.dashboards"
+        assert_same_data(committed[name], text, name, "run python -m grafana.dashboards")
 
 
 def test_the_three_dashboards_exist() -> None:

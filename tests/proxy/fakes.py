@@ -214,14 +214,17 @@ async def proxy_stack(
     fakes: list[FakeUpstream] | None = None,
     tap: Tap | None = None,
     *,
-    lean_client: bool = True,
+    lean_client: bool | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start the fake upstreams and the proxy (configured from their URLs) on 127.0.0.1."""
+    """Start the fake upstreams and the proxy (configured from their URLs) on 127.0.0.1.
+    `lean_client` overrides the config's `upstream_client` when given."""
     fakes = fakes if fakes is not None else [FakeUpstream()]
     fake_runners = [await _serve_fake(f) for f in fakes]
     config = make_config([f.url for f in fakes])
-    client: UpstreamClient = "lean" if lean_client else "aiohttp"
-    app = make_app(replace(config, upstream_client=client), tap=tap)
+    if lean_client is not None:
+        client: UpstreamClient = "lean" if lean_client else "aiohttp"
+        config = replace(config, upstream_client=client)
+    app = make_app(config, tap=tap)
     runner = make_runner(app)
     await runner.setup()
     try:
