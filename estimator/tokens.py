@@ -1,0 +1,127 @@
+"""Token identities: the keys that `Run.tokens` and `Run.top_logprobs` hold.
+
+The comparison (`compare`, `pair`) matches tokens across runs and finds a run's chosen token among
+its alternatives by key, so distinct tokens must have distinct keys. Token *text* is not enough:
+byte-level tokenisers split a multi-byte character into pieces that are not valid UTF-8 on their
+own, and every such piece is shown as '\\ufffd'; matched by text, the chosen piece would be given
+another piece's logprob. So a key is built from what identifies the token:
+
+- its bytes, when the upstream reports them for the chosen token and every alternative at that
+  position (OpenAI; the embedded reference). Bytes that are valid UTF-8 give the text itself
+  (the usual case, so keys read as tokens); other bytes give ``BYTES_MARK + hex`` (U+FFFE is a
+  noncharacter, so no text key contains it: the keys are one-to-one with byte strings);
+- its id, when the upstream names tokens by id (vLLM ``return_tokens_as_token_ids``:
+  "token_id:123"): those strings are distinct already;
+- else its text, and then equal strings at one position are a detected *collision* (vLLM's chat
+  bytes are the bytes of the replacement text, so they collide the same way; legacy completions
+  key alternatives by text in a JSON object and keep one of them). `resolve_collisions` handles
+  it explicitly: the chosen token is the entry whose logprob equals the chosen token's reported
+  logprob (the same number on the wire); when no entry of its string carries that logprob (the
+  object kept another token's), the chosen token is added with its own reported logprob; when the
+  chosen logprob is unknown, no entry keeps its key and the choice is left unscored (it counts as
+  a tail choice). The other entries of a colliding string are renamed ``key + DUP_MARK + n``
+  (most likely first), so they stay alternatives but never stand for the chosen token. Every
+  such position is counted (`Run.token_collisions`).
+
+What text cannot tell apart stays a limit: two runs that choose *different* tokens with the same
+text at one position look like an agreement there (the next positions usually differ).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+from estimator.model import Run, TopLogprobs
+
+BYTES_MARK = "\ufffe"  # prefix of the key of a token whose bytes are not valid UTF-8
+DUP_MARK = "\ufffe#"  # separates a colliding string from its rank among the others
+
+
+def bytes_key(raw: bytes) -> str:
+    """A token's key from its bytes: the text when they are valid UTF-8, else a hex form."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return BYTES_MARK + raw.hex()
+    return text if BYTES_MARK not in text else BYTES_MARK + raw.hex()
+
+
+def as_bytes(value: object) -> bytes | None:
+    """The ``bytes`` field of a logprob entry (a list of ints 0..255) as bytes; None when absent
+    or not in that shape (then the entry is keyed by its text)."""
+    if not isinstance(value, list) or not value:
+        return None
+    try:
+        return bytes(value)
+    except (TypeError, ValueError):  # not ints in 0..255
+        return None
+
+
+def _same(a: float, b: float) -> bool:
+    """The same logprob on the wire (a chosen token's and its entry's are one number; a little
+    slack for an upstream that rounds them differently)."""
+    return abs(a - b) <= 1e-4 * max(1.0, abs(b))
+
+
+def _nearest(idx: list[int], top: Sequence[tuple[str, float]], lp: float | None) -> int | None:
+    """The entry among ``idx`` that carries the chosen token's logprob, if one does."""
+    if lp is None:
+        return None
+    near = [i for i in idx if _same(top[i][1], lp)]
+    return min(near, key=lambda i: abs(top[i][1] - lp)) if near else None
+
+
+def resolve_collisions(
+    chosen: str, chosen_logprob: float | None, top: Sequence[tuple[str, float]]
+) -> tuple[TopLogprobs, bool]:
+    """One position's alternatives with distinct keys, and whether a collision was found there
+    (see the module docstring). ``top`` is most likely first; so is the result."""
+    keys = [t for t, _ in top]
+    lp = chosen_logprob if chosen_logprob is not None and math.isfinite(chosen_logprob) else None
+    dup = len(set(keys)) != len(keys)
+    mine = [i for i, t in enumerate(keys) if t == chosen]
+    mismatch = lp is not None and bool(mine) and not any(_same(top[i][1], lp) for i in mine)
+    if not dup and not mismatch:
+        return tuple(top), False
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(keys):
+        groups.setdefault(t, []).append(i)
+    out = list(top)
+    add_chosen = False
+    for t, idx in groups.items():
+        if len(idx) < 2 and not (t == chosen and mismatch):
+            continue
+        if t == chosen:
+            keep = _nearest(idx, top, lp)
+            add_chosen = keep is None and lp is not None
+        else:
+            keep = idx[0]  # the most likely one keeps the key (the same rank in every run)
+        n = 0
+        for i in idx:
+            if i != keep:
+                n += 1
+                out[i] = (f"{t}{DUP_MARK}{n}", top[i][1])
+    if add_chosen and lp is not None:
+        out.append((chosen, lp))
+        out.sort(key=lambda p: -p[1])  # stable: ties keep the upstream's order
+    return tuple(out), True
+
+
+def resolve_run(run: Run) -> Run:
+    """`resolve_collisions` at every position of a run keyed by text (e.g. runs stored before
+    keys existed); a run without colliding keys is returned as it is."""
+    top = run.top_logprobs
+    if top is None:
+        return run
+    lps = run.logprobs
+    fixed: list[TopLogprobs] = []
+    hits = 0
+    for s, alts in enumerate(top):
+        r, hit = resolve_collisions(run.tokens[s], None if lps is None else lps[s], alts)
+        fixed.append(r)
+        hits += hit
+    if not hits:
+        return run
+    return replace(run, top_logprobs=tuple(fixed), token_collisions=run.token_collisions + hits)
