@@ -19,8 +19,23 @@ from proxy.measure.sweep import LevelRow, recommend
 
 def test_builtin_prompt_set() -> None:
     ps = load_prompts(None)
-    assert len(ps.prompts) == 32 and len({p.id for p in ps.prompts}) == 32
+    assert len(ps.prompts) == 38 and len({p.id for p in ps.prompts}) == 38
     assert ps.head(4).prompts == ps.prompts[:4] and ps.head(4).digest != ps.digest
+
+
+def test_builtin_prompts_cover_several_scripts() -> None:
+    """Accented Latin, CJK, emoji and code: answers in them bring byte-level pieces whose text
+    collides (estimator.tokens), which the estimates must survive."""
+    text = [" ".join(c for _, c in p.messages) for p in load_prompts(None).prompts]
+
+    def has(lo: int, hi: int) -> bool:
+        return any(lo <= ord(ch) <= hi for t in text for ch in t)
+
+    assert has(0xC0, 0x17F)  # accented Latin (é, ü, ñ, ...)
+    assert has(0x4E00, 0x9FFF)  # CJK ideographs
+    assert has(0x3040, 0x30FF)  # kana
+    assert has(0x1F300, 0x1FAFF)  # emoji
+    assert sum("Python" in t or "SQL" in t for t in text) >= 2  # code
 
 
 @pytest.mark.parametrize(
