@@ -1,8 +1,8 @@
 """Build a `Run` from OpenAI chat/completions response bodies and collected stream chunks.
 
 Choice index 0 is used. Tokens become keys that tell distinct tokens apart (`estimator.tokens`):
-from the ``bytes`` the upstream reports for the chosen token and every alternative at a position,
-else from the token strings, with colliding strings resolved by the chosen token's logprob and
+from the ``bytes`` the upstream reports where the text is a replacement character, else from the
+token strings, with strings that still collide resolved by the chosen token's logprob and
 counted in `Run.token_collisions`. When the body carries no logprobs the run is text-only: its tokens are
 the text split into whitespace-led words (``re.findall(r"\\s*\\S+|\\s+", text)``, so that
 ``"".join(tokens) == text``); the model-free statistics and the `hazard` estimator still work on
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from estimator.model import Run, TopLogprobs
-from estimator.tokens import as_bytes, bytes_key, resolve_collisions
+from estimator.tokens import BYTES_MARK, REPLACEMENT, entry_key, resolve_collisions
 
 _WORDS = re.compile(r"\s*\S+|\s+")
 
@@ -100,25 +100,17 @@ class _Acc:
             top = item.get("top_logprobs") or []
             if not isinstance(top, list):
                 raise BuildError(f"{where}: top_logprobs is not a list")
-            alts: list[tuple[str, Any]] = []
+            pairs = []
             for t in top:
                 t = _mapping(t, where)
-                if not isinstance(t.get("token"), str):
+                name = t.get("token")
+                if not isinstance(name, str):
                     raise BuildError(f"{where}: top_logprobs token is not a string")
-                alts.append((str(t["token"]), t))
-            # Keys from bytes only when the chosen token and every alternative carry them (one
-            # scheme per position, so the chosen token is found among its alternatives).
-            raw = as_bytes(item.get("bytes"))
-            raws = [as_bytes(t.get("bytes")) for _, t in alts]
-            if raw is not None and None not in raws:
-                tok = bytes_key(raw)
-                names = [bytes_key(b) for b in raws if b is not None]
-            else:
-                names = [name for name, _ in alts]
-            pairs = [
-                (name, _float(t.get("logprob"), where))
-                for name, (_, t) in zip(names, alts, strict=True)
-            ]
+                if REPLACEMENT in name or BYTES_MARK in name:  # not the token's own text
+                    name = entry_key(name, t.get("bytes"))
+                pairs.append((name, _float(t.get("logprob"), where)))
+            if REPLACEMENT in tok or BYTES_MARK in tok:
+                tok = entry_key(tok, item.get("bytes"))
             self._position(tok, _float(item.get("logprob"), where), pairs)
 
     def completion_logprobs(self, lp: Any, where: str) -> None:

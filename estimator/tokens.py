@@ -6,10 +6,12 @@ byte-level tokenisers split a multi-byte character into pieces that are not vali
 own, and every such piece is shown as '\\ufffd'; matched by text, the chosen piece would be given
 another piece's logprob. So a key is built from what identifies the token:
 
-- its bytes, when the upstream reports them for the chosen token and every alternative at that
-  position (OpenAI; the embedded reference). Bytes that are valid UTF-8 give the text itself
-  (the usual case, so keys read as tokens); other bytes give ``BYTES_MARK + hex`` (U+FFFE is a
-  noncharacter, so no text key contains it: the keys are one-to-one with byte strings);
+- its bytes, when the upstream reports them and the text is not the token's own (it holds the
+  replacement character U+FFFD): OpenAI; the embedded reference. Bytes that are valid UTF-8 give
+  the text itself; other bytes give ``BYTES_MARK + hex`` (U+FFFE is a noncharacter, so no text
+  key holds it: `bytes_key` is one-to-one). Any other text is the strict decoding of the token's
+  bytes, so equal texts mean equal bytes there and the text is the key (the usual case: keys
+  read as tokens, and nothing is decoded per token);
 - its id, when the upstream names tokens by id (vLLM ``return_tokens_as_token_ids``:
   "token_id:123"): those strings are distinct already;
 - else its text, and then equal strings at one position are a detected *collision* (vLLM's chat
@@ -35,6 +37,7 @@ from dataclasses import replace
 
 from estimator.model import Run, TopLogprobs
 
+REPLACEMENT = "\ufffd"  # the text of a token whose bytes are not valid UTF-8 on their own
 BYTES_MARK = "\ufffe"  # prefix of the key of a token whose bytes are not valid UTF-8
 DUP_MARK = "\ufffe#"  # separates a colliding string from its rank among the others
 
@@ -59,6 +62,15 @@ def as_bytes(value: object) -> bytes | None:
         return None
 
 
+def entry_key(text: str, raw: object) -> str:
+    """The key of one logprob entry (chosen token or alternative) from its text and its
+    ``bytes`` field (see the module docstring)."""
+    if REPLACEMENT not in text and BYTES_MARK not in text:
+        return text
+    b = as_bytes(raw)
+    return text if b is None else bytes_key(b)
+
+
 def _same(a: float, b: float) -> bool:
     """The same logprob on the wire (a chosen token's and its entry's are one number; a little
     slack for an upstream that rounds them differently)."""
@@ -78,13 +90,17 @@ def resolve_collisions(
 ) -> tuple[TopLogprobs, bool]:
     """One position's alternatives with distinct keys, and whether a collision was found there
     (see the module docstring). ``top`` is most likely first; so is the result."""
-    keys = [t for t, _ in top]
     lp = chosen_logprob if chosen_logprob is not None and math.isfinite(chosen_logprob) else None
-    dup = len(set(keys)) != len(keys)
-    mine = [i for i, t in enumerate(keys) if t == chosen]
-    mismatch = lp is not None and bool(mine) and not any(_same(top[i][1], lp) for i in mine)
-    if not dup and not mismatch:
-        return tuple(top), False
+    have = dict(top)
+    if len(have) == len(top):  # the usual case: no two alternatives share a key
+        x = have.get(chosen)
+        if x is None or lp is None or _same(x, lp):
+            return tuple(top), False
+        mismatch = True
+    else:
+        mine = [i for i, (t, _) in enumerate(top) if t == chosen]
+        mismatch = lp is not None and bool(mine) and not any(_same(top[i][1], lp) for i in mine)
+    keys = [t for t, _ in top]
     groups: dict[str, list[int]] = {}
     for i, t in enumerate(keys):
         groups.setdefault(t, []).append(i)
