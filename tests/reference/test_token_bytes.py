@@ -96,3 +96,55 @@ def test_completions_runs_resolve_merged_strings(api: openai.OpenAI) -> None:
         )
         run = run_from_completion_response(resp.model_dump())
         _keys_are_identities(run)
+
+
+def test_token_ids_name_every_token(api: openai.OpenAI, chats: list[dict[str, Any]]) -> None:
+    """vLLM's ``return_tokens_as_token_ids``: tokens named by id never collide, and the greedy
+    answer is the same one, token for token."""
+    prompts = {p.id: p for p in load_prompts(None).prompts}
+    for pid, by_bytes in zip(IDS, chats, strict=True):
+        resp = api.chat.completions.create(
+            model="smollm2",
+            messages=prompts[pid].as_messages(),  # type: ignore[arg-type]
+            max_tokens=16,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=K,
+            extra_body={"return_tokens_as_token_ids": True},
+        )
+        body = resp.model_dump()
+        assert (
+            body["choices"][0]["message"]["content"] == by_bytes["choices"][0]["message"]["content"]
+        )
+        run = run_from_chat_response(body)
+        _keys_are_identities(run)
+        assert run.token_collisions == 0
+        assert all(t.startswith("token_id:") for t in run.tokens)
+        assert len(run.tokens) == len(run_from_chat_response(by_bytes).tokens)
+        text = prompts[pid].messages[-1][1]
+        comp = api.completions.create(
+            model="smollm2",
+            prompt=text,
+            max_tokens=12,
+            temperature=0,
+            logprobs=K,
+            extra_body={"return_tokens_as_token_ids": True},
+        )
+        crun = run_from_completion_response(comp.model_dump())
+        _keys_are_identities(crun)
+        assert crun.token_collisions == 0  # ids: nothing merged in the object
+        assert all(len(t) == K for t in crun.top_logprobs or ())
+
+
+def test_token_ids_flag_must_be_a_boolean(serial_server: ReferenceProcess) -> None:
+    import httpx
+
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 1,
+        "return_tokens_as_token_ids": "yes",
+    }
+    r = httpx.post(f"{serial_server.base_url}/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "return_tokens_as_token_ids"
