@@ -106,7 +106,9 @@ def test_rounding_slack_is_not_a_collision() -> None:
     assert resolve_collisions(" a", -0.435, top) == (top, False)
 
 
-def _entry(text: str, raw: bytes | None, lp: float, alts: list[tuple[str, bytes | None, float]]):  # type: ignore[no-untyped-def]
+def _entry(
+    text: str, raw: bytes | None, lp: float, alts: list[tuple[str, bytes | None, float]]
+) -> dict[str, Any]:
     e: dict[str, Any] = {"token": text, "logprob": lp}
     if raw is not None:
         e["bytes"] = list(raw)
@@ -187,7 +189,7 @@ def test_mixed_bytes_fall_back_to_strings_for_that_position() -> None:
 def test_stream_chunks_resolve_the_same_way() -> None:
     body = _dia(with_bytes=True)
     content = body["choices"][0]["logprobs"]["content"]
-    chunks = [
+    chunks: list[dict[str, Any]] = [
         {"choices": [{"index": 0, "delta": {"content": ""}, "logprobs": {"content": [c]}}]}
         for c in content
     ]
