@@ -89,6 +89,7 @@ def test_completions_runs_resolve_merged_strings(api: openai.OpenAI) -> None:
     """Legacy completions key alternatives by text in an object (as vLLM does): strings that
     collide are merged there, and the builder gives the chosen token its own logprob."""
     prompts = {p.id: p for p in load_prompts(None).prompts}
+    merged = 0
     for pid in IDS:
         text = prompts[pid].messages[-1][1]
         resp = api.completions.create(
@@ -96,6 +97,8 @@ def test_completions_runs_resolve_merged_strings(api: openai.OpenAI) -> None:
         )
         run = run_from_completion_response(resp.model_dump())
         _keys_are_identities(run)
+        merged += run.token_collisions
+    assert merged > 0  # CJK and emoji answers do merge pieces (6-7 positions each here)
 
 
 def test_token_ids_name_every_token(api: openai.OpenAI, chats: list[dict[str, Any]]) -> None:
