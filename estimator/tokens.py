@@ -17,13 +17,14 @@ another piece's logprob. So a key is built from what identifies the token:
 - else its text, and then equal strings at one position are a detected *collision* (vLLM's chat
   bytes are the bytes of the replacement text, so they collide the same way; legacy completions
   key alternatives by text in a JSON object and keep one of them). `resolve_collisions` handles
-  it explicitly: the chosen token is the entry whose logprob equals the chosen token's reported
-  logprob (the same number on the wire); when no entry of its string carries that logprob (the
-  object kept another token's), the chosen token is added with its own reported logprob; when the
-  chosen logprob is unknown, no entry keeps its key and the choice is left unscored (it counts as
-  a tail choice). The other entries of a colliding string are renamed ``key + DUP_MARK + n``
-  (most likely first), so they stay alternatives but never stand for the chosen token. Every
-  such position is counted (`Run.token_collisions`).
+  it explicitly and conservatively: the chosen token is the entry whose logprob equals the chosen
+  token's reported logprob (the same number on the wire); when no entry of its string carries
+  that logprob (the object kept another token's) or the chosen logprob is unknown, no entry keeps
+  the chosen key, so the choice is left unscored (a tail choice: the node's likelihood is then
+  conditional on the reported tokens, never built on another token's logprob). The other entries
+  of a colliding string are renamed ``key + DUP_MARK + n`` (most likely first, so the same rank
+  gets the same key in every run): they stay alternatives but never stand for the chosen token.
+  Nothing is added or dropped. Every such position is counted (`Run.token_collisions`).
 
 What text cannot tell apart stays a limit: two runs that choose *different* tokens with the same
 text at one position look like an agreement there (the next positions usually differ).
@@ -105,23 +106,17 @@ def resolve_collisions(
     for i, t in enumerate(keys):
         groups.setdefault(t, []).append(i)
     out = list(top)
-    add_chosen = False
     for t, idx in groups.items():
         if len(idx) < 2 and not (t == chosen and mismatch):
             continue
-        if t == chosen:
-            keep = _nearest(idx, top, lp)
-            add_chosen = keep is None and lp is not None
-        else:
-            keep = idx[0]  # the most likely one keeps the key (the same rank in every run)
+        # The chosen string's entry is the one with the chosen logprob (none: left unscored);
+        # of any other string the most likely one keeps the key.
+        keep = _nearest(idx, top, lp) if t == chosen else idx[0]
         n = 0
         for i in idx:
             if i != keep:
                 n += 1
                 out[i] = (f"{t}{DUP_MARK}{n}", top[i][1])
-    if add_chosen and lp is not None:
-        out.append((chosen, lp))
-        out.sort(key=lambda p: -p[1])  # stable: ties keep the upstream's order
     return tuple(out), True
 
 

@@ -84,12 +84,12 @@ def test_duplicates_not_chosen_keep_the_most_likely_under_the_string() -> None:
     assert hit and out == ((" y", -0.1), (R, -1.0), (f"{R}{DUP_MARK}1", -2.0))
 
 
-def test_merged_entry_of_another_token_gives_the_chosen_its_own_logprob() -> None:
+def test_merged_entry_of_another_token_leaves_the_choice_unscored() -> None:
     # A legacy completions object keeps one entry per string: here another piece's (-6.81).
     top = ((" el", -1.2), (R, -6.81))
     out, hit = resolve_collisions(R, -0.435, top)
     assert hit
-    assert out == ((R, -0.435), (" el", -1.2), (f"{R}{DUP_MARK}1", -6.81))
+    assert out == ((" el", -1.2), (f"{R}{DUP_MARK}1", -6.81))  # R is no longer an alternative
 
 
 def test_unknown_chosen_logprob_leaves_the_choice_unscored() -> None:
@@ -210,8 +210,8 @@ def test_completions_object_merged_by_string() -> None:
                     "token_logprobs": [-0.01, -0.435, -0.02, -0.05],
                     "top_logprobs": [
                         {" d": -0.01, " D": -5.0},
-                        {R: -6.81},
-                        {R: -0.02},
+                        {R: -6.81, " el": -1.2},
+                        {R: -0.02, "s": -4.0},
                         {"a": -0.05, "as": -3.1},
                     ],
                     "text_offset": [0, 2, 2, 3],
@@ -221,9 +221,12 @@ def test_completions_object_merged_by_string() -> None:
     }
     run = run_from_completion_response(body)
     assert run.top_logprobs is not None
-    assert run.top_logprobs[1] == ((R, -0.435), (f"{R}{DUP_MARK}1", -6.81))
-    assert run.top_logprobs[2] == ((R, -0.02),)
+    assert run.top_logprobs[1] == ((" el", -1.2), (f"{R}{DUP_MARK}1", -6.81))  # unscored
+    assert run.top_logprobs[2] == ((R, -0.02), ("s", -4.0))
     assert run.token_collisions == 1
+    # Two such runs: nothing diverged and the unscored choice adds no evidence for a high T.
+    c = compare_fast(Trial("fp", (run, run)))
+    assert c.nodes is not None and c.nodes.linear == 0.0 and c.nodes.tail_choices == 2
 
 
 def _trial(run: Run, n: int = 2) -> Trial:
@@ -302,4 +305,5 @@ def test_keys_stay_distinct_for_any_collision_pattern() -> None:
                     assert [v for v in vals if v not in [x for _, x in out]] == []
                     if R in dict(out) and chosen_lp is not None:
                         assert dict(out)[R] == chosen_lp
+                    assert len(out) == len(top)  # nothing added or dropped
                     assert [x for _, x in out] == sorted((x for _, x in out), reverse=True)
