@@ -3,8 +3,8 @@
 Choice index 0 is used. Tokens become keys that tell distinct tokens apart (`estimator.tokens`):
 from the ``bytes`` the upstream reports where the text is a replacement character, else from the
 token strings, with strings that still collide resolved by the chosen token's logprob and
-counted in `Run.token_collisions`. When the body carries no logprobs the run is text-only: its tokens are
-the text split into whitespace-led words (``re.findall(r"\\s*\\S+|\\s+", text)``, so that
+counted in `Run.token_collisions`. When the body carries no logprobs the run is text-only: its
+tokens are the text split into whitespace-led words (``re.findall(r"\\s*\\S+|\\s+", text)``, so that
 ``"".join(tokens) == text``); the model-free statistics and the `hazard` estimator still work on
 those, the `likelihood` and `jitter` estimators do not.
 """

@@ -48,12 +48,19 @@ def chats(api: openai.OpenAI) -> list[dict[str, Any]]:
     return out
 
 
-def _keys_are_identities(run: Run) -> None:
+def _keys_are_identities(run: Run) -> int:
+    """Checks one run's keys; returns the positions whose choice was left unscored."""
     assert run.top_logprobs is not None and run.logprobs is not None
+    unscored = 0
     for s, tok in enumerate(run.tokens):
         top = dict(run.top_logprobs[s])
         assert len(top) == len(run.top_logprobs[s])  # alternatives have distinct keys
-        assert top[tok] == run.logprobs[s]  # the chosen token carries its own logprob
+        if tok in top:
+            assert top[tok] == run.logprobs[s]  # the chosen token carries its own logprob
+        else:
+            unscored += 1  # greedy: the chosen token is in the top-k, so it was told apart
+    assert unscored <= run.token_collisions
+    return unscored
 
 
 def test_chat_bytes_are_each_tokens_own(chats: list[dict[str, Any]]) -> None:
@@ -74,7 +81,7 @@ def test_chat_runs_are_keyed_by_bytes(chats: list[dict[str, Any]]) -> None:
     pieces = collided = 0
     for body in chats:
         run = run_from_chat_response(body)
-        _keys_are_identities(run)
+        assert _keys_are_identities(run) == 0
         assert run.token_collisions == 0  # bytes tell every token apart
         pieces += sum(t.startswith(BYTES_MARK) for t in run.tokens)
         for item in body["choices"][0]["logprobs"]["content"]:
@@ -87,7 +94,8 @@ def test_chat_runs_are_keyed_by_bytes(chats: list[dict[str, Any]]) -> None:
 
 def test_completions_runs_resolve_merged_strings(api: openai.OpenAI) -> None:
     """Legacy completions key alternatives by text in an object (as vLLM does): strings that
-    collide are merged there, and the builder gives the chosen token its own logprob."""
+    collide are merged there, and the builder never gives the chosen token another's logprob
+    (where the kept entry is another token's, the choice is left unscored)."""
     prompts = {p.id: p for p in load_prompts(None).prompts}
     merged = 0
     for pid in IDS:
@@ -120,7 +128,7 @@ def test_token_ids_name_every_token(api: openai.OpenAI, chats: list[dict[str, An
             body["choices"][0]["message"]["content"] == by_bytes["choices"][0]["message"]["content"]
         )
         run = run_from_chat_response(body)
-        _keys_are_identities(run)
+        assert _keys_are_identities(run) == 0
         assert run.token_collisions == 0
         assert all(t.startswith("token_id:") for t in run.tokens)
         assert len(run.tokens) == len(run_from_chat_response(by_bytes).tokens)
@@ -134,7 +142,7 @@ def test_token_ids_name_every_token(api: openai.OpenAI, chats: list[dict[str, An
             extra_body={"return_tokens_as_token_ids": True},
         )
         crun = run_from_completion_response(comp.model_dump())
-        _keys_are_identities(crun)
+        assert _keys_are_identities(crun) == 0
         assert crun.token_collisions == 0  # ids: nothing merged in the object
         assert all(len(t) == K for t in crun.top_logprobs or ())
 
