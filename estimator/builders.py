@@ -77,8 +77,12 @@ class _Acc:
 
     def _position(self, tok: str, lp: float, pairs: list[tuple[str, float]]) -> None:
         """One position: the chosen token's key, its logprob, its alternatives with distinct keys."""
-        top, hit = resolve_collisions(tok, lp, _sorted_top(pairs))
-        self.collisions += hit
+        top = _sorted_top(pairs)
+        have = dict(top)
+        x = have.get(tok)
+        if len(have) != len(top) or (x is not None and x != lp):  # else nothing can collide
+            top, hit = resolve_collisions(tok, lp, top)
+            self.collisions += hit
         self.tokens.append(tok)
         self.lps.append(lp)
         self.tops.append(top)
