@@ -71,19 +71,15 @@ def too_large(limit: int) -> ProxyError:
     )
 
 
-def bad_gateway(upstream: str, kind: str, url: str = "") -> ProxyError:
-    """`url`: the upstream's base URL without credentials (proxy.probe.public_url)."""
-    at = f" at {url}" if url else ""
+def bad_gateway(upstream: str, kind: str) -> ProxyError:
+    """Names the upstream by its configured name only: its address stays in the proxy's log."""
     return ProxyError(
-        502, f"Upstream {upstream!r}{at} failed ({kind}).", "upstream_error", f"upstream_{kind}"
+        502, f"Upstream {upstream!r} failed ({kind}).", "upstream_error", f"upstream_{kind}"
     )
 
 
-def gateway_timeout(upstream: str, url: str = "") -> ProxyError:
-    at = f" at {url}" if url else ""
-    return ProxyError(
-        504, f"Upstream {upstream!r}{at} timed out.", "upstream_error", "upstream_timeout"
-    )
+def gateway_timeout(upstream: str) -> ProxyError:
+    return ProxyError(504, f"Upstream {upstream!r} timed out.", "upstream_error", "upstream_timeout")
 
 
 def unavailable(message: str) -> ProxyError:

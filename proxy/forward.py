@@ -31,7 +31,7 @@ from proxy.probe import public_url
 from proxy.responses import AiohttpResponse, UpstreamResponse
 from proxy.sse import SSESplitter, event_json
 from proxy.tap import Exchange, RequestInfo, Tap, TapPlan
-from proxy.upstreams import Upstreams, end_to_end_raw
+from proxy.upstreams import PathEscape, Upstreams, end_to_end_raw, normalised_tail
 
 log = logging.getLogger("tbg.proxy")
 access_log = logging.getLogger("tbg.access")
@@ -109,12 +109,15 @@ class Forwarder:
         self._tap = tap
         self._keys = tuple(k.encode() for k in config.api_keys)
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any, Any, Any]] = {}
+        self._public_urls = {u.name: public_url(u.base_url) for u in config.upstreams}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         tail = "/" + request.match_info.get("tail", "")
         st = _State(route=route_of(tail), started=time.monotonic())
         try:
             self._check_auth(request, st.route)
+            if "/." in tail:  # a dot segment, however the client encoded it (see normalised_tail)
+                _check_tail(tail)
             body = await self._read_body(request, st.route)
             upstreams = request.app[UPSTREAMS]
             if st.route == "models" and request.method == "GET" and len(upstreams.names) > 1:
@@ -224,7 +227,7 @@ class Forwarder:
         method = request.method
         if self._lean and method in _LEAN_METHODS:
             endpoint = upstreams.endpoint(upstream)
-            target = upstreams.target(upstream, tail, request.query_string)
+            target = upstreams.target(upstream, tail, _raw_query(request))
             raw = upstreams.raw_request_headers(upstream, request.raw_headers, identity)
             head = request_head(method, target, endpoint, raw, body)
             return await upstreams.pool.request(
@@ -236,7 +239,7 @@ class Forwarder:
         async with asyncio.timeout(upstream.timeouts.first_byte):
             resp = await upstreams.session.request(
                 method,
-                upstreams.url(upstream, tail, request.query_string),
+                upstreams.request_url(upstream, tail, _raw_query(request)),
                 headers=headers,
                 data=body or None,  # aiohttp sets Content-Length from it
                 timeout=upstreams.client_timeout(upstream),
@@ -433,21 +436,23 @@ class Forwarder:
 
     def _upstream_failure(self, upstream: str, exc: BaseException) -> ProxyError:
         """Count the failure by kind and translate it into the client's error."""
-        url = next(
-            (public_url(u.base_url) for u in self._config.upstreams if u.name == upstream), ""
-        )
         if isinstance(exc, TimeoutError):
-            kind, error = "timeout", errors.gateway_timeout(upstream, url)
+            kind, error = "timeout", errors.gateway_timeout(upstream)
         elif isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailed)):
-            kind, error = "connect", errors.bad_gateway(upstream, "connect", url)
+            kind, error = "connect", errors.bad_gateway(upstream, "connect")
         elif isinstance(exc, _RESET_ERRORS):
-            kind, error = "reset", errors.bad_gateway(upstream, "reset", url)
+            kind, error = "reset", errors.bad_gateway(upstream, "reset")
         else:
-            kind, error = "protocol", errors.bad_gateway(upstream, "protocol", url)
+            kind, error = "protocol", errors.bad_gateway(upstream, "protocol")
         self._metrics.upstream_errors.labels(upstream, kind).inc()
         log.warning(
             "upstream failure",
-            extra={"upstream": upstream, "kind": kind, "error": type(exc).__name__},
+            extra={
+                "upstream": upstream,
+                "kind": kind,
+                "error": type(exc).__name__,
+                "url": self._public_urls.get(upstream, ""),
+            },
         )
         return error
 
@@ -544,6 +549,22 @@ class Forwarder:
             return requests, added, None, None
         labels = (st.route, st.model_name, st.upstream)
         return requests, added, m.duration.labels(*labels), m.ttfb.labels(*labels)
+
+
+def _check_tail(tail: str) -> None:
+    try:
+        normalised_tail(tail)
+    except PathEscape:
+        raise errors.bad_request(
+            "The request path may not contain '.' or '..' segments (in any encoding).",
+            "invalid_path",
+        ) from None
+
+
+def _raw_query(request: web.Request) -> str:
+    """The query string exactly as the client sent it (aiohttp's `query_string` is decoded)."""
+    _, _, query = request.raw_path.partition("?")
+    return query.partition("#")[0]
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:
