@@ -56,6 +56,10 @@ _UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError)
 # Methods the lean client (proxy/h1.py) sends; others (HEAD: a length but no body) go via aiohttp.
 _LEAN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
+# The most of one sampled response the shadow path keeps (body, or SSE events): a larger one is
+# relayed in full but not replayed (dropped as primary_incomplete). Comparable T=0 answers are
+# far smaller; the bound keeps a huge response from being held in memory twice.
+TEE_MAX_BYTES = 8 * 1024 * 1024
 
 
 def route_of(path: str) -> str:
@@ -78,12 +82,32 @@ class _State:
 
 @dataclass(slots=True)
 class _Tee:
-    """What the upstream sent, captured for the tap."""
+    """What the upstream sent, captured for the tap: at most TEE_MAX_BYTES of it; beyond that the
+    capture stops (`truncated`) while the relay goes on."""
 
+    plan: TapPlan
     status: int = 0
     body: bytes | None = None
     events: list[Mapping[str, Any]] = field(default_factory=list)
     completed: bool = False
+    truncated: bool = False
+    size: int = 0
+    parts: list[bytes] = field(default_factory=list)
+
+    def keep(self, n: int) -> bool:
+        """Count `n` more captured bytes; False (and stop capturing) once over the limit."""
+        if self.truncated:
+            return False
+        self.size += n
+        if self.size > TEE_MAX_BYTES:
+            self.truncated = True
+            self.body, self.events, self.parts = None, [], []
+            return False
+        return True
+
+
+class _Retry(Exception):
+    """The augmented response cannot be rewritten within TEE_MAX_BYTES: resend plain."""
 
 
 class Forwarder:
@@ -200,19 +224,15 @@ class Forwarder:
                 stream=parsed.get("stream") is True,
             )
             plan = self._plan(info)
-        tee: _Tee | None = None
-        if plan is not None:
-            tee = _Tee()
-            if plan.upstream_body is not None:
-                body = plan.upstream_body
+        tee = _Tee(plan) if plan is not None else None
         in_flight = self._in_flight
         in_flight.enter(upstream.name)
         try:
-            return await self._relay(request, st, upstreams, upstream, body, plan, tee)
+            return await self._relay(request, st, upstreams, upstream, body, tee)
         finally:
             in_flight.leave(upstream.name)
-            if info is not None and plan is not None and tee is not None:
-                self._complete(info, plan, tee, st.started)
+            if info is not None and tee is not None:
+                self._complete(info, tee, st.started)
 
     async def _send(
         self,
@@ -253,35 +273,69 @@ class Forwarder:
         st: _State,
         upstreams: Upstreams,
         upstream: UpstreamConfig,
-        body: bytes,
-        plan: TapPlan | None,
+        client_body: bytes,
         tee: _Tee | None,
     ) -> web.StreamResponse:
-        sent = time.monotonic()
-        try:
-            resp = await self._send(request, upstreams, upstream, body, tee is not None)
-        except _UPSTREAM_ERRORS as exc:
-            raise self._upstream_failure(upstream.name, exc) from None
-        finally:
-            st.upstream_wait += time.monotonic() - sent
-        st.status = resp.status
+        while True:
+            plan = tee.plan if tee is not None else None
+            body = client_body
+            if plan is not None and plan.upstream_body is not None:
+                body = plan.upstream_body
+            sent = time.monotonic()
+            try:
+                resp = await self._send(request, upstreams, upstream, body, tee is not None)
+            except _UPSTREAM_ERRORS as exc:
+                raise self._upstream_failure(upstream.name, exc) from None
+            finally:
+                st.upstream_wait += time.monotonic() - sent
+            st.status = resp.status
+            if tee is not None and plan is not None and plan.plain is not None and _refused(resp):
+                # The upstream refused the changed body: nothing reached the client yet, so the
+                # client's own body goes instead and the client sees what it would have.
+                self._fall_back(tee, plan.plain, resp, "refused")
+                continue
+            try:
+                return await self._relay_response(request, st, resp, tee, upstream)
+            except _Retry:
+                assert tee is not None and plan is not None and plan.plain is not None
+                self._fall_back(tee, plan.plain, resp, "too_large")
+
+    def _fall_back(self, tee: _Tee, plain: TapPlan, resp: UpstreamResponse, why: str) -> None:
+        log.info("augmented request resent plain", extra={"why": why, "status": resp.status})
+        resp.close()
+        resp.release()
+        tee.plan, tee.status, tee.body, tee.events = plain, 0, None, []
+        tee.completed = tee.truncated = False
+        tee.size, tee.parts = 0, []
+
+    async def _relay_response(
+        self,
+        request: web.Request,
+        st: _State,
+        resp: UpstreamResponse,
+        tee: _Tee | None,
+        upstream: UpstreamConfig,
+    ) -> web.StreamResponse:
+        plan = tee.plan if tee is not None else None
         if tee is not None:
             tee.status = resp.status
         try:
             headers = end_to_end_raw(resp.raw_headers)
             is_sse = resp.content_type == "text/event-stream"
             ok = 200 <= resp.status < 300
-            if plan is not None and tee is not None and not is_sse:
-                return await self._relay_buffered(st, resp, headers, plan, tee, ok, upstream)
-            if plan is None and not is_sse and resp.complete and resp.content_length is not None:
+            if plan is not None and tee is not None and not is_sse and ok and plan.rewrite_body:
+                return await self._relay_rewritten(st, resp, headers, plan, tee, upstream)
+            if not is_sse and resp.complete and resp.content_length is not None:
                 # The whole sized body came with the head (the usual case for a JSON answer):
                 # send head and body to the client in one write.
                 st.first_byte_at = time.monotonic()
+                data = resp.read_buffered()
+                if tee is not None:
+                    if tee.keep(len(data)):
+                        tee.body = data
+                    tee.completed = True
                 return web.Response(
-                    status=resp.status,
-                    reason=resp.reason,
-                    headers=headers,
-                    body=resp.read_buffered(),
+                    status=resp.status, reason=resp.reason, headers=headers, body=data
                 )
             out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
             rewrite = plan.rewrite_event if plan is not None and is_sse and ok else None
@@ -294,6 +348,9 @@ class Forwarder:
                 st.status = CLIENT_CLOSED
                 resp.close()
             return out
+        except _Retry:
+            resp.close()
+            raise  # the caller resends plain
         except BaseException:
             resp.close()  # incomplete: drop the connection so the upstream stops generating
             raise
@@ -329,6 +386,8 @@ class Forwarder:
             if not chunk:
                 break
             if splitter is None:
+                if tee is not None and tee.keep(len(chunk)):
+                    tee.parts.append(chunk)
                 await self._write(out, st, chunk)
                 continue
             raws = splitter.feed(chunk)
@@ -344,30 +403,37 @@ class Forwarder:
                 await self._write(out, st, self._rewrite(rewrite, rest, "rewrite_event"))
         if tee is not None:
             tee.completed = True
+            if splitter is None and not tee.truncated:
+                tee.body = b"".join(tee.parts)
+            tee.parts = []
         await out.write_eof()
 
-    async def _relay_buffered(
+    async def _relay_rewritten(
         self,
         st: _State,
         resp: UpstreamResponse,
         headers: list[tuple[str, str]],
         plan: TapPlan,
         tee: _Tee,
-        ok: bool,
         upstream: UpstreamConfig,
     ) -> web.StreamResponse:
-        """Non-streaming with a plan: tee the full body, rewrite it if asked, then send it (head and
-        body in one write; Content-Length from the body sent)."""
+        """Non-streaming with a rewrite: the body is needed whole (at most TEE_MAX_BYTES; more is
+        resent plain), rewritten, then sent (head and body in one write)."""
         t = time.monotonic()
         try:
-            data = await resp.read()
+            parts = []
+            while chunk := await resp.readany():
+                if not tee.keep(len(chunk)):
+                    raise _Retry
+                parts.append(chunk)
+            data = b"".join(parts)
         except _UPSTREAM_ERRORS as exc:
             raise self._upstream_failure(upstream.name, exc) from None
         finally:
             st.upstream_wait += time.monotonic() - t
         tee.body, tee.completed = data, True
-        if plan.rewrite_body is not None and ok:
-            data = self._rewrite(plan.rewrite_body, data, "rewrite_body")
+        assert plan.rewrite_body is not None
+        data = self._rewrite(plan.rewrite_body, data, "rewrite_body")
         st.first_byte_at = time.monotonic()
         return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=data)
 
@@ -464,17 +530,18 @@ class Forwarder:
             self._tap_failed("plan", exc)
             return None
 
-    def _complete(self, info: RequestInfo, plan: TapPlan, tee: _Tee, started: float) -> None:
+    def _complete(self, info: RequestInfo, tee: _Tee, started: float) -> None:
         assert self._tap is not None
         exchange = Exchange(
             request=info,
-            plan=plan,
+            plan=tee.plan,
             status=tee.status,
             response_body=tee.body,
             events=tuple(tee.events),
             completed=tee.completed,
             started_at=started,
             finished_at=time.monotonic(),
+            truncated=tee.truncated,
         )
         try:
             self._tap.complete(exchange)
@@ -493,7 +560,7 @@ class Forwarder:
         return result
 
     def _tee_event(self, tee: _Tee | None, raw: bytes) -> None:
-        if tee is not None and (payload := event_json(raw)) is not None:
+        if tee is not None and tee.keep(len(raw)) and (payload := event_json(raw)) is not None:
             tee.events.append(payload)
 
     def _tap_failed(self, stage: str, exc: BaseException) -> None:
@@ -549,6 +616,15 @@ class Forwarder:
             return requests, added, None, None
         labels = (st.route, st.model_name, st.upstream)
         return requests, added, m.duration.labels(*labels), m.ttfb.labels(*labels)
+
+
+def _refused(resp: UpstreamResponse) -> bool:
+    """An augmented request's response the client must not get: an error status, or a sized
+    non-streaming body too large to rewrite."""
+    if not 200 <= resp.status < 300:
+        return True
+    length = resp.content_length
+    return resp.content_type != "text/event-stream" and length is not None and length > TEE_MAX_BYTES
 
 
 def _check_tail(tail: str) -> None:
