@@ -45,12 +45,15 @@ def error_body(message: str, type_: str, code: str) -> bytes:
 
 def error_response(error: ProxyError) -> web.Response:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return web.Response(
+    response = web.Response(
         status=error.status,
         body=error_body(error.message, error.type, error.code),
         content_type="application/json",
         headers=headers,
     )
+    if error.status == 408:
+        response.force_close()  # the rest of a slow body is not waited for
+    return response
 
 
 def bad_request(message: str, code: str = "invalid_request") -> ProxyError:
@@ -60,6 +63,15 @@ def bad_request(message: str, code: str = "invalid_request") -> ProxyError:
 def unauthorized() -> ProxyError:
     message = "Invalid or missing API key for this proxy."
     return ProxyError(401, message, "invalid_request_error", "invalid_api_key")
+
+
+def body_timeout(seconds: float) -> ProxyError:
+    return ProxyError(
+        408,
+        f"The request body did not arrive within {seconds:g} s.",
+        "invalid_request_error",
+        "request_timeout",
+    )
 
 
 def too_large(limit: int) -> ProxyError:
@@ -79,7 +91,9 @@ def bad_gateway(upstream: str, kind: str) -> ProxyError:
 
 
 def gateway_timeout(upstream: str) -> ProxyError:
-    return ProxyError(504, f"Upstream {upstream!r} timed out.", "upstream_error", "upstream_timeout")
+    return ProxyError(
+        504, f"Upstream {upstream!r} timed out.", "upstream_error", "upstream_timeout"
+    )
 
 
 def unavailable(message: str) -> ProxyError:

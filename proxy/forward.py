@@ -8,10 +8,11 @@ send it on, relay status, end-to-end headers and body chunks as they arrive. Wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -56,6 +57,10 @@ _UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError)
 # Methods the lean client (proxy/h1.py) sends; others (HEAD: a length but no body) go via aiohttp.
 _LEAN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
+# Writes up to this size into an empty socket buffer never wait for the client (the transport's
+# high-water mark is 64 KiB); others run under client_write_timeout_seconds.
+_SMALL_WRITE = 16 * 1024
+_LARGE_BODY = 64 * 1024
 # The most of one sampled response the shadow path keeps (body, or SSE events): a larger one is
 # relayed in full but not replayed (dropped as primary_incomplete). Comparable T=0 answers are
 # far smaller; the bound keeps a huge response from being held in memory twice.
@@ -193,11 +198,16 @@ class Forwarder:
             buf = bytearray(head)
         else:
             buf = bytearray()
-        while chunk := await request.content.readany():
-            buf += chunk
-            if len(buf) > limit:
-                self._metrics.body_too_large.labels(route).inc()
-                raise errors.too_large(limit)
+        try:
+            async with asyncio.timeout(self._config.client_body_timeout_seconds):
+                while chunk := await request.content.readany():
+                    buf += chunk
+                    if len(buf) > limit:
+                        self._metrics.body_too_large.labels(route).inc()
+                        raise errors.too_large(limit)
+        except TimeoutError:
+            log.info("request body too slow", extra={"route": route, "received": len(buf)})
+            raise errors.body_timeout(self._config.client_body_timeout_seconds) from None
         return bytes(buf)
 
     # -- forwarding ----------------------------------------------------------------------------
@@ -324,7 +334,7 @@ class Forwarder:
             is_sse = resp.content_type == "text/event-stream"
             ok = 200 <= resp.status < 300
             if plan is not None and tee is not None and not is_sse and ok and plan.rewrite_body:
-                return await self._relay_rewritten(st, resp, headers, plan, tee, upstream)
+                return await self._relay_rewritten(request, st, resp, headers, plan, tee, upstream)
             if not is_sse and resp.complete and resp.content_length is not None:
                 # The whole sized body came with the head (the usual case for a JSON answer):
                 # send head and body to the client in one write.
@@ -334,9 +344,10 @@ class Forwarder:
                     if tee.keep(len(data)):
                         tee.body = data
                     tee.completed = True
-                return web.Response(
+                whole = web.Response(
                     status=resp.status, reason=resp.reason, headers=headers, body=data
                 )
+                return await self._whole(request, st, whole)
             out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
             rewrite = plan.rewrite_event if plan is not None and is_sse and ok else None
             if resp.content_length is not None and rewrite is None:
@@ -388,19 +399,21 @@ class Forwarder:
             if splitter is None:
                 if tee is not None and tee.keep(len(chunk)):
                     tee.parts.append(chunk)
-                await self._write(out, st, chunk)
+                await self._write(request, out, st, chunk)
                 continue
             raws = splitter.feed(chunk)
             if rewrite is None:
-                await self._write(out, st, chunk)
+                await self._write(request, out, st, chunk)
             for raw in raws:
                 self._tee_event(tee, raw)
                 if rewrite is not None:
-                    await self._write(out, st, self._rewrite(rewrite, raw, "rewrite_event"))
+                    await self._write(
+                        request, out, st, self._rewrite(rewrite, raw, "rewrite_event")
+                    )
         if splitter is not None and (rest := splitter.flush()):
             self._tee_event(tee, rest)
             if rewrite is not None:
-                await self._write(out, st, self._rewrite(rewrite, rest, "rewrite_event"))
+                await self._write(request, out, st, self._rewrite(rewrite, rest, "rewrite_event"))
         if tee is not None:
             tee.completed = True
             if splitter is None and not tee.truncated:
@@ -410,6 +423,7 @@ class Forwarder:
 
     async def _relay_rewritten(
         self,
+        request: web.Request,
         st: _State,
         resp: UpstreamResponse,
         headers: list[tuple[str, str]],
@@ -435,12 +449,51 @@ class Forwarder:
         assert plan.rewrite_body is not None
         data = self._rewrite(plan.rewrite_body, data, "rewrite_body")
         st.first_byte_at = time.monotonic()
-        return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=data)
+        whole = web.Response(status=resp.status, reason=resp.reason, headers=headers, body=data)
+        return await self._whole(request, st, whole)
 
-    async def _write(self, out: web.StreamResponse, st: _State, data: bytes) -> None:
+    async def _write(
+        self, request: web.Request, out: web.StreamResponse, st: _State, data: bytes
+    ) -> None:
         if st.first_byte_at is None:
             st.first_byte_at = time.monotonic()
-        await out.write(data)
+        transport = request.transport
+        if transport is None or (
+            len(data) <= _SMALL_WRITE and not transport.get_write_buffer_size()
+        ):
+            await out.write(data)  # cannot wait for the client: the socket takes it at once
+            return
+        async with self._write_deadline(request):
+            await out.write(data)
+
+    @contextlib.asynccontextmanager
+    async def _write_deadline(self, request: web.Request) -> AsyncIterator[None]:
+        """Bound a write that may wait for the client to read: past client_write_timeout_seconds
+        the connection is closed (the relay then ends as for a client that went away)."""
+        try:
+            async with asyncio.timeout(self._config.client_write_timeout_seconds):
+                yield
+        except TimeoutError:
+            log.info("client stopped reading", extra={"path": "v1"})
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("client stopped reading") from None
+
+    async def _whole(
+        self, request: web.Request, st: _State, response: web.Response
+    ) -> web.StreamResponse:
+        """A complete response: small ones aiohttp writes once the handler returns (head and body
+        in one write); a large one is written here, within the write timeout."""
+        body = response.body
+        if not isinstance(body, bytes) or len(body) <= _LARGE_BODY:
+            return response
+        try:
+            async with self._write_deadline(request):
+                await response.prepare(request)
+                await response.write_eof()
+        except ConnectionResetError:
+            st.status = CLIENT_CLOSED
+        return response
 
     # -- /v1/models across upstreams -----------------------------------------------------------
 
@@ -624,7 +677,9 @@ def _refused(resp: UpstreamResponse) -> bool:
     if not 200 <= resp.status < 300:
         return True
     length = resp.content_length
-    return resp.content_type != "text/event-stream" and length is not None and length > TEE_MAX_BYTES
+    return (
+        resp.content_type != "text/event-stream" and length is not None and length > TEE_MAX_BYTES
+    )
 
 
 def _check_tail(tail: str) -> None:

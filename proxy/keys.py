@@ -5,6 +5,7 @@ Re-exported by proxy/app.py; they live here so handler modules can import them w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,10 +20,13 @@ from proxy.upstreams import Upstreams
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Per-app run state: `draining` flips to True when shutdown starts (readyz then says 503)."""
+    """Per-app run state: `draining` flips to True when shutdown starts (readyz then says 503);
+    `active` counts requests whose handler is running (proxy.connections drains on it)."""
 
     started: bool = False
     draining: bool = False
+    active: int = 0
+    drained: asyncio.Event | None = None  # set by the last request to end once draining
 
 
 @dataclass(slots=True)

@@ -208,7 +208,9 @@ class Upstreams:
 
     def request_url(self, upstream: UpstreamConfig, tail: str, raw_query: str = "") -> URL:
         """`target` as an absolute URL for aiohttp's client, sent exactly as built."""
-        return URL(self._origins[upstream.name] + self.target(upstream, tail, raw_query), encoded=True)
+        return URL(
+            self._origins[upstream.name] + self.target(upstream, tail, raw_query), encoded=True
+        )
 
     def raw_request_headers(
         self,
