@@ -3,9 +3,11 @@ for requests aiohttp's HTTP parser rejects, and a shutdown bounded by `drain_sec
 
 aiohttp's own shutdown waits `shutdown_timeout` for handlers, then cancels them and waits as long
 again, so a grace period sized by `drain_seconds` alone ended in SIGKILL. Here the drain is ours:
-wait up to `drain_seconds` for the requests in progress (counted by `count_active`), then give
-aiohttp SHUTDOWN_MARGIN_S for each of its two waits: the total stays under `drain_seconds` +
-2 x SHUTDOWN_MARGIN_S, plus the app's own cleanup.
+wait up to `drain_seconds` for the requests in progress (tracked by `count_active`), cancel those
+left and wait up to SHUTDOWN_MARGIN_S for them to end; aiohttp then finds nothing in progress (its
+two waits are SHUTDOWN_MARGIN_S each, for a response still being written). Total: `drain_seconds`
++ a few milliseconds when handlers end on cancel, 3 x SHUTDOWN_MARGIN_S at worst, plus the app's
+own cleanup.
 """
 
 from __future__ import annotations
@@ -30,14 +32,17 @@ _REFUSE_AFTER_S = 1.0  # a refused connection that sends nothing is closed after
 
 @web.middleware
 async def count_active(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count requests in progress (their handlers), for the drain."""
+    """Track requests in progress (their handlers' tasks), for the drain."""
     state = request.app[LIFECYCLE]
-    state.active += 1
+    task = asyncio.current_task()
+    if task is None:  # not in a task: nothing to drain or cancel
+        return await handler(request)
+    state.active.add(task)
     try:
         return await handler(request)
     finally:
-        state.active -= 1
-        if state.active == 0 and state.drained is not None:
+        state.active.discard(task)
+        if not state.active and state.drained is not None:
             state.drained.set()
 
 
@@ -146,10 +151,19 @@ class ProxyRunner(web.AppRunner):
         state = self.app[LIFECYCLE]
         state.draining = True
         state.drained = asyncio.Event()
-        if state.active > 0:
-            try:
-                async with asyncio.timeout(self._drain_seconds):
-                    await state.drained.wait()
-            except TimeoutError:
-                log.warning("drain deadline reached", extra={"in_progress": state.active})
+        if state.active and not await _wait(state.drained, self._drain_seconds):
+            # aiohttp would wait its timeout, cancel, and wait again: cancel them here instead.
+            log.warning("drain deadline reached", extra={"in_progress": len(state.active)})
+            for task in list(state.active):
+                task.cancel()
+            await _wait(state.drained, SHUTDOWN_MARGIN_S)
         await super().shutdown()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

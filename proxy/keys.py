@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -21,11 +22,12 @@ from proxy.upstreams import Upstreams
 @dataclass(slots=True)
 class Lifecycle:
     """Per-app run state: `draining` flips to True when shutdown starts (readyz then says 503);
-    `active` counts requests whose handler is running (proxy.connections drains on it)."""
+    `active` holds the tasks of requests whose handler is running (proxy.connections drains them:
+    waits, then cancels those left at the deadline)."""
 
     started: bool = False
     draining: bool = False
-    active: int = 0
+    active: set[asyncio.Task[Any]] = field(default_factory=set)
     drained: asyncio.Event | None = None  # set by the last request to end once draining
 
 

@@ -102,7 +102,9 @@ async def test_dot_segments_in_any_encoding_are_refused(client: str, keys: bool)
                 assert error["code"] == "invalid_path" and error["type"] == "invalid_request_error"
         assert recorder.seen == []  # nothing reached the upstream, key or not
         status, _ = await _send(port, "GET", "/v1/models", key=keys)
-        assert status == 200 and recorder.seen == [("/tenant-a/v1/models", f"Bearer {UPSTREAM_KEY}")]
+        assert status == 200 and recorder.seen == [
+            ("/tenant-a/v1/models", f"Bearer {UPSTREAM_KEY}")
+        ]
 
 
 @pytest.mark.parametrize("client", ["lean", "aiohttp"])
