@@ -159,6 +159,8 @@ class Forwarder:
             return await self._forward(request, st, upstreams, target.upstream, body, parsed)
         except ProxyError as exc:
             st.status = exc.status
+            if exc.status == 408:
+                return await _answer_and_close(request, errors.error_response(exc))
             return errors.error_response(exc)
         except (asyncio.CancelledError, ConnectionResetError):
             st.status = CLIENT_CLOSED
@@ -669,6 +671,15 @@ class Forwarder:
             return requests, added, None, None
         labels = (st.route, st.model_name, st.upstream)
         return requests, added, m.duration.labels(*labels), m.ttfb.labels(*labels)
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection at once: aiohttp would otherwise keep reading
+    (and discarding) the unread rest of a slow body for up to its lingering time (10 s)."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 def _refused(resp: UpstreamResponse) -> bool:
