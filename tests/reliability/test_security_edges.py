@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from proxy.app import METRICS
-from proxy.config import build_config
+from proxy.config import Config, build_config
 from proxy.logs import JsonFormatter
 from proxy.serve import _measuring
 from proxy.shadow.wiring import SHADOW
@@ -36,7 +36,7 @@ async def test_502_and_504_bodies_name_the_upstream_not_its_address(
 ) -> None:
     port = free_port()  # nothing listens there
 
-    def make(urls: list[str]) -> object:
+    def make(urls: list[str]) -> Config:
         entry = {"name": "up", "base_url": f"http://127.0.0.1:{port}/internal/v1"}
         slow = {"name": "slow", "base_url": urls[0], "models": ["s"],
                 "timeouts": {"first_byte": 0.3}}  # fmt: skip
@@ -93,7 +93,7 @@ async def test_a_body_nested_too_deeply_to_replay_is_not_sampled(
 ) -> None:
     shadow = {"enabled": True, "sample_rate": 1, "replays": 1}
 
-    def make(urls: list[str]) -> object:
+    def make(urls: list[str]) -> Config:
         entry = {"name": "up", "base_url": urls[0], "models": ["m"]}
         return build_config({"upstreams": [entry], "shadow": shadow}, worker_env())
 
