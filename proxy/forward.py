@@ -145,7 +145,8 @@ class Forwarder:
         st = _State(route=route_of(tail), started=time.monotonic())
         try:
             self._check_auth(request, st.route)
-            if "/." in tail:  # a dot segment, however the client encoded it (see normalised_tail)
+            # Maybe a dot segment, however the client encoded it (see normalised_tail).
+            if "/." in tail or "\\" in tail:
                 _check_tail(tail)
             body = await self._read_body(request, st.route)
             upstreams = request.app[UPSTREAMS]

@@ -53,10 +53,11 @@ def normalised_tail(tail: str) -> str:
 
     aiohttp hands handlers the tail percent-decoded (`%2e%2e` -> `..`, `%2f` -> `/`), so a dot
     segment here is one the client spelled in any of those ways; joined to base_url and resolved,
-    it would climb out of it. Raises PathEscape for any `.` or `..` segment.
+    it would climb out of it. Raises PathEscape for any `.` or `..` segment (`\\` separating too).
     """
     segments = tail.split("/")
-    if any(seg in (".", "..") for seg in segments):
+    # A backslash is a separator to some servers (IIS): `..\` counts as a dot segment too.
+    if any(seg in (".", "..") for seg in tail.replace("\\", "/").split("/")):
         raise PathEscape(tail)
     return "/".join(quote(seg, safe=_SEGMENT_SAFE) for seg in segments)
 

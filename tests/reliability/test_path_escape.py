@@ -29,6 +29,8 @@ ESCAPES = [
     "/v1/chat/../../admin",
     "/v1/.%2e/admin",
     "/v1/./chat/completions",
+    "/v1/..%5c..%5cadmin",
+    "/v1/models%5C..",
 ]
 
 
