@@ -157,6 +157,17 @@ class ShadowExposition:
             "exact_match_pairs": CounterMetricFamily(
                 "tbg_exact_match_pairs", "Run pairs identical", labels=UMB
             ),
+            "scored_trials": CounterMetricFamily(
+                "tbg_trials_scored", "Trials that carried top-k logprobs", labels=UMB
+            ),
+            "scored_diverged_trials": CounterMetricFamily(
+                "tbg_trials_scored_diverged",
+                "Trials with top-k logprobs in which some pair diverged",
+                labels=UMB,
+            ),
+            "diverged_trials": CounterMetricFamily(
+                "tbg_trials_diverged", "Trials in which some pair diverged", labels=UMB
+            ),
         }
         jsq = CounterMetricFamily("tbg_jitter_sq_sum", "Sum of squared gap differences", labels=UM)
         jpos = CounterMetricFamily("tbg_jitter_positions", "Shared positions compared", labels=UM)
@@ -177,8 +188,21 @@ class ShadowExposition:
             "Sum of -log-likelihood at T = grid_t per load bucket (every third grid point)",
             labels=[*UMB, "grid_t"],
         )
+        # Σ over trials of each trial's squared score (slope of its -log-likelihood in log T): the
+        # trial-level design effect of the pooled interval (estimator/profile.py)
+        sq = CounterMetricFamily(
+            "tbg_nll_score_sq",
+            "Sum over trials of the squared slope in log T of the trial's -log-likelihood",
+            labels=[*UM, "grid_t"],
+        )
+        sq_load = CounterMetricFamily(
+            "tbg_nll_score_sq_by_load",
+            "tbg_nll_score_sq per load bucket (every third grid point)",
+            labels=[*UMB, "grid_t"],
+        )
         jitter: dict[tuple[str, str], list[float]] = {}
         fleet: dict[tuple[str, str], np.ndarray] = {}
+        fleet_sq: dict[tuple[str, str], np.ndarray] = {}
         for (upstream, model, bucket), st in view.counters():
             labels = [upstream, model, bucket]
             for name, fam in fams.items():
@@ -190,8 +214,12 @@ class ShadowExposition:
             values = np.asarray(st.nll)
             pooled = fleet.get((upstream, model))
             fleet[(upstream, model)] = values if pooled is None else pooled + values
+            squares = np.asarray(st.squares())
+            pooled_sq = fleet_sq.get((upstream, model))
+            fleet_sq[(upstream, model)] = squares if pooled_sq is None else pooled_sq + squares
             for i in range(0, len(values), LOAD_GRID_STRIDE):
                 nll_load.add_metric([*labels, self._grid_labels[i]], float(values[i]))
+                sq_load.add_metric([*labels, self._grid_labels[i]], float(squares[i]))
         for (upstream, model), (sq, positions, identical) in jitter.items():
             jsq.add_metric([upstream, model], sq)
             jpos.add_metric([upstream, model], positions)
@@ -199,8 +227,11 @@ class ShadowExposition:
         for (upstream, model), values in fleet.items():
             for grid_t, value in zip(self._grid_labels, values.tolist(), strict=True):
                 nll.add_metric([upstream, model, grid_t], value)
+        for (upstream, model), values in fleet_sq.items():
+            for grid_t, value in zip(self._grid_labels, values.tolist(), strict=True):
+                sq.add_metric([upstream, model, grid_t], value)
         yield from fams.values()
-        yield from (jsq, jpos, jid, nll, nll_load)
+        yield from (jsq, jpos, jid, nll, nll_load, sq, sq_load)
 
         hist = HistogramMetricFamily(
             "tbg_first_divergence_position_tokens",
