@@ -58,7 +58,11 @@ def _pooled(s: dict[str, Any], adjusted: bool = True) -> tuple[float, float, flo
         return math.nan, math.nan, math.nan, math.nan
     if adjusted:
         p = grid_profile(
-            GRID, s["nll"], events=float(s["div_trials"]), score_sq=s["sq"], trials=float(s["scored"])
+            GRID,
+            s["nll"],
+            events=float(s["div_trials"]),
+            score_sq=s["sq"],
+            trials=float(s["scored"]),
         )
     else:
         p = grid_profile(GRID, s["nll"], events=float(s["div_pairs"]))
@@ -67,7 +71,9 @@ def _pooled(s: dict[str, Any], adjusted: bool = True) -> tuple[float, float, flo
 
 def one_set(cell: Cell, i: int) -> dict[str, Any]:
     world = WORLDS[cell.world]
-    rng = np.random.default_rng([cell.seed, list(WORLDS).index(cell.world), cell.runs, cell.trials, i])
+    rng = np.random.default_rng(
+        [cell.seed, list(WORLDS).index(cell.world), cell.runs, cell.trials, i]
+    )
     live = OnlineEstimator()
     flat = OnlineEstimator(OnlineConfig(half_life_trials=1e15))
     rows: dict[str, list[Any]] = {k: [] for k in ("nll", "sq", "scored", "div_trials", "div_pairs")}
@@ -132,9 +138,9 @@ def summarise(cell: Cell, sets: list[dict[str, Any]]) -> dict[str, Any]:
     ok = est > 0
     logs = np.log(est[ok])
     oracle = 2 * 1.96 * float(np.std(logs, ddof=1)) if ok.sum() > 2 else math.nan
-    lo = np.asarray([s["pooled"][1] for s in sets])[ok]
-    hi = np.asarray([s["pooled"][2] for s in sets])[ok]
-    width = float(np.mean(np.log(hi) - np.log(np.maximum(lo, 1e-12))))
+    p_lo = np.asarray([s["pooled"][1] for s in sets])[ok]
+    p_hi = np.asarray([s["pooled"][2] for s in sets])[ok]
+    width = float(np.mean(np.log(p_hi) - np.log(np.maximum(p_lo, 1e-12))))
     out["pooled_width_over_oracle"] = width / oracle if oracle > 0 else math.nan
     out["design_effect_median"] = float(np.median([s["pooled"][3] for s in sets]))
     # TbgAboveCeiling: lower bounds of the whole window and of its last sixth above the ceiling

@@ -52,9 +52,7 @@ class World:
         rest = -delta[:, None] - np.cumsum(rng.exponential(1.0, (n, VOCAB - 2)), axis=1)
         return np.concatenate([np.zeros((n, 1)), -delta[:, None], rest], axis=1)
 
-    def _noise(
-        self, rng: np.random.Generator, runs: int, length: int, scale: float
-    ) -> np.ndarray:
+    def _noise(self, rng: np.random.Generator, runs: int, length: int, scale: float) -> np.ndarray:
         """(runs, length, VOCAB) perturbations, replays reproducing the primary's draw."""
         eps = rng.standard_normal((runs, length, VOCAB))
         if self.rho > 0:
@@ -71,23 +69,31 @@ class World:
             scale *= float(np.exp(rng.uniform(-0.5, 0.5) * np.log(self.spread)))
         if self.load_threshold and int(rng.integers(1, 65)) <= self.load_threshold:
             scale = 0.0
-        noise = self._noise(rng, runs, length, scale) if self.temperature <= 0 else None
-        group = np.zeros(runs, dtype=int)  # runs with one prefix share a context
+        # One fresh context per run and position, drawn up front: a group of runs sharing a
+        # prefix reads its leader's (the smallest run index in it), so each group sees one draw.
+        base = self._logits(rng, runs * length).reshape(runs, length, VOCAB)
+        gumbel = rng.gumbel(size=base.shape) if self.temperature > 0 else None
+        noise = self._noise(rng, runs, length, scale) if gumbel is None else None
+        leader = np.zeros(runs, dtype=int)
         tokens = np.zeros((runs, length), dtype=int)
         lps = np.zeros((runs, length, VOCAB))
         for s in range(length):
-            labels, inv = np.unique(group, return_inverse=True)
-            z = self._logits(rng, labels.size)[inv]  # (runs, VOCAB)
-            if noise is not None:
+            z = base[leader, s]
+            if gumbel is not None:  # ideal sampling: identical logprobs, Gumbel-max per run
+                tok = (z / self.temperature + gumbel[:, s]).argmax(1)
+            else:  # perturbed logits, greedy
+                assert noise is not None
                 z = z + noise[:, s]
                 tok = z.argmax(1)
-            else:
-                tok = (z / self.temperature + rng.gumbel(size=z.shape)).argmax(1)
             m = z.max(1, keepdims=True)
             lps[:, s] = z - m - np.log(np.exp(z - m).sum(1, keepdims=True))
             tokens[:, s] = tok
-            group = group * VOCAB + tok  # a new context for every distinct prefix
-            _, group = np.unique(group, return_inverse=True)
+            # the new leader: the first run with the same (leader, token)
+            key = leader * VOCAB + tok
+            first: dict[int, int] = {}
+            for r, kk in enumerate(key.tolist()):
+                first.setdefault(kk, r)
+            leader = np.array([first[kk] for kk in key.tolist()])
         return Trial(
             f"{self.name}-{prompt}", tuple(_run(tokens[r], lps[r]) for r in range(runs)), CONTEXT
         )

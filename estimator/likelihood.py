@@ -272,8 +272,16 @@ def estimate_likelihood(
     diag["scored_trials"] = len(parts)
     diag["unit"] = "trial"
     return EstimateResult(
-        est, lo, hi, "likelihood", level, n["trials"], n["pairs"], n["diverged"],
-        n["tokens_at_risk"], diag,
+        est,
+        lo,
+        hi,
+        "likelihood",
+        level,
+        n["trials"],
+        n["pairs"],
+        n["diverged"],
+        n["tokens_at_risk"],
+        diag,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -96,7 +96,7 @@ class TrialComparison:
     jitter_identical_positions: int
     exemplars: tuple[Divergence, ...]
     scored: bool = False
-    score_sq: np.ndarray | None = None
+    score_sq: np.ndarray = field(default_factory=lambda: np.zeros(0))  # empty: read as zeros
 
 
 @dataclass(frozen=True)
@@ -365,7 +365,7 @@ class OnlineEstimator:
         self._tot += row
         self._dec_nll *= f
         self._dec_nll += tc.nll
-        sq = tc.score_sq if tc.score_sq is not None else np.zeros(self._grid.size)
+        sq = tc.score_sq if tc.score_sq.size else np.zeros(self._grid.size)
         self._dec_sq *= f * f
         self._dec_sq += sq
         self._dec_w2 = self._dec_w2 * f * f + (1.0 if tc.scored else 0.0)

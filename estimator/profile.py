@@ -59,9 +59,9 @@ import numpy as np
 from scipy import stats as st
 
 __all__ = [
+    "MIN_DESIGN_EFFECT",
     "ROOT_WINDOW",
     "Profile",
-    "MIN_DESIGN_EFFECT",
     "critical_values",
     "design_effect",
     "grid_profile",
@@ -118,7 +118,7 @@ def scores(grid: np.ndarray, nll: np.ndarray) -> np.ndarray:
     two edges): the trial's score, whose square the online state sums per grid point."""
     f = np.asarray(nll, dtype=float)
     x = np.log(np.asarray(grid, dtype=float))
-    return np.gradient(f, x)
+    return np.asarray(np.gradient(f, x), dtype=float)
 
 
 def design_effect(

@@ -190,7 +190,7 @@ class ShadowExposition:
         )
         # Σ over trials of each trial's squared score (slope of its -log-likelihood in log T): the
         # trial-level design effect of the pooled interval (estimator/profile.py)
-        sq = CounterMetricFamily(
+        score_sq = CounterMetricFamily(
             "tbg_nll_score_sq",
             "Sum over trials of the squared slope in log T of the trial's -log-likelihood",
             labels=[*UM, "grid_t"],
@@ -229,9 +229,9 @@ class ShadowExposition:
                 nll.add_metric([upstream, model, grid_t], value)
         for (upstream, model), values in fleet_sq.items():
             for grid_t, value in zip(self._grid_labels, values.tolist(), strict=True):
-                sq.add_metric([upstream, model, grid_t], value)
+                score_sq.add_metric([upstream, model, grid_t], value)
         yield from fams.values()
-        yield from (jsq, jpos, jid, nll, nll_load, sq, sq_load)
+        yield from (jsq, jpos, jid, nll, nll_load, score_sq, sq_load)
 
         hist = HistogramMetricFamily(
             "tbg_first_divergence_position_tokens",

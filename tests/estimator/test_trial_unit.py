@@ -118,9 +118,7 @@ def test_stats_pool_scores_and_roundtrip() -> None:
     a = _data_set("prompts", 1, trials=30, runs=2)
     b = _data_set("prompts", 2, trials=30, runs=2)
     pooled = a + b
-    np.testing.assert_allclose(
-        pooled.squares(), np.add(a.squares(), b.squares()), rtol=1e-12
-    )
+    np.testing.assert_allclose(pooled.squares(), np.add(a.squares(), b.squares()), rtol=1e-12)
     assert pooled.scored_trials == a.scored_trials + b.scored_trials == 60
     again = SufficientStats.from_dict(pooled.to_dict())
     assert again == pooled

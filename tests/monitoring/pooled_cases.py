@@ -199,7 +199,7 @@ def pooled_test() -> tuple[dict[str, Any], dict[str, Profile]]:
         hour = pooled.profile()
         short = (pooled * (1 / 6)).profile()
         load1 = b1.profile(LOAD_GRID_STRIDE)
-        if case.world:  # the case is what it claims to be: clustered, the design effect well above 1
+        if case.world:  # what it claims to be: clustered, the design effect well above 1
             assert hour.design_effect > 1.5, hour
         profiles[case.model] = hour
         for op, prof in (("mle1h", hour), ("mle10m", short)):
