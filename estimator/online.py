@@ -229,9 +229,10 @@ def _snapshot(
     level: float,
     w2: float | None = None,
 ) -> OnlineSnapshot:
-    """`w2` = Σw² over the scored trials of decayed sums (the decayed counters are Σw·x, the
-    second moments Σw²·x); None: undecayed."""
-    n, k = s["scored_trials"], 1.0
+    """`w2` = Σw² over the trials of decayed sums (the decayed counters are Σw·x, the second
+    moments Σw²·x); None: undecayed. The design effect's n counts every trial (one without
+    logprobs is a unit with score 0), as the recording rules read `tbg_trials_total`."""
+    n, k = s["trials"], 1.0
     n_sq = n if w2 is None else w2
     if s["scored_pairs"] > 0:
         # effective number of independent events under decay (Kish): Σw·x · Σw / Σw²
@@ -300,7 +301,7 @@ class OnlineEstimator:
         self._second = np.array([c in _SECOND for c in _COUNTERS])
         self._dec_nll = np.zeros(self._grid.size)
         self._dec_sq = np.zeros(self._grid.size)  # Σ w²·s_t²
-        self._dec_w2 = 0.0  # Σ w² over scored trials
+        self._dec_w2 = 0.0  # Σ w² over trials
         self._tot_nll = np.zeros(self._grid.size)
         self._tot_sq = np.zeros(self._grid.size)
         self._snap: OnlineSnapshot | None = None  # computed once per change, not per scrape
@@ -368,7 +369,7 @@ class OnlineEstimator:
         sq = tc.score_sq if tc.score_sq.size else np.zeros(self._grid.size)
         self._dec_sq *= f * f
         self._dec_sq += sq
-        self._dec_w2 = self._dec_w2 * f * f + (1.0 if tc.scored else 0.0)
+        self._dec_w2 = self._dec_w2 * f * f + 1.0
         self._tot_nll += tc.nll
         self._tot_sq += sq
         self._snap = None

@@ -178,12 +178,14 @@ def grid_profile(
     score_sq: np.ndarray | None = None,
     trials: float = 0.0,
     trials_sq: float | None = None,
+    design: float | None = None,
 ) -> Profile:
     """(estimate, lower, upper, design effect) from Σ −ℓ on a grid equally spaced in log T (module
     docstring); `events` is the number of independent divergences behind the curve (trials that
     diverged; 0: nothing diverged). Given ``score_sq`` (Σ_t s_t² per grid point) and ``trials``
-    (n, and Σw² for decayed sums) both drops are multiplied by the design effect k; without them
-    k = 1, the model-based interval that treats every position as independent.
+    (n, and Σw² for decayed sums) both drops are multiplied by the design effect k; given
+    ``design``, by that k; without either k = 1, the model-based interval that treats every
+    position as independent.
 
     The minimum on the smallest grid temperature (or nothing diverged) reads as T̂ = 0 with lower
     bound 0; an end beyond the grid is clipped: lower 0, upper the largest grid temperature. Step by
@@ -196,7 +198,10 @@ def grid_profile(
     a, b = parabolas(f)
     i = int(np.argmin(f))
     k = 1.0
-    if score_sq is not None:
+    if design is not None:  # a design effect read elsewhere (the pooled per-load rules)
+        k = design
+        two, up = two * k, up * k
+    elif score_sq is not None:
         # i = 0 or no divergence: the floor (design_effect returns it for an edge point)
         at = i if events > 0 else 0
         k = design_effect(f, np.asarray(score_sq, dtype=float), at, h, trials, trials_sq)

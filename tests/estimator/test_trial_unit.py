@@ -54,7 +54,7 @@ def test_clustered_world_naive_undercovers_adjusted_covers() -> None:
             nll,
             events=st.scored_diverged_trials,
             score_sq=np.asarray(st.squares()),
-            trials=st.scored_trials,
+            trials=st.trials,
         )
         naive += old.lower <= t_star <= old.upper
         adjusted += new.lower <= t_star <= new.upper
@@ -73,7 +73,7 @@ def test_boltzmann_design_effect_near_one() -> None:
         np.asarray(st.nll),
         events=st.scored_diverged_trials,
         score_sq=np.asarray(st.squares()),
-        trials=st.scored_trials,
+        trials=st.trials,
     )
     assert 1.0 <= p.design_effect < 1.35
     assert p.lower <= 0.05 <= p.upper
@@ -171,3 +171,9 @@ def test_clustered_hazard() -> None:
         0.0, 600.0, diverged_sq=0, diverged_x_risk=0, risk_sq=0, pairs_per_trial=10
     )
     assert zero.upper == pytest.approx(divergence_hazard(0.0, 60.0).upper)
+
+
+def test_rules_use_the_estimators_floor() -> None:
+    from tests.monitoring.common import rules_gen
+
+    assert rules_gen().MIN_DESIGN_EFFECT == MIN_DESIGN_EFFECT

@@ -43,10 +43,14 @@ class Half:
     nll: np.ndarray  # Σ −ℓ on the grid
     diverged: float  # independent divergences behind it: scored trials that diverged
     score_sq: np.ndarray  # Σ_t s_t² on the grid
-    trials: float  # scored trials
+    trials: float  # trials (the design effect's n)
+    pairs_diverged: float  # the per-load rules' events
 
     def __mul__(self, c: float) -> Half:
-        return Half(c * self.nll, c * self.diverged, c * self.score_sq, c * self.trials)
+        return Half(
+            c * self.nll, c * self.diverged, c * self.score_sq, c * self.trials,
+            c * self.pairs_diverged,
+        )  # fmt: skip
 
     def __add__(self, o: Half) -> Half:
         return Half(
@@ -54,16 +58,18 @@ class Half:
             self.diverged + o.diverged,
             self.score_sq + o.score_sq,
             self.trials + o.trials,
+            self.pairs_diverged + o.pairs_diverged,
         )
 
-    def profile(self, stride: int = 1) -> Profile:
+    def profile(self) -> Profile:
         return grid_profile(
-            GRID[::stride],
-            self.nll[::stride],
-            events=self.diverged,
-            score_sq=self.score_sq[::stride],
-            trials=self.trials,
+            GRID, self.nll, events=self.diverged, score_sq=self.score_sq, trials=self.trials
         )
+
+    def load_profile(self, design: float) -> Profile:
+        """The per-load rules' reading: every third grid point, diverged pairs, the fleet's k."""
+        s = LOAD_GRID_STRIDE
+        return grid_profile(GRID[::s], self.nll[::s], events=self.pairs_diverged, design=design)
 
 
 def curve(temperature: float, trials: int, seed: int, world: str = "") -> tuple[Half, Half]:
@@ -87,7 +93,8 @@ def curve(temperature: float, trials: int, seed: int, world: str = "") -> tuple[
                 np.asarray(st.nll),
                 float(st.scored_diverged_trials),
                 np.asarray(st.squares()),
-                float(st.scored_trials),
+                float(st.trials),
+                float(st.diverged),
             )
         )
     return halves[0], halves[1]
@@ -174,17 +181,12 @@ def pooled_test() -> tuple[dict[str, Any], dict[str, Profile]]:
             base = {"upstream": "u1", "model_name": case.model, "instance": inst}
             lb = base | {"load_bucket": bucket}
             series.append(_series("tbg_pairs_compared_total", lb, 10, steps))
-            series.append(_series("tbg_trials_scored_total", lb, part.trials / 60, steps))
-            series.append(
-                _series("tbg_trials_scored_diverged_total", lb, part.diverged / 60, steps)
-            )
+            series.append(_series("tbg_trials_total", lb, part.trials / 60, steps))
+            series.append(_series("tbg_pairs_diverged_total", lb, part.pairs_diverged / 60, steps))
             for i, label in enumerate(LABELS):
                 if i % LOAD_GRID_STRIDE == 0:
                     lab = lb | {"grid_t": label}
                     series.append(_series("tbg_nll_by_load_total", lab, part.nll[i] / 60, steps))
-                    series.append(
-                        _series("tbg_nll_score_sq_by_load_total", lab, part.score_sq[i] / 60, steps)
-                    )
         for inst, part in (("a", b1 * 0.6), ("b", b1 * 0.4 + b2)):
             for i, label in enumerate(LABELS):
                 lab = {
@@ -195,10 +197,14 @@ def pooled_test() -> tuple[dict[str, Any], dict[str, Profile]]:
                 }
                 series.append(_series("tbg_nll_total", lab, part.nll[i] / 60, steps))
                 series.append(_series("tbg_nll_score_sq_total", lab, part.score_sq[i] / 60, steps))
+            ev = {"upstream": "u1", "model_name": case.model, "instance": inst}
+            series.append(
+                _series("tbg_trials_scored_diverged_total", ev, part.diverged / 60, steps)
+            )
         assert (pooled.diverged > 0) == (case.temperature > 0 or bool(case.world))
         hour = pooled.profile()
         short = (pooled * (1 / 6)).profile()
-        load1 = b1.profile(LOAD_GRID_STRIDE)
+        load1 = b1.load_profile(hour.design_effect)
         if case.world:  # what it claims to be: clustered, the design effect well above 1
             assert hour.design_effect > 1.5, hour
         profiles[case.model] = hour
@@ -306,10 +312,10 @@ def drift_test() -> dict[str, Any]:
             }
         )
     lb1 = 'upstream="u1", model_name="m1", load_bucket="1"'
-    series.append(changing("tbg_trials_scored_total", lb1, greedy.trials, hot.trials))
+    series.append(changing("tbg_trials_total", lb1, greedy.trials, hot.trials))
     series.append(
         _series(
-            "tbg_trials_scored_total",
+            "tbg_trials_total",
             {"upstream": "u2", "model_name": "m1", "load_bucket": "1"},
             hot.trials,
             steps,
@@ -327,16 +333,13 @@ def drift_test() -> dict[str, Any]:
     # diverged trials: none on u1 until the change, then the hot rate; u2 at the hot rate all along
     series.append(
         {
-            "series": f"tbg_trials_scored_diverged_total{{{lb1}}}",
+            "series": 'tbg_trials_scored_diverged_total{upstream="u1", model_name="m1"}',
             "values": f"0+0x{change} {_num(hot_k)}+{_num(hot_k)}x{steps - change - 1}",
         }
     )
     series.append(
         _series(
-            "tbg_trials_scored_diverged_total",
-            {"upstream": "u2", "model_name": "m1", "load_bucket": "1"},
-            hot_k,
-            steps,
+            "tbg_trials_scored_diverged_total", {"upstream": "u2", "model_name": "m1"}, hot_k, steps
         )
     )
     base = (greedy * 6).profile()
