@@ -1,6 +1,6 @@
 """Markdown tables of bench/coverage_worlds.py results (docs/coverage.md).
 
-    python -m bench.coverage_worlds_table bench/results/coverage_worlds_1x.json [more.json ...]
+python -m bench.coverage_worlds_table bench/results/coverage_worlds_1x.json [more.json ...]
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ def _pct(x: float, n: int) -> str:
 
 
 def main() -> None:
-    rows = [r for p in sys.argv[1:] for r in json.loads(Path(p).read_text("utf-8"))]
+    rows, seen = [], set()
+    for p in sys.argv[1:]:
+        for r in json.loads(Path(p).read_text("utf-8")):
+            key = (r["world"], r["runs"], r["trials"], r["sets"])
+            if key not in seen:  # a cell run twice (same seeds) is the same cell
+                seen.add(key)
+                rows.append(r)
     print(
         "| world | replays | trials | sets | target | live | pooled | before (naive) | bootstrap"
         " | pooled width / oracle | design effect (median) | alert, truth 5 % below | alert,"
