@@ -141,7 +141,7 @@ def design_effect(
     # Σ w²(s − s̄)² with s̄ = Σ w s / Σ w, in grid steps; × n_eff/(n_eff − 1), n_eff = n²/Σw²
     centred = float(score_sq[i]) * h * h - b * b * w2 / (n * n)
     k = centred * (n * n / (n * n - w2)) / (2 * a)
-    return max(floor, k) if math.isfinite(k) else floor
+    return float(max(floor, k)) if math.isfinite(k) else float(floor)  # a plain float for JSON
 
 
 def parabolas(nll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -135,6 +135,9 @@ def test_decayed_snapshot_matches_undecayed_without_decay() -> None:
     for p in range(120):
         est.update(WORLDS["reproduce-0.5"].trial(rng, p, runs=3, length=32))
     live, pooled = est.snapshot(), estimate_from_stats(est.stats())
+    # plain floats: /tbg serialises them with orjson, which refuses numpy scalars
+    assert live.design_effect > 1 and type(live.design_effect) is float
+    assert all(type(x) is float for x in (live.lower, live.upper, live.hazard_upper))
     assert live.lower == pytest.approx(pooled.lower, rel=1e-6)
     assert live.upper == pytest.approx(pooled.upper, rel=1e-6)
     assert live.design_effect == pytest.approx(pooled.design_effect, rel=1e-6)
