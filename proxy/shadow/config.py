@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, ValidationError
 
+from proxy.shadow.history_config import HistoryConfig, HistorySchema
 from proxy.validation import Int, Number, Section, Text, messages
 
 __all__ = [
@@ -77,6 +78,7 @@ class ShadowConfig:
     # "process": replays and comparisons run in a child process (proxy/shadow/process.py), niced.
     worker: WorkerMode = "inline"
     worker_nice: int = 10
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
     def policy(self, model_name: str) -> ModelPolicy:
         return self.models.get(model_name, self.defaults)
@@ -195,6 +197,9 @@ class ShadowSchema(Section):
     eligibility: EligibilitySchema = Field(
         EligibilitySchema(), description="which primaries count as greedy"
     )
+    history: HistorySchema = Field(
+        HistorySchema(), description="the estimate's history behind `/tbg/history` and `/ui`"
+    )
 
     def to_config(self, *, non_empty: bool) -> ShadowConfig:
         """The runtime value; `non_empty`: the section had keys (turns replay on by default)."""
@@ -229,6 +234,7 @@ class ShadowSchema(Section):
             ),
             worker=self.worker,
             worker_nice=self.worker_nice,
+            history=self.history.to_config(),
         )
 
 

@@ -47,9 +47,7 @@ async def test_never_is_not_replayed_and_counted_as_opted_out(make_stack: Any) -
     stack: Stack = await make_stack(FakeLLM(), {"sample_rate": 1.0})
     async with client(stack) as oai:
         for _ in range(3):
-            out = await oai.chat.completions.create(
-                **CHAT, extra_headers={"X-TBG-Replay": "never"}
-            )
+            out = await oai.chat.completions.create(**CHAT, extra_headers={"X-TBG-Replay": "never"})
             assert out.choices[0].message.content == "Hello, world A!"
         await oai.chat.completions.create(**CHAT)  # no header: replayed as usual
     report = await settle(stack)
@@ -63,8 +61,7 @@ async def test_never_is_not_replayed_and_counted_as_opted_out(make_stack: Any) -
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(stack.proxy_url.removesuffix("/v1") + "/metrics")).text
     assert (
-        'tbg_shadow_dropped_total{model_name="m",reason="opted_out",upstream="fake"} 3.0'
-        in metrics
+        'tbg_shadow_dropped_total{model_name="m",reason="opted_out",upstream="fake"} 3.0' in metrics
     )
 
 
