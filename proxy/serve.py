@@ -131,7 +131,7 @@ def _measuring(config: Config) -> str:
             f"{shadow.replays} replays, ceiling {shadow.defaults.ceiling:g}; live T_bg at {url}/tbg"
         )
     ups = ", ".join(f"{u.name} ({u.base_url})" for u in config.upstreams)
-    return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}"
+    return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}; live page {url}/ui"
 
 
 async def serve(config: Config) -> None:
