@@ -16,6 +16,7 @@ from proxy.app import LIFECYCLE, make_app, make_runner
 from proxy.cliparse import Parser
 from proxy.config import Config, ConfigError, Overrides, load_config
 from proxy.logs import configure_logging
+from proxy.tracing import configure_provider
 
 log = logging.getLogger("tbg.serve")
 
@@ -136,6 +137,7 @@ def _measuring(config: Config) -> str:
 
 async def serve(config: Config) -> None:
     """Run until SIGINT/SIGTERM; then stop accepting, drain up to `drain_seconds`, clean up."""
+    flush_spans = configure_provider() if config.shadow_config.tracing else None  # OTLP export
     app = make_app(config)
     runner = make_runner(app)
     await runner.setup()
@@ -176,5 +178,7 @@ async def serve(config: Config) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+        if flush_spans is not None:
+            await asyncio.to_thread(flush_spans)  # the spans still buffered
         if started:
             log.info("stopped")
