@@ -4,12 +4,15 @@ the proxy without OpenTelemetry installed."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai import AsyncOpenAI
 
@@ -30,6 +33,8 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 ROOT = Path(__file__).resolve().parents[2]
+# Spans come from replays on the proxy's own loop; the shadow worker process has no tracer provider.
+INLINE = {"TBG_SHADOW_WORKER": "inline"}
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +73,9 @@ async def run(stack: Stack, n: int = 1, headers: dict[str, str] | None = None) -
 
 
 async def test_trial_joins_the_clients_trace(make_stack: Any, spans: InMemorySpanExporter) -> None:
-    stack: Stack = await make_stack(FakeLLM(flip_replays={1}), {"tracing": True, "replays": 2})
+    stack: Stack = await make_stack(
+        FakeLLM(flip_replays={1}), {"tracing": True, "replays": 2}, env=INLINE
+    )
     await run(stack, headers={"traceparent": TRACEPARENT})
     finished = spans.get_finished_spans()
     (trial,) = by_name(finished, "tbg.shadow.trial")
@@ -102,7 +109,7 @@ async def test_trial_joins_the_clients_trace(make_stack: Any, spans: InMemorySpa
 async def test_without_traceparent_a_trial_is_a_trace_of_its_own(
     make_stack: Any, spans: InMemorySpanExporter
 ) -> None:
-    stack: Stack = await make_stack(FakeLLM(), {"tracing": True})
+    stack: Stack = await make_stack(FakeLLM(), {"tracing": True}, env=INLINE)
     await run(stack, n=2)
     trials = by_name(spans.get_finished_spans(), "tbg.shadow.trial")
     assert len(trials) == 2 and all(t.parent is None for t in trials)
@@ -112,7 +119,9 @@ async def test_without_traceparent_a_trial_is_a_trace_of_its_own(
 async def test_failures_and_drops_are_on_the_span(
     make_stack: Any, spans: InMemorySpanExporter
 ) -> None:
-    failing: Stack = await make_stack(FakeLLM(fail_replays=lambda _i: True), {"tracing": True})
+    failing: Stack = await make_stack(
+        FakeLLM(fail_replays=lambda _i: True), {"tracing": True}, env=INLINE
+    )
     await run(failing, headers={"traceparent": TRACEPARENT})
     finished = spans.get_finished_spans()
     (trial,) = by_name(finished, "tbg.shadow.trial")
@@ -125,7 +134,9 @@ async def test_failures_and_drops_are_on_the_span(
     assert not by_name(finished, "tbg.shadow.compare")
 
     spans.clear()
-    starved: Stack = await make_stack(FakeLLM(), {"tracing": True, "tokens_per_minute": 1.0})
+    starved: Stack = await make_stack(
+        FakeLLM(), {"tracing": True, "tokens_per_minute": 1.0}, env=INLINE
+    )
     await run(starved)
     (trial,) = by_name(spans.get_finished_spans(), "tbg.shadow.trial")
     assert trial.attributes is not None
@@ -181,3 +192,77 @@ def test_the_proxy_runs_without_opentelemetry() -> None:
         and "pip install 'tbg-proxy[otel]'" in proc.stdout
     )
     assert "answer: Hello, world A! {'sampled': 1, 'replayed': 1" in proc.stdout
+
+
+async def test_tbg_serve_exports_the_spans_over_otlp(tmp_path: Path) -> None:
+    """The real `tbg serve` with its OTLP/HTTP exporter, against a collector on loopback that
+    decodes what it receives."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from reference.launch import free_port
+    from tests.shadow.conftest import serve
+
+    received: list[ExportTraceServiceRequest] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", collect)
+    otlp, collector_runner = await serve(collector)
+    base, upstream_runner = await serve(FakeLLM().app())
+    config = tmp_path / "tbg.yaml"
+    config.write_text(
+        f"upstreams: [{{name: fake, base_url: '{base}/v1', models: [m]}}]\n"
+        "shadow: {sample_rate: 1.0, replays: 2, tracing: true}\n"
+    )
+    port = free_port()
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    env.pop("OTEL_SERVICE_NAME", None)
+    env.update(INLINE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port),
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0
+        ) as oai:
+            async with httpx.AsyncClient() as http:
+                for _ in range(200):  # until it listens
+                    try:
+                        await http.get(f"http://127.0.0.1:{port}/healthz")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+            await oai.chat.completions.create(**CHAT, extra_headers={"traceparent": TRACEPARENT})
+        names: dict[str, list[Any]] = {}
+        for _ in range(100):  # the batch processor sends within OTEL_BSP_SCHEDULE_DELAY
+            names = {}
+            for message in received:
+                for rs in message.resource_spans:
+                    service = {a.key: a.value.string_value for a in rs.resource.attributes}
+                    for ss in rs.scope_spans:
+                        for span in ss.spans:
+                            names.setdefault(span.name, []).append((service, span))
+            if "tbg.shadow.trial" in names:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        await upstream_runner.cleanup()
+        await collector_runner.cleanup()
+    assert "tbg.shadow.trial" in names, err.decode()[-2000:]
+    ((service, trial),) = names["tbg.shadow.trial"]
+    assert service["service.name"] == "tbg-proxy"
+    assert trial.trace_id.hex() == TRACE_ID and trial.parent_span_id.hex() == PARENT_ID
+    assert len(names["tbg.shadow.replay"]) == 2 and len(names["tbg.shadow.compare"]) == 1
+    assert all(s.trace_id.hex() == TRACE_ID for group in names.values() for _, s in group)
