@@ -114,8 +114,15 @@
          f.svg, "no estimate yet: the first compared replay draws the first point");
       return;
     }
-    const ymax = yMax(pts.flatMap((p) => [p.upper, p.estimate]), e.ceiling);
-    const y = yAxis(f, ymax);
+    // The range: every estimate and the current upper bound. An early, wide interval (the first
+    // trials' upper bound can reach the grid's top, 1) is clipped at the top, not allowed to
+    // flatten the rest of the line.
+    const last = pts[pts.length - 1];
+    const ymax = yMax(pts.map((p) => p.estimate).concat([last.upper]), e.ceiling);
+    const y0 = yAxis(f, ymax);
+    const y = (v) => y0(Math.min(v, ymax));
+    if (pts.some((p) => p.upper !== null && p.upper > ymax))
+      el("svg:text", { x: f.m.l + 4, y: f.m.t + 10 }, f.svg, "band clipped at the top ↑");
     let t0 = pts[0].at, t1 = pts[pts.length - 1].at;
     const span = 10 * (state.interval || 15);  // at least ten history points wide
     if (t1 - t0 < span) t0 = t1 - span;
