@@ -159,6 +159,8 @@ class History:
         self._task: asyncio.Task[None] | None = None
         self._write_failed = False
         self.skipped_lines = 0  # malformed lines found in the file at start
+        # Counts a bug (tbg_internal_errors_total{where="shadow"}); set by install_history.
+        self.on_internal_error: Callable[[], None] = lambda: None
 
     def points(self, since: float | None = None) -> list[Point]:
         if since is None:
@@ -204,7 +206,11 @@ class History:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.interval_seconds)
-            await self._save(self.record())
+            try:
+                await self._save(self.record())
+            except Exception:  # a bug here must cost a point, never the history
+                log.exception("history point not recorded")
+                self.on_internal_error()
 
     async def _save(self, point: Point) -> None:
         if self._file is None:
@@ -223,11 +229,15 @@ HISTORY = web.AppKey("tbg_shadow_history", History)
 
 
 def install_history(
-    app: web.Application, config: HistoryConfig, view: Callable[[], ShadowView]
+    app: web.Application,
+    config: HistoryConfig,
+    view: Callable[[], ShadowView],
+    on_internal_error: Callable[[], None] = lambda: None,
 ) -> History:
     """Register the history, its recorder task and `GET /tbg/history` (`?since=<unix time>`:
     only the points after it, for a page that polls)."""
     history = History(config, view)
+    history.on_internal_error = on_internal_error
     app[HISTORY] = history
 
     async def handle(request: web.Request) -> web.Response:

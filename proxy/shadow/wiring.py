@@ -55,7 +55,7 @@ def install_shadow(
     app[EXPOSITION].parts.append(tap.aggregator.exposition)
     app.router.add_get("/tbg", make_handler(tap))
     # Registered before the tap's lifecycle, so it stops after it and keeps the final view.
-    install_history(app, shadow.history, tap.view)
+    install_history(app, shadow.history, tap.view, tap.on_internal_error)
     upstream_names = tuple(u.name for u in config.upstreams)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

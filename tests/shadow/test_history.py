@@ -12,11 +12,13 @@ import pytest
 from aiohttp import web
 from openai import AsyncOpenAI
 
+from estimator.online import OnlineConfig
 from proxy.app import make_app, make_runner
 from proxy.config import ConfigError, build_config
 from proxy.shadow.config import parse_shadow_config
 from proxy.shadow.history import History, HistoryFile, Point, Series
 from proxy.shadow.history_config import HistoryConfig
+from proxy.shadow.state import ShadowState
 from proxy.shadow.wiring import SHADOW
 from tests.shadow.conftest import FakeLLM, Stack, serve, worker_env
 
@@ -131,3 +133,27 @@ async def test_history_is_served_and_survives_a_restart(tmp_path: Path) -> None:
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_a_failing_point_is_counted_and_the_recorder_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+    errors: list[int] = []
+
+    def view() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return ShadowState(OnlineConfig(), 0).publish(len(calls))
+
+    history = History(HistoryConfig(points=10, interval_seconds=0.01), view)
+    history.on_internal_error = lambda: errors.append(1)
+    await history.start()
+    for _ in range(200):
+        if len(history.points()) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    await history.stop()
+    assert errors == [1] and len(history.points()) >= 2
+    assert "history point not recorded" in caplog.text
