@@ -357,7 +357,7 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
                     timed_out = True
                     load.cancel()
                     break
-                screen.show(render(report(tap), progress[0], opts.requests, elapsed))
+                screen.show(render(report(tap, tokens=True), progress[0], opts.requests, elapsed))
                 await asyncio.wait({load}, timeout=1.0)
             if not timed_out:
                 errors = load.result()
@@ -365,8 +365,10 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
                 while not await tap.idle(1.0) and remaining > 0:
                     remaining -= 1.0
                     elapsed = time.monotonic() - started
-                    screen.show(render(report(tap), progress[0], opts.requests, elapsed))
-            final = report(tap)
+                    screen.show(
+                        render(report(tap, tokens=True), progress[0], opts.requests, elapsed)
+                    )
+            final = report(tap, tokens=True)
             elapsed = time.monotonic() - started
             screen.show(render(final, progress[0], opts.requests, elapsed), force=True)
         finally:
