@@ -96,7 +96,9 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
         lines.append(f"  verdict   {said}")
         lines.append(f"  next      {todo}")
         lines.append(
-            f"  evidence  {e.get('diverged', 0)} of {e.get('pairs', 0)} replay pairs diverged, "
+            f"  evidence  {e.get('diverged_trials', 0)} of {e.get('trials', 0)} trials diverged "
+            f"(the interval's unit; design effect {_g(e.get('design_effect'))}), "
+            f"{e.get('diverged', 0)} of {e.get('pairs', 0)} replay pairs, "
             f"{e.get('tokens_at_risk', 0)} tokens at risk; hazard {_g(e.get('hazard'))}/token; "
             f"jitter_temperature {_g(e.get('jitter_temperature'))}"
         )
