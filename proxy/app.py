@@ -35,6 +35,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.probe import PROBE, UpstreamProbe
 from proxy.status import render_text, wants_text
 from proxy.tap import Tap
+from proxy.ui.page import install_ui, page_response, wants_html
 from proxy.upstreams import Upstreams, new_session
 
 __all__ = [
@@ -82,6 +83,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     if tap is None:
         app.router.add_get("/tbg", _tbg_off)
     forward = Forwarder(config, metrics, in_flight, tap, lean=config.upstream_client == "lean")
+    install_ui(app)  # the live page, /ui
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -164,6 +166,8 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _tbg_off(request: web.Request) -> web.Response:
     """GET /tbg without shadow replay: say so and how to turn it on, instead of a bare 404."""
+    if wants_html(request):
+        return page_response(request)  # the live page says the same
     body = {
         "shadow": "off",
         "estimates": [],

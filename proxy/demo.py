@@ -447,7 +447,8 @@ def summary(
         " T=0; larger = more run-to-run variation (what the numbers mean: docs/science.md)."
     )
     lines.append(
-        f"  served (now stopped): {proxy_url}/v1 (OpenAI API), {proxy_url}/metrics, {proxy_url}/tbg"
+        f"  served (now stopped): {proxy_url}/v1 (OpenAI API), {proxy_url}/metrics, {proxy_url}/tbg,"
+        f" {proxy_url}/ui (live page: T_bg over time and by load)"
     )
     return "\n".join(lines)
 

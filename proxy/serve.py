@@ -17,6 +17,7 @@ from proxy.cliparse import Parser
 from proxy.config import Config, ConfigError, Overrides, load_config
 from proxy.logs import configure_logging
 from proxy.probe import public_url
+from proxy.tracing import configure_provider
 
 log = logging.getLogger("tbg.serve")
 
@@ -132,11 +133,12 @@ def _measuring(config: Config) -> str:
             f"{shadow.replays} replays, ceiling {shadow.defaults.ceiling:g}; live T_bg at {url}/tbg"
         )
     ups = ", ".join(f"{u.name} ({public_url(u.base_url)})" for u in config.upstreams)
-    return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}"
+    return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}; live page {url}/ui"
 
 
 async def serve(config: Config) -> None:
     """Run until SIGINT/SIGTERM; then stop accepting, drain up to `drain_seconds`, clean up."""
+    flush_spans = configure_provider() if config.shadow_config.tracing else None  # OTLP export
     app = make_app(config)
     runner = make_runner(app)
     await runner.setup()
@@ -177,5 +179,7 @@ async def serve(config: Config) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+        if flush_spans is not None:
+            await asyncio.to_thread(flush_spans)  # the spans still buffered
         if started:
             log.info("stopped")

@@ -34,7 +34,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
+# x-tbg-replay: the client's replay choice is for the proxy alone (proxy/shadow/optout.py).
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", "x-tbg-replay"}
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 _RAW_REQUEST_DROP = frozenset(h.encode() for h in _REQUEST_DROP)
 _RAW_RESPONSE_DROP = frozenset(h.encode() for h in RESPONSE_DROP)

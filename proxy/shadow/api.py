@@ -17,6 +17,7 @@ from estimator.online import OnlineSnapshot
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.tap import ShadowTap
 from proxy.status import render_text, wants_text
+from proxy.ui.page import page_response, wants_html
 
 
 def _num(x: float | None) -> float | None:
@@ -68,6 +69,7 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
     return {
         "estimates": estimates,
         "accounting": view.totals(),
+        "eligible": sum(view.eligible.values()),  # greedy primaries seen, sampled or not
         "dropped_by_reason": view.drops_by_reason(),
         "queue_depth": tap.queue_depth(),
         "replays_in_flight": tap.load.replays_in_flight(),
@@ -95,6 +97,8 @@ def _exemplar(entry: dict[str, Any], tokens: bool) -> dict[str, Any]:
 
 def make_handler(tap: ShadowTap) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
+        if wants_html(request):  # a person with a browser: the live page (proxy/ui)
+            return page_response(request)
         if wants_text(request.query, request.headers.get("Accept", "")):  # a person: tbg status
             return web.Response(text=render_text(report(tap)) + "\n", content_type="text/plain")
         return web.Response(body=orjson.dumps(report(tap)), content_type="application/json")

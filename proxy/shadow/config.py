@@ -8,8 +8,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, StrictBool, ValidationError
+from pydantic import Field, StrictBool, ValidationError, field_validator
 
+from proxy.shadow.history_config import HistoryConfig, HistorySchema
 from proxy.validation import Int, Number, Section, Text, messages
 
 __all__ = [
@@ -77,6 +78,8 @@ class ShadowConfig:
     # "process": replays and comparisons run in a child process (proxy/shadow/process.py), niced.
     worker: WorkerMode = "inline"
     worker_nice: int = 10
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    tracing: bool = False  # OpenTelemetry spans of the shadow path (proxy/tracing.py)
 
     def policy(self, model_name: str) -> ModelPolicy:
         return self.models.get(model_name, self.defaults)
@@ -195,6 +198,24 @@ class ShadowSchema(Section):
     eligibility: EligibilitySchema = Field(
         EligibilitySchema(), description="which primaries count as greedy"
     )
+    history: HistorySchema = Field(
+        HistorySchema(), description="the estimate's history behind `/tbg/history` and `/ui`"
+    )
+    tracing: StrictBool = Field(
+        False,
+        description="OpenTelemetry spans of each trial, its replays and its comparison, in the "
+        "primary's trace when the client sent a `traceparent` (needs the `otel` extra; "
+        "docs/shadow.md)",
+    )
+
+    @field_validator("tracing")
+    @classmethod
+    def _tracing_is_installed(cls, value: bool) -> bool:
+        from proxy.tracing import MISSING, available
+
+        if value and not available():
+            raise ValueError(MISSING)
+        return value
 
     def to_config(self, *, non_empty: bool) -> ShadowConfig:
         """The runtime value; `non_empty`: the section had keys (turns replay on by default)."""
@@ -229,6 +250,8 @@ class ShadowSchema(Section):
             ),
             worker=self.worker,
             worker_nice=self.worker_nice,
+            history=self.history.to_config(),
+            tracing=self.tracing,
         )
 
 

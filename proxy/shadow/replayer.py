@@ -29,6 +29,7 @@ from proxy.shadow.sampling import Sampler
 from proxy.shadow.view import Key
 from proxy.shadow.wire import replay_body
 from proxy.tap import Exchange, RequestInfo
+from proxy.tracing import shadow_tracing
 
 log = logging.getLogger("tbg.shadow")
 
@@ -169,10 +170,12 @@ class Replayer:
         queue_size: int | None = None,
     ) -> None:
         self._config = config
-        self._transport = transport
+        # OpenTelemetry spans of trials, replays and comparisons (no-op unless shadow.tracing).
+        self._tracing = shadow_tracing(config)
+        self._transport = self._tracing.transport(transport)
         self._sampler = sampler
         self._load = load
-        self._agg = sink
+        self._agg = self._tracing.sink(sink)
         size = config.queue_size if queue_size is None else queue_size
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=size)
         self._workers: list[asyncio.Task[None]] = []
@@ -234,7 +237,8 @@ class Replayer:
             job = await self._queue.get()
             self.busy += 1
             try:
-                await self._process(job)
+                with self._tracing.trial(job.exchange.request):
+                    await self._process(job)
             except asyncio.CancelledError:
                 self._agg.count(job.key, "failed")
                 raise

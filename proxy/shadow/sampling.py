@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.shadow.config import ModelPolicy, ShadowConfig
+from proxy.shadow.optout import ReplayChoice
 
 Clock = Callable[[], float]
 
@@ -52,6 +53,7 @@ class Decision:
 
 _NOT_SAMPLED = Decision(False)
 _SAMPLED = Decision(True)
+_OPTED_OUT = Decision(True, "opted_out")
 
 
 class Sampler:
@@ -85,11 +87,20 @@ class Sampler:
             self._tokens[model_name] = TokenBucket(policy.tokens_per_minute, tok_burst, self._clock)
         return rate, self._tokens[model_name]
 
-    def decide(self, model_name: str) -> Decision:
-        """Coin flip, then the replay-rate budget for the k replays this trial will send."""
-        policy = self._config.policy(model_name)
-        if policy.sample_rate <= 0.0 or self._rng.random() >= policy.sample_rate:
-            return _NOT_SAMPLED
+    def decide(self, model_name: str, choice: ReplayChoice = None) -> Decision:
+        """Coin flip, then the replay-rate budget for the k replays this trial will send.
+
+        `choice` is the client's `X-TBG-Replay` (proxy/shadow/optout.py): `always` skips the coin
+        flip, not the budget; `never` is flipped like any request and, when the coin picks it,
+        dropped as `opted_out` before it takes any budget, so the drop counts what the opt-outs
+        cost the estimate at the configured rate.
+        """
+        if choice != "always":
+            rate_p = self._config.policy(model_name).sample_rate
+            if rate_p <= 0.0 or self._rng.random() >= rate_p:
+                return _NOT_SAMPLED
+            if choice == "never":
+                return _OPTED_OUT
         rate, _ = self._buckets(model_name)
         if not rate.try_take(self._config.replays):
             return Decision(True, "rate_limit")

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from proxy.shadow.aggregator import Aggregator, Render
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import InFlightProbe, LoadTracker
+from proxy.shadow.optout import replay_choice
 from proxy.shadow.process import ProcessReplayer, WorkerSpec
 from proxy.shadow.replayer import Job, Replayer, ReplayTransport, logprobs_key, remember
 from proxy.shadow.sampling import Sampler
@@ -165,7 +166,7 @@ class ShadowTap:
         key = (request.upstream, request.model_name)
         agg = self.aggregator
         agg.count_eligible(key)
-        decision = self.sampler.decide(request.model_name)
+        decision = self.sampler.decide(request.model_name, replay_choice(request.headers))
         if not decision.sampled:
             return None
         agg.count(key, "sampled")

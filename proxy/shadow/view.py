@@ -22,6 +22,7 @@ DROP_REASONS: tuple[str, ...] = (
     "rate_limit",
     "budget",
     "primary_incomplete",
+    "opted_out",  # the client sent `X-TBG-Replay: never` (proxy/shadow/optout.py)
     "shutdown",  # sampled, still queued when the proxy stopped
 )
 

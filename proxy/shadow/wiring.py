@@ -14,6 +14,7 @@ from proxy.config import Config
 from proxy.keys import EXPOSITION, IN_FLIGHT, METRICS, REGISTRY, UPSTREAMS
 from proxy.shadow.aggregator import online_config
 from proxy.shadow.api import make_handler
+from proxy.shadow.history import install_history
 from proxy.shadow.metrics import LiveCollector, ShadowExposition
 from proxy.shadow.process import WorkerSpec
 from proxy.shadow.tap import ShadowTap
@@ -53,6 +54,8 @@ def install_shadow(
     app[REGISTRY].register(LiveCollector(tap.queue_depth, tap.load.replays_in_flight))
     app[EXPOSITION].parts.append(tap.aggregator.exposition)
     app.router.add_get("/tbg", make_handler(tap))
+    # Registered before the tap's lifecycle, so it stops after it and keeps the final view.
+    install_history(app, shadow.history, tap.view, tap.on_internal_error)
     upstream_names = tuple(u.name for u in config.upstreams)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

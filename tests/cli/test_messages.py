@@ -71,6 +71,7 @@ def test_quick_start_says_what_it_measures_and_tbg_explains_itself() -> None:
         line = record["measuring"]
         assert line.startswith(f"tbg serve: proxy at http://127.0.0.1:{port}/v1 -> ")
         assert "shadow replay off: nothing is measured" in line
+        assert line.endswith(f"; live page http://127.0.0.1:{port}/ui")
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -82,6 +83,8 @@ def test_quick_start_says_what_it_measures_and_tbg_explains_itself() -> None:
         assert r.status_code == 200
         body = orjson.loads(r.content)
         assert body["shadow"] == "off" and "shadow:" in body["message"]
+        page = httpx.get(f"http://127.0.0.1:{port}/ui", timeout=2)
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     finally:
         proc.terminate()
         proc.wait(timeout=20)

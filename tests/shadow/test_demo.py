@@ -60,3 +60,4 @@ def test_tbg_demo_runs_end_to_end() -> None:
     assert sampled == 6 and sampled == replayed + dropped + failed and replayed >= 1
     assert re.search(r"T_bg\(smollm2 via reference\) = \d\.\d{4}, 95% interval", out), out[-2000:]
     assert re.search(r"served \(now stopped\): http://127\.0\.0\.1:\d+/v1 .*/metrics, .*/tbg", out)
+    assert re.search(r"/tbg, http://127\.0\.0\.1:\d+/ui \(live page", out)
