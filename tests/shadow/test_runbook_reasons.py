@@ -22,5 +22,5 @@ def test_runbooks_name_only_real_drop_reasons() -> None:
     for path in RUNBOOKS.glob("*.md"):
         text = path.read_text("utf-8")
         for match in re.finditer(r"`reason`: ([^)]*)\)", text):
-            named = {w.strip(" `") for w in match.group(1).split(";")[0].split(",")}
+            named = {w.strip(" `\n") for w in match.group(1).split(";")[0].split(",")}
             assert named <= set(DROP_REASONS), (path.name, named - set(DROP_REASONS))
