@@ -6,6 +6,7 @@ Nothing of a prompt appears here unless `record_text: true`; exemplars carry a k
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,6 +55,8 @@ def report(tap: ShadowTap) -> dict[str, Any]:
     estimates: list[dict[str, Any]] = []
     for (upstream, model), snap, updated in view.snapshots():
         entry = {"upstream": upstream, "model_name": model, "last_update": updated}
+        entry["age_seconds"] = max(0.0, time.time() - updated)  # how old the estimate is
+        entry["eligible"] = view.eligible.get((upstream, model), 0)  # greedy requests seen
         entry.update(snapshot_json(snap))
         entry["by_load"] = by_load.get((upstream, model), {})
         entry["ceiling"] = tap.config.policy(model).ceiling
@@ -61,6 +64,7 @@ def report(tap: ShadowTap) -> dict[str, Any]:
     return {
         "estimates": estimates,
         "accounting": view.totals(),
+        "eligible": sum(view.eligible.values()),
         "dropped_by_reason": view.drops_by_reason(),
         "queue_depth": tap.queue_depth(),
         "replays_in_flight": tap.load.replays_in_flight(),
