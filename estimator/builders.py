@@ -1,7 +1,10 @@
 """Build a `Run` from OpenAI chat/completions response bodies and collected stream chunks.
 
-Choice index 0 is used. When the body carries no logprobs the run is text-only: its tokens are
-the text split into whitespace-led words (``re.findall(r"\\s*\\S+|\\s+", text)``, so that
+Choice index 0 is used. Tokens become keys that tell distinct tokens apart (`estimator.tokens`):
+from the ``bytes`` the upstream reports where the text is a replacement character, else from the
+token strings, with strings that still collide resolved by the chosen token's logprob and
+counted in `Run.token_collisions`. When the body carries no logprobs the run is text-only: its
+tokens are the text split into whitespace-led words (``re.findall(r"\\s*\\S+|\\s+", text)``, so that
 ``"".join(tokens) == text``); the model-free statistics and the `hazard` estimator still work on
 those, the `likelihood` and `jitter` estimators do not.
 """
@@ -14,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from estimator.model import Run, TopLogprobs
+from estimator.tokens import BYTES_MARK, REPLACEMENT, entry_key, resolve_collisions
 
 _WORDS = re.compile(r"\s*\S+|\s+")
 
@@ -69,6 +73,19 @@ class _Acc:
         self.tops: list[TopLogprobs] = []
         self.saw_logprobs = False
         self.finish: str | None = None
+        self.collisions = 0
+
+    def _position(self, tok: str, lp: float, pairs: list[tuple[str, float]]) -> None:
+        """One position: the chosen token's key, its logprob, its alternatives with distinct keys."""
+        top = _sorted_top(pairs)
+        have = dict(top)
+        x = have.get(tok)
+        if len(have) != len(top) or (x is not None and x != lp):  # else nothing can collide
+            top, hit = resolve_collisions(tok, lp, top)
+            self.collisions += hit
+        self.tokens.append(tok)
+        self.lps.append(lp)
+        self.tops.append(top)
 
     def chat_logprobs(self, lp: Any, where: str) -> None:
         if lp is None:
@@ -84,18 +101,21 @@ class _Acc:
             tok = item.get("token")
             if not isinstance(tok, str):
                 raise BuildError(f"{where}: logprobs token is not a string: {tok!r}")
-            self.tokens.append(tok)
-            self.lps.append(_float(item.get("logprob"), where))
             top = item.get("top_logprobs") or []
             if not isinstance(top, list):
                 raise BuildError(f"{where}: top_logprobs is not a list")
             pairs = []
             for t in top:
                 t = _mapping(t, where)
-                if not isinstance(t.get("token"), str):
+                name = t.get("token")
+                if not isinstance(name, str):
                     raise BuildError(f"{where}: top_logprobs token is not a string")
-                pairs.append((str(t["token"]), _float(t.get("logprob"), where)))
-            self.tops.append(_sorted_top(pairs))
+                if REPLACEMENT in name or BYTES_MARK in name:  # not the token's own text
+                    name = entry_key(name, t.get("bytes"))
+                pairs.append((name, _float(t.get("logprob"), where)))
+            if REPLACEMENT in tok or BYTES_MARK in tok:
+                tok = entry_key(tok, item.get("bytes"))
+            self._position(tok, _float(item.get("logprob"), where), pairs)
 
     def completion_logprobs(self, lp: Any, where: str) -> None:
         if lp is None:
@@ -114,13 +134,16 @@ class _Acc:
         for tok, v, top in zip(toks, vals, tops, strict=True):
             if not isinstance(tok, str):
                 raise BuildError(f"{where}: logprobs token is not a string: {tok!r}")
-            self.tokens.append(tok)
-            self.lps.append(_float(v, where))
             if top is None:
+                self.tokens.append(tok)
+                self.lps.append(_float(v, where))
                 self.tops.append(())
             else:
+                # Alternatives keyed by text in an object: strings that collide have been merged
+                # into one entry already; the chosen token's own logprob tells (tokens.py).
                 top = _mapping(top, where)
-                self.tops.append(_sorted_top([(str(k), _float(x, where)) for k, x in top.items()]))
+                pairs = [(str(k), _float(x, where)) for k, x in top.items()]
+                self._position(tok, _float(v, where), pairs)
 
     def finish_reason(self, choice: Mapping[str, Any]) -> None:
         fr = choice.get("finish_reason")
@@ -132,7 +155,8 @@ class _Acc:
         if not self.saw_logprobs:
             return Run(text_tokens(text), None, None, text, self.finish)
         tops = tuple(self.tops) if any(self.tops) else None
-        return Run(tuple(self.tokens), tuple(self.lps), tops, text, self.finish)
+        hits = self.collisions if tops is not None else 0
+        return Run(tuple(self.tokens), tuple(self.lps), tops, text, self.finish, hits)
 
 
 def _text(x: Any, where: str) -> str:

@@ -1,6 +1,12 @@
 """Compare the runs of one trial: pairwise first divergences, logprob jitter, and the trie nodes
 that feed the Boltzmann likelihood (science.md §3b, §3c).
 
+Tokens are compared by key: `Run.tokens` and the alternatives in `Run.top_logprobs` are token
+identities (estimator.tokens: from bytes or ids where the upstream gives them; colliding strings
+told apart where it does not), so matching by key never gives a chosen token another token's
+logprob. A run built elsewhere must keep the alternatives at one position distinct
+(`estimator.tokens.resolve_run` does it for a run keyed by text).
+
 Conventions (documented in docs/estimators.md):
 - A pair diverges at the first position K where its tokens differ; when one run is a strict prefix
   of the other and the shorter one stopped (finish_reason != "length") the pair diverged at
@@ -99,6 +105,8 @@ class Comparison:
     # Σ over jitter positions of the predicted pair flip probability is computed later from these:
     jitter_gaps: np.ndarray = field(repr=False)  # reference top1-top2 gap at each jitter position
     nodes: Nodes | None = field(repr=False, default=None)  # None: no top-k logprobs
+    # positions of the runs where token strings collided and were told apart (estimator.tokens)
+    token_collisions: int = 0
 
 
 class _View:
@@ -419,6 +427,7 @@ def compare_trial(trial: Trial, *, with_nodes: bool = True) -> Comparison:
         jitter_identical_positions=jid,
         jitter_gaps=np.concatenate(jgaps) if jgaps else np.zeros(0),
         nodes=nodes,
+        token_collisions=sum(r.token_collisions for r in runs),
     )
 
 

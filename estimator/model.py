@@ -15,6 +15,10 @@ class Run:
     reported top-k (token, logprob) pairs at position ``s``, most likely first. Logprobs are raw
     (log softmax of the T=1 logits), as vLLM reports them by default. Both are ``None`` for a
     text-only run, whose ``tokens`` then come from a whitespace split (see builders).
+
+    Tokens are keys (`estimator.tokens`): distinct tokens have distinct keys, from their bytes or
+    ids where the upstream reports them, and the alternatives at one position never share a key.
+    ``token_collisions`` counts the positions where strings collided and were told apart there.
     """
 
     tokens: tuple[str, ...]
@@ -22,6 +26,7 @@ class Run:
     top_logprobs: tuple[TopLogprobs, ...] | None
     text: str
     finish_reason: str | None
+    token_collisions: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.tokens)

@@ -392,6 +392,7 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
         jitter_identical_positions=ident,
         jitter_gaps=jgaps,
         nodes=nodes,
+        token_collisions=ra.token_collisions + rb.token_collisions,
     )
 
 

@@ -48,6 +48,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     messages: tuple[Mapping[str, Any], ...] = ()
+    tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: logprobs name token ids
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -130,6 +131,15 @@ def _common(
     return params, stream, include_usage
 
 
+def _tokens_as_ids(body: Mapping[str, Any]) -> bool:
+    value = body.get("return_tokens_as_token_ids")
+    if not isinstance(value, bool | None):
+        raise ApiError(
+            400, "return_tokens_as_token_ids must be a boolean", "return_tokens_as_token_ids"
+        )
+    return bool(value)
+
+
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -165,7 +175,17 @@ def parse_chat(
     params, stream, usage = _common(
         body, model_name, default_max_tokens, (k or 0) if logprobs else None
     )
-    return GenerationRequest("chat", model_name, None, None, params, stream, usage, tuple(clean))
+    return GenerationRequest(
+        "chat",
+        model_name,
+        None,
+        None,
+        params,
+        stream,
+        usage,
+        tuple(clean),
+        tokens_as_ids=_tokens_as_ids(body),
+    )
 
 
 def parse_completion(
@@ -192,4 +212,13 @@ def parse_completion(
         raise ApiError(400, "echo is not supported by the reference upstream", "echo")
     k = _integer(body, "logprobs", 0, MAX_TOP_LOGPROBS)
     params, stream, usage = _common(body, model_name, default_max_tokens, k)
-    return GenerationRequest("completions", model_name, text, ids, params, stream, usage)
+    return GenerationRequest(
+        "completions",
+        model_name,
+        text,
+        ids,
+        params,
+        stream,
+        usage,
+        tokens_as_ids=_tokens_as_ids(body),
+    )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reference.engine import TokenEvent
+from reference.engine import TokenEvent, TokenInfo
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class Envelope:
     id: str
     created: int
     model: str
+    tokens_as_ids: bool = False  # logprobs name tokens "token_id:N" (vLLM's option)
 
     def head(self, chunk: bool) -> dict[str, Any]:
         if self.kind == "chat":
@@ -34,25 +35,39 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_logprobs(events: Sequence[TokenEvent]) -> dict[str, Any]:
+def _name(token: TokenInfo, as_ids: bool) -> str:
+    return f"token_id:{token.token_id}" if as_ids else token.text
+
+
+def _bytes(token: TokenInfo, as_ids: bool) -> list[int]:
+    """A token's bytes: its own (as OpenAI reports them), or those of its id name (as vLLM)."""
+    return list(_name(token, True).encode()) if as_ids else list(token.raw)
+
+
+def chat_logprobs(events: Sequence[TokenEvent], as_ids: bool = False) -> dict[str, Any]:
     content = []
     for ev in events:
         if ev.token is None:
             continue
         content.append(
             {
-                "token": ev.token.text,
+                "token": _name(ev.token, as_ids),
                 "logprob": ev.logprob,
-                "bytes": list(ev.token.raw),
+                "bytes": _bytes(ev.token, as_ids),
                 "top_logprobs": [
-                    {"token": t.text, "logprob": lp, "bytes": list(t.raw)} for t, lp in ev.top
+                    {"token": _name(t, as_ids), "logprob": lp, "bytes": _bytes(t, as_ids)}
+                    for t, lp in ev.top
                 ],
             }
         )
     return {"content": content}
 
 
-def completion_logprobs(events: Sequence[TokenEvent], offset: int) -> dict[str, Any]:
+def completion_logprobs(
+    events: Sequence[TokenEvent], offset: int, as_ids: bool = False
+) -> dict[str, Any]:
+    """Legacy shape: alternatives in an object keyed by token text, so tokens whose text is the
+    same (pieces of one multi-byte character) are merged into one entry, as vLLM does."""
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top: list[dict[str, float]] = []
@@ -60,11 +75,12 @@ def completion_logprobs(events: Sequence[TokenEvent], offset: int) -> dict[str, 
     for ev in events:
         if ev.token is None:
             continue
-        tokens.append(ev.token.text)
+        name = _name(ev.token, as_ids)
+        tokens.append(name)
         token_logprobs.append(ev.logprob)
-        entry = {t.text: lp for t, lp in ev.top}
+        entry = {_name(t, as_ids): lp for t, lp in ev.top}
         if ev.logprob is not None:
-            entry.setdefault(ev.token.text, ev.logprob)
+            entry.setdefault(name, ev.logprob)
         top.append(entry)
         offsets.append(offset)
         offset += len(ev.token.text)
@@ -90,7 +106,7 @@ def full_response(
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": text, "tool_calls": []},
-            "logprobs": chat_logprobs(events) if with_logprobs else None,
+            "logprobs": chat_logprobs(events, env.tokens_as_ids) if with_logprobs else None,
             "finish_reason": finish,
             "stop_reason": None,
         }
@@ -98,7 +114,9 @@ def full_response(
         choice = {
             "index": 0,
             "text": text,
-            "logprobs": completion_logprobs(events, 0) if with_logprobs else None,
+            "logprobs": (
+                completion_logprobs(events, 0, env.tokens_as_ids) if with_logprobs else None
+            ),
             "finish_reason": finish,
             "stop_reason": None,
         }
@@ -129,10 +147,12 @@ def token_chunk(
     choice: dict[str, Any] = {"index": 0}
     if env.kind == "chat":
         choice["delta"] = {"content": event.text} if event.text or not event.finish_reason else {}
-        choice["logprobs"] = chat_logprobs([event]) if with_logprobs else None
+        choice["logprobs"] = chat_logprobs([event], env.tokens_as_ids) if with_logprobs else None
     else:
         choice["text"] = event.text
-        choice["logprobs"] = completion_logprobs([event], text_offset) if with_logprobs else None
+        choice["logprobs"] = (
+            completion_logprobs([event], text_offset, env.tokens_as_ids) if with_logprobs else None
+        )
     choice["finish_reason"] = event.finish_reason
     if event.finish_reason is not None:
         choice["stop_reason"] = None

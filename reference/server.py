@@ -122,7 +122,9 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
         params = dataclasses.replace(params, max_tokens=room)
     job = Job(ids, params, asyncio.get_running_loop())
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
-    env = Envelope(kind, f"{prefix}-{secrets.token_hex(16)}", int(time.time()), req.model)
+    env = Envelope(
+        kind, f"{prefix}-{secrets.token_hex(16)}", int(time.time()), req.model, req.tokens_as_ids
+    )
     with_lp = params.top_logprobs is not None
     state.scheduler.submit(job)
     try:

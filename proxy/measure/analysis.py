@@ -206,6 +206,13 @@ def estimates(
         out["jitter"] = result_dict(jitter(trials, level=level))
     except ValueError as exc:
         notes.append(f"jitter: {exc}")
+    hits = sum(r.token_collisions for t in trials for r in t.runs)
+    if hits:
+        notes.append(
+            f"token strings collided at {hits} position(s) (no bytes told the tokens apart, e.g. "
+            "pieces of a multi-byte character all shown as '\ufffd'): each chosen token kept "
+            "its own logprob, or was left unscored where that was unknown"
+        )
     return out, curve, notes
 
 

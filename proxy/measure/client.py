@@ -105,4 +105,5 @@ async def one_run(ep: Endpoint, prompt: Prompt, key: Key) -> Record:
         latency,
         started,
         ep.session,
+        run.token_collisions,
     )

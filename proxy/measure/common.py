@@ -65,7 +65,7 @@ def add_endpoint_args(p: argparse.ArgumentParser, *, default_max_tokens: int) ->
     )
     g.add_argument("--timeout", type=positive_float, default=300.0, help="per-request timeout (s)")
     g = p.add_argument_group("workload")
-    g.add_argument("--prompts", metavar="FILE.jsonl", help="prompt set (default: the built-in 32)")
+    g.add_argument("--prompts", metavar="FILE.jsonl", help="prompt set (default: the built-in 38)")
     g.add_argument("--prompt-limit", type=positive_int, help="use only the first N prompts")
     g.add_argument("--max-tokens", type=positive_int, default=default_max_tokens)
     g.add_argument(

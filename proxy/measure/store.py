@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from estimator.model import Run, TopLogprobs
+from estimator.tokens import resolve_run
 
 RUNS = "runs.jsonl"
 PARAMS = "params.json"
@@ -46,9 +47,18 @@ class Record:
     latency_s: float
     started: float  # time.time() at send
     session: str  # one id per process invocation (throughput is computed per session)
+    # positions whose token strings collided and were told apart (estimator.tokens)
+    token_collisions: int = 0
 
     def run(self) -> Run:
-        return Run(self.tokens, self.logprobs, self.top_logprobs, self.text, self.finish_reason)
+        return Run(
+            self.tokens,
+            self.logprobs,
+            self.top_logprobs,
+            self.text,
+            self.finish_reason,
+            self.token_collisions,
+        )
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -60,7 +70,7 @@ class Record:
         k = obj["key"]
         tops = obj.get("top_logprobs")
         lps = obj.get("logprobs")
-        return Record(
+        rec = Record(
             Key(
                 str(k["role"]),
                 str(k["prompt"]),
@@ -79,7 +89,14 @@ class Record:
             float(obj.get("latency_s", 0.0)),
             float(obj.get("started", 0.0)),
             str(obj.get("session", "")),
+            int(obj.get("token_collisions", 0)),
         )
+        if "token_collisions" in obj or rec.top_logprobs is None:
+            return rec
+        # Written before tokens were keys: alternatives are keyed by text, and strings that
+        # collide (pieces of one multi-byte character) are told apart here.
+        run = resolve_run(rec.run())
+        return replace(rec, top_logprobs=run.top_logprobs, token_collisions=run.token_collisions)
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

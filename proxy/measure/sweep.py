@@ -12,8 +12,9 @@ likelihood with that first level-1 run added to each prompt's runs: the equivale
 the load *changing*; real vLLM on CPU is nearly reproducible at a steady load and moves when the
 load changes, see docs/measure.md).
 
-Recommendation: the highest level whose T_bg upper bounds (steady, and vs the lowest level) both
-stay under ``--ceiling``, with its throughput cost against the best throughput measured.
+Recommendation: the highest level such that it and every lower level keep both T_bg upper bounds
+(steady, and vs the lowest level) under ``--ceiling``, with its throughput cost against the best
+throughput measured.
 """
 
 from __future__ import annotations
@@ -210,21 +211,37 @@ def recommend(rows: Sequence[LevelRow], ceiling: float) -> Recommendation:
         return Recommendation(
             None, "no T_bg interval (no logprobs or no runs)", None, best_l, best_t, None
         )
-    ok = [r for r in rows if (u := upper_bound(r)) is not None and u <= ceiling]
-    if not ok:
-        return Recommendation(
-            None,
-            f"no level keeps the T_bg upper bound under {ceiling:g}",
-            None,
-            best_l,
-            best_t,
-            None,
-        )
-    pick = max(ok, key=lambda r: r.load)
+    # Loads are only called safe from the bottom up: a level counts when it and every lower
+    # level keep the upper bound under the ceiling (a pass above a failing level is not a safe
+    # operating range, the service passes through the lower loads to get there).
+    pick: LevelRow | None = None
+    stop: tuple[LevelRow, float | None] | None = None
+    for r in sorted(rows, key=lambda r: r.load):
+        u = upper_bound(r)
+        if u is None or u > ceiling:
+            stop = (r, u)
+            break
+        pick = r
+    if pick is None:
+        why = f"no level keeps the T_bg upper bound under {ceiling:g}"
+        if stop is not None and any(
+            (u := upper_bound(r)) is not None and u <= ceiling for r in rows
+        ):
+            first, u = stop
+            shown = "no interval" if u is None else f"upper bound {u:.3g}"
+            why = f"the lowest level, load {first.load}, is not under {ceiling:g} ({shown})"
+        return Recommendation(None, why, None, best_l, best_t, None)
     cost = None
     if pick.throughput_tps is not None and best_t:
         cost = 1 - pick.throughput_tps / best_t
-    reason = f"highest level whose T_bg upper bound {upper_bound(pick):.3g} <= ceiling {ceiling:g}"
+    reason = (
+        f"highest level whose T_bg upper bound {upper_bound(pick):.3g} <= ceiling {ceiling:g}, "
+        "as at every lower level"
+    )
+    if stop is not None:
+        r, u = stop
+        shown = "has no interval" if u is None else f"upper bound {u:.3g}"
+        reason += f"; load {r.load} {shown}"
     return Recommendation(pick.load, reason, pick.throughput_tps, best_l, best_t, cost)
 
 

@@ -19,8 +19,23 @@ from proxy.measure.sweep import LevelRow, recommend
 
 def test_builtin_prompt_set() -> None:
     ps = load_prompts(None)
-    assert len(ps.prompts) == 32 and len({p.id for p in ps.prompts}) == 32
+    assert len(ps.prompts) == 38 and len({p.id for p in ps.prompts}) == 38
     assert ps.head(4).prompts == ps.prompts[:4] and ps.head(4).digest != ps.digest
+
+
+def test_builtin_prompts_cover_several_scripts() -> None:
+    """Accented Latin, CJK, emoji and code: answers in them bring byte-level pieces whose text
+    collides (estimator.tokens), which the estimates must survive."""
+    text = [" ".join(c for _, c in p.messages) for p in load_prompts(None).prompts]
+
+    def has(lo: int, hi: int) -> bool:
+        return any(lo <= ord(ch) <= hi for t in text for ch in t)
+
+    assert has(0xC0, 0x17F)  # accented Latin (é, ü, ñ, ...)
+    assert has(0x4E00, 0x9FFF)  # CJK ideographs
+    assert has(0x3040, 0x30FF)  # kana
+    assert has(0x1F300, 0x1FAFF)  # emoji
+    assert sum("Python" in t or "SQL" in t for t in text) >= 2  # code
 
 
 @pytest.mark.parametrize(
@@ -88,15 +103,37 @@ def _row(load: int, upper: float | None, tps: float, vs_upper: float | None = No
 
 
 def test_recommendation_is_the_highest_load_under_the_ceiling() -> None:
-    rows = [_row(1, 0.001, 10.0), _row(2, 0.004, 18.0), _row(4, 0.02, 30.0), _row(8, 0.001, 25.0)]
+    rows = [_row(1, 0.001, 10.0), _row(2, 0.004, 18.0), _row(4, 0.003, 30.0), _row(8, 0.001, 25.0)]
     rec = recommend(rows, 0.005)
     assert rec.load == 8 and rec.best_load == 4 and rec.throughput_cost == pytest.approx(1 / 6)
+    assert "as at every lower level" in rec.reason
     assert recommend(rows, 0.0001).load is None
     # A load only counts as safe when the comparison with the lowest load stays under too.
     changed = [*rows[:3], _row(8, 0.001, 25.0, vs_upper=0.03)]
-    assert recommend(changed, 0.005).load == 2
+    assert recommend(changed, 0.005).load == 4
     none = recommend([_row(1, None, 5.0)], 0.01)
     assert none.load is None and "no T_bg interval" in none.reason
+
+
+def test_recommendation_stops_at_the_first_level_over_the_ceiling() -> None:
+    # Load 8 passes again, but load 4 does not: the safe range ends at 2 (a service reaching
+    # load 8 passes through load 4). Rows in any order.
+    rows = [_row(8, 0.001, 25.0), _row(1, 0.001, 10.0), _row(4, 0.02, 30.0), _row(2, 0.004, 18.0)]
+    rec = recommend(rows, 0.005)
+    assert rec.load == 2 and rec.best_load == 4
+    assert rec.throughput_cost == pytest.approx(1 - 18 / 30)
+    assert "load 4 upper bound 0.02" in rec.reason
+    # The lowest level failing rules every level out, however well the higher ones look.
+    low_fails = [_row(1, 0.02, 10.0), _row(2, 0.001, 18.0), _row(4, 0.001, 30.0)]
+    rec = recommend(low_fails, 0.005)
+    assert rec.load is None and "the lowest level, load 1, is not under 0.005" in rec.reason
+    # A level with no interval (no runs there) is not shown safe: the range ends below it.
+    gap = [_row(1, 0.001, 10.0), _row(2, None, 18.0), _row(4, 0.001, 30.0)]
+    rec = recommend(gap, 0.005)
+    assert rec.load == 1 and "load 2 has no interval" in rec.reason
+    # The upper bound vs the lowest level counts at every level on the way up as well.
+    vs = [_row(1, 0.001, 10.0), _row(2, 0.001, 18.0, vs_upper=0.01), _row(4, 0.001, 30.0)]
+    assert recommend(vs, 0.005).load == 1
 
 
 def test_without_matplotlib_reports_are_written_and_one_line_says_how(

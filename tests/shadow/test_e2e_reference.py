@@ -221,3 +221,33 @@ async def test_sampled_primaries_are_byte_identical_to_direct_calls(
     assert _normalise(via_proxy) == _normalise(direct)
     if not stream:
         assert orjson.loads(via_proxy)["choices"][0]["logprobs"] is None
+
+
+SCRIPTS = [  # answers made of byte-level pieces that all read '\ufffd' (estimator/tokens.py)
+    "用两句话介绍一下长城。",
+    "日本の四季について短く説明してください。",
+    "Reply with three emoji that describe a day at the beach (like 🌊).",
+    "Translate 'Good morning, how are you?' into Spanish and French.",
+]
+
+
+async def test_answers_in_other_scripts_do_not_raise_t_on_a_deterministic_stack(
+    serial_ref: ReferenceProcess, proxy_factory: Any
+) -> None:
+    """CJK, emoji and accented answers through the live path (plain and streamed): a serial stack
+    never diverges, so T̂ = 0 with an upper bound that these 13 pairs already hold low (0.064
+    when written). Keyed by text, a chosen piece took another piece's logprob, and the upper
+    bound sat at the top of the grid (1.0) although every replay reproduced its primary."""
+    # Two replays: trials of three runs take the general trie walk, where text keys matched a
+    # chosen piece against every alternative of the same text.
+    proxy: Proxy = await proxy_factory(serial_ref.base_url, replays=2)
+    oai = proxy.client()
+    await chat(oai, PROMPTS[2], 4)  # its replays prove logprobs support
+    await proxy.report()
+    for i, p in enumerate(SCRIPTS):
+        await chat(oai, p, 16, stream=i % 2 == 1)
+    est = (await proxy.report())["estimates"][0]
+    assert est["method"] == "likelihood"
+    assert est["diverged"] == 0 and est["pairs"] == 1 + 3 * len(SCRIPTS), est
+    assert est["estimate"] == 0.0, est
+    assert est["upper"] < 0.25, est
