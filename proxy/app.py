@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from proxy import errors
 from proxy.config import Config
+from proxy.connections import ProxyRunner, count_active
 from proxy.forward import Forwarder
 from proxy.inflight import InFlight
 from proxy.keys import (
@@ -63,7 +64,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     metrics = ProxyMetrics(registry, (u.name for u in config.upstreams), in_flight)
     app = web.Application(
         handler_args={"max_field_size": 65536},
-        middlewares=[errors.error_middleware(metrics.internal_errors)],
+        middlewares=[count_active, errors.error_middleware(metrics.internal_errors)],
     )
     app[CONFIG] = config
     app[REGISTRY] = registry
@@ -89,23 +90,26 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     return app
 
 
-# Client connections: aiohttp arms this timer when a connection opens and again after each
-# response, and incoming bytes do not re-arm it, so it bounds both an idle keep-alive connection
-# and a request head dribbled one byte at a time (slowloris). aiohttp has no separate header-read
-# timeout and no connection cap (see docs/configuration.md, "Client connections").
+# Client connections: aiohttp arms the keep-alive timer when a connection opens and again after each
+# response, and incoming bytes do not re-arm it, so it bounds both an idle keep-alive connection and
+# a request head dribbled one byte at a time (slowloris). The body, the response writes, the
+# connection count and the drain are bounded by the forwarder and proxy/connections.py (see
+# docs/configuration.md, "Client connections").
 
 
 def make_runner(app: web.Application, *, keepalive_timeout: float | None = None) -> web.AppRunner:
     """A runner with the proxy's semantics: handlers are cancelled when their client disconnects,
     aiohttp's text access log is off (the proxy logs JSON itself), shutdown waits up to
-    `drain_seconds` for in-flight requests, and idle or slow-to-send client connections are closed
-    after `keepalive_timeout` seconds (default: the config's `client_keepalive_seconds`)."""
+    `drain_seconds` for in-flight requests (then about a second at most), at most
+    `max_connections` client connections are open, and idle or slow-to-send client connections are
+    closed after `keepalive_timeout` seconds (default: the config's `client_keepalive_seconds`)."""
     config = app[CONFIG]
-    return web.AppRunner(
+    return ProxyRunner(
         app,
+        drain_seconds=config.drain_seconds,
+        max_connections=config.max_connections,
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=config.drain_seconds,
         keepalive_timeout=config.client_keepalive_seconds
         if keepalive_timeout is None
         else keepalive_timeout,

@@ -19,12 +19,15 @@ import yaml
 from pydantic import ValidationError
 
 from proxy.schema import (
+    DEFAULT_CLIENT_BODY_TIMEOUT,
     DEFAULT_CLIENT_KEEPALIVE,
+    DEFAULT_CLIENT_WRITE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_SECONDS,
     DEFAULT_FIRST_BYTE_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PORT,
     DEFAULT_TOTAL_TIMEOUT,
     AuthMode,
@@ -59,6 +62,9 @@ ENV_VARS = {
     "max_body_bytes": "TBG_MAX_BODY_BYTES",
     "drain_seconds": "TBG_DRAIN_SECONDS",
     "client_keepalive_seconds": "TBG_CLIENT_KEEPALIVE_SECONDS",
+    "client_body_timeout_seconds": "TBG_CLIENT_BODY_TIMEOUT_SECONDS",
+    "client_write_timeout_seconds": "TBG_CLIENT_WRITE_TIMEOUT_SECONDS",
+    "max_connections": "TBG_MAX_CONNECTIONS",
     "upstream_client": "TBG_UPSTREAM_CLIENT",
     "api_keys_env": "TBG_API_KEYS_ENV",
     "log_level": "TBG_LOG_LEVEL",
@@ -116,6 +122,9 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     client_keepalive_seconds: float = DEFAULT_CLIENT_KEEPALIVE
+    client_body_timeout_seconds: float = DEFAULT_CLIENT_BODY_TIMEOUT
+    client_write_timeout_seconds: float = DEFAULT_CLIENT_WRITE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     upstream_client: UpstreamClient = "lean"
     log_level: str = "INFO"
     api_keys_env: str | None = None
@@ -280,6 +289,9 @@ def _runtime(
         max_body_bytes=schema.max_body_bytes,
         drain_seconds=schema.drain_seconds,
         client_keepalive_seconds=schema.client_keepalive_seconds,
+        client_body_timeout_seconds=schema.client_body_timeout_seconds,
+        client_write_timeout_seconds=schema.client_write_timeout_seconds,
+        max_connections=schema.max_connections,
         upstream_client=schema.upstream_client,
         log_level=schema.log_level,
         api_keys_env=schema.api_keys_env,

@@ -387,7 +387,7 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
         progress = [0]
 
         def show(force: bool = False) -> dict[str, Any]:
-            now = report(tap)
+            now = report(tap, tokens=True)  # the demo's own exemplars may show tokens
             elapsed = time.monotonic() - started
             frame = render(now, progress[0], opts.requests, elapsed)
             line = progress_line(now, progress[0], opts.requests, elapsed)

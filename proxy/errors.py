@@ -45,12 +45,15 @@ def error_body(message: str, type_: str, code: str) -> bytes:
 
 def error_response(error: ProxyError) -> web.Response:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return web.Response(
+    response = web.Response(
         status=error.status,
         body=error_body(error.message, error.type, error.code),
         content_type="application/json",
         headers=headers,
     )
+    if error.status == 408:
+        response.force_close()  # the rest of a slow body is not waited for
+    return response
 
 
 def bad_request(message: str, code: str = "invalid_request") -> ProxyError:
@@ -62,6 +65,15 @@ def unauthorized() -> ProxyError:
     return ProxyError(401, message, "invalid_request_error", "invalid_api_key")
 
 
+def body_timeout(seconds: float) -> ProxyError:
+    return ProxyError(
+        408,
+        f"The request body did not arrive within {seconds:g} s.",
+        "invalid_request_error",
+        "request_timeout",
+    )
+
+
 def too_large(limit: int) -> ProxyError:
     return ProxyError(
         413,
@@ -71,18 +83,16 @@ def too_large(limit: int) -> ProxyError:
     )
 
 
-def bad_gateway(upstream: str, kind: str, url: str = "") -> ProxyError:
-    """`url`: the upstream's base URL without credentials (proxy.probe.public_url)."""
-    at = f" at {url}" if url else ""
+def bad_gateway(upstream: str, kind: str) -> ProxyError:
+    """Names the upstream by its configured name only: its address stays in the proxy's log."""
     return ProxyError(
-        502, f"Upstream {upstream!r}{at} failed ({kind}).", "upstream_error", f"upstream_{kind}"
+        502, f"Upstream {upstream!r} failed ({kind}).", "upstream_error", f"upstream_{kind}"
     )
 
 
-def gateway_timeout(upstream: str, url: str = "") -> ProxyError:
-    at = f" at {url}" if url else ""
+def gateway_timeout(upstream: str) -> ProxyError:
     return ProxyError(
-        504, f"Upstream {upstream!r}{at} timed out.", "upstream_error", "upstream_timeout"
+        504, f"Upstream {upstream!r} timed out.", "upstream_error", "upstream_timeout"
     )
 
 

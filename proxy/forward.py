@@ -8,10 +8,11 @@ send it on, relay status, end-to-end headers and body chunks as they arrive. Wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -31,7 +32,7 @@ from proxy.probe import public_url
 from proxy.responses import AiohttpResponse, UpstreamResponse
 from proxy.sse import SSESplitter, event_json
 from proxy.tap import Exchange, RequestInfo, Tap, TapPlan
-from proxy.upstreams import Upstreams, end_to_end_raw
+from proxy.upstreams import PathEscape, Upstreams, end_to_end_raw, normalised_tail
 
 log = logging.getLogger("tbg.proxy")
 access_log = logging.getLogger("tbg.access")
@@ -56,6 +57,14 @@ _UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError)
 # Methods the lean client (proxy/h1.py) sends; others (HEAD: a length but no body) go via aiohttp.
 _LEAN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
+# Writes up to this size into an empty socket buffer never wait for the client (the transport's
+# high-water mark is 64 KiB); others run under client_write_timeout_seconds.
+_SMALL_WRITE = 16 * 1024
+_LARGE_BODY = 64 * 1024
+# The most of one sampled response the shadow path keeps (body, or SSE events): a larger one is
+# relayed in full but not replayed (dropped as primary_incomplete). Comparable T=0 answers are
+# far smaller; the bound keeps a huge response from being held in memory twice.
+TEE_MAX_BYTES = 8 * 1024 * 1024
 
 
 def route_of(path: str) -> str:
@@ -78,12 +87,32 @@ class _State:
 
 @dataclass(slots=True)
 class _Tee:
-    """What the upstream sent, captured for the tap."""
+    """What the upstream sent, captured for the tap: at most TEE_MAX_BYTES of it; beyond that the
+    capture stops (`truncated`) while the relay goes on."""
 
+    plan: TapPlan
     status: int = 0
     body: bytes | None = None
     events: list[Mapping[str, Any]] = field(default_factory=list)
     completed: bool = False
+    truncated: bool = False
+    size: int = 0
+    parts: list[bytes] = field(default_factory=list)
+
+    def keep(self, n: int) -> bool:
+        """Count `n` more captured bytes; False (and stop capturing) once over the limit."""
+        if self.truncated:
+            return False
+        self.size += n
+        if self.size > TEE_MAX_BYTES:
+            self.truncated = True
+            self.body, self.events, self.parts = None, [], []
+            return False
+        return True
+
+
+class _Retry(Exception):
+    """The augmented response cannot be rewritten within TEE_MAX_BYTES: resend plain."""
 
 
 class Forwarder:
@@ -109,12 +138,16 @@ class Forwarder:
         self._tap = tap
         self._keys = tuple(k.encode() for k in config.api_keys)
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any, Any, Any]] = {}
+        self._public_urls = {u.name: public_url(u.base_url) for u in config.upstreams}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         tail = "/" + request.match_info.get("tail", "")
         st = _State(route=route_of(tail), started=time.monotonic())
         try:
             self._check_auth(request, st.route)
+            # Maybe a dot segment, however the client encoded it (see normalised_tail).
+            if "/." in tail or "\\" in tail:
+                _check_tail(tail)
             body = await self._read_body(request, st.route)
             upstreams = request.app[UPSTREAMS]
             if st.route == "models" and request.method == "GET" and len(upstreams.names) > 1:
@@ -127,6 +160,8 @@ class Forwarder:
             return await self._forward(request, st, upstreams, target.upstream, body, parsed)
         except ProxyError as exc:
             st.status = exc.status
+            if exc.status == 408:
+                return await _answer_and_close(request, errors.error_response(exc))
             return errors.error_response(exc)
         except (asyncio.CancelledError, ConnectionResetError):
             st.status = CLIENT_CLOSED
@@ -166,11 +201,16 @@ class Forwarder:
             buf = bytearray(head)
         else:
             buf = bytearray()
-        while chunk := await request.content.readany():
-            buf += chunk
-            if len(buf) > limit:
-                self._metrics.body_too_large.labels(route).inc()
-                raise errors.too_large(limit)
+        try:
+            async with asyncio.timeout(self._config.client_body_timeout_seconds):
+                while chunk := await request.content.readany():
+                    buf += chunk
+                    if len(buf) > limit:
+                        self._metrics.body_too_large.labels(route).inc()
+                        raise errors.too_large(limit)
+        except TimeoutError:
+            log.info("request body too slow", extra={"route": route, "received": len(buf)})
+            raise errors.body_timeout(self._config.client_body_timeout_seconds) from None
         return bytes(buf)
 
     # -- forwarding ----------------------------------------------------------------------------
@@ -197,19 +237,15 @@ class Forwarder:
                 stream=parsed.get("stream") is True,
             )
             plan = self._plan(info)
-        tee: _Tee | None = None
-        if plan is not None:
-            tee = _Tee()
-            if plan.upstream_body is not None:
-                body = plan.upstream_body
+        tee = _Tee(plan) if plan is not None else None
         in_flight = self._in_flight
         in_flight.enter(upstream.name)
         try:
-            return await self._relay(request, st, upstreams, upstream, body, plan, tee)
+            return await self._relay(request, st, upstreams, upstream, body, tee)
         finally:
             in_flight.leave(upstream.name)
-            if info is not None and plan is not None and tee is not None:
-                self._complete(info, plan, tee, st.started)
+            if info is not None and tee is not None:
+                self._complete(info, tee, st.started)
 
     async def _send(
         self,
@@ -224,7 +260,7 @@ class Forwarder:
         method = request.method
         if self._lean and method in _LEAN_METHODS:
             endpoint = upstreams.endpoint(upstream)
-            target = upstreams.target(upstream, tail, request.query_string)
+            target = upstreams.target(upstream, tail, _raw_query(request))
             raw = upstreams.raw_request_headers(upstream, request.raw_headers, identity)
             head = request_head(method, target, endpoint, raw, body)
             return await upstreams.pool.request(
@@ -236,7 +272,7 @@ class Forwarder:
         async with asyncio.timeout(upstream.timeouts.first_byte):
             resp = await upstreams.session.request(
                 method,
-                upstreams.url(upstream, tail, request.query_string),
+                upstreams.request_url(upstream, tail, _raw_query(request)),
                 headers=headers,
                 data=body or None,  # aiohttp sets Content-Length from it
                 timeout=upstreams.client_timeout(upstream),
@@ -250,36 +286,71 @@ class Forwarder:
         st: _State,
         upstreams: Upstreams,
         upstream: UpstreamConfig,
-        body: bytes,
-        plan: TapPlan | None,
+        client_body: bytes,
         tee: _Tee | None,
     ) -> web.StreamResponse:
-        sent = time.monotonic()
-        try:
-            resp = await self._send(request, upstreams, upstream, body, tee is not None)
-        except _UPSTREAM_ERRORS as exc:
-            raise self._upstream_failure(upstream.name, exc) from None
-        finally:
-            st.upstream_wait += time.monotonic() - sent
-        st.status = resp.status
+        while True:
+            plan = tee.plan if tee is not None else None
+            body = client_body
+            if plan is not None and plan.upstream_body is not None:
+                body = plan.upstream_body
+            sent = time.monotonic()
+            try:
+                resp = await self._send(request, upstreams, upstream, body, tee is not None)
+            except _UPSTREAM_ERRORS as exc:
+                raise self._upstream_failure(upstream.name, exc) from None
+            finally:
+                st.upstream_wait += time.monotonic() - sent
+            st.status = resp.status
+            if tee is not None and plan is not None and plan.plain is not None and _refused(resp):
+                # The upstream refused the changed body: nothing reached the client yet, so the
+                # client's own body goes instead and the client sees what it would have.
+                self._fall_back(tee, plan.plain, resp, "refused")
+                continue
+            try:
+                return await self._relay_response(request, st, resp, tee, upstream)
+            except _Retry:
+                assert tee is not None and plan is not None and plan.plain is not None
+                self._fall_back(tee, plan.plain, resp, "too_large")
+
+    def _fall_back(self, tee: _Tee, plain: TapPlan, resp: UpstreamResponse, why: str) -> None:
+        log.info("augmented request resent plain", extra={"why": why, "status": resp.status})
+        resp.close()
+        resp.release()
+        tee.plan, tee.status, tee.body, tee.events = plain, 0, None, []
+        tee.completed = tee.truncated = False
+        tee.size, tee.parts = 0, []
+
+    async def _relay_response(
+        self,
+        request: web.Request,
+        st: _State,
+        resp: UpstreamResponse,
+        tee: _Tee | None,
+        upstream: UpstreamConfig,
+    ) -> web.StreamResponse:
+        plan = tee.plan if tee is not None else None
         if tee is not None:
             tee.status = resp.status
         try:
             headers = end_to_end_raw(resp.raw_headers)
             is_sse = resp.content_type == "text/event-stream"
             ok = 200 <= resp.status < 300
-            if plan is not None and tee is not None and not is_sse:
-                return await self._relay_buffered(st, resp, headers, plan, tee, ok, upstream)
-            if plan is None and not is_sse and resp.complete and resp.content_length is not None:
+            if plan is not None and tee is not None and not is_sse and ok and plan.rewrite_body:
+                return await self._relay_rewritten(request, st, resp, headers, plan, tee, upstream)
+            if not is_sse and resp.complete and resp.content_length is not None:
                 # The whole sized body came with the head (the usual case for a JSON answer):
                 # send head and body to the client in one write.
                 st.first_byte_at = time.monotonic()
-                return web.Response(
-                    status=resp.status,
-                    reason=resp.reason,
-                    headers=headers,
-                    body=resp.read_buffered(),
+                data = resp.read_buffered()
+                if tee is not None:
+                    if tee.keep(len(data)):
+                        tee.body = data
+                    tee.completed = True
+                whole = web.Response(
+                    status=resp.status, reason=resp.reason, headers=headers, body=data
                 )
+                return await self._whole(request, st, whole)
             out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
             rewrite = plan.rewrite_event if plan is not None and is_sse and ok else None
             if resp.content_length is not None and rewrite is None:
@@ -291,6 +362,9 @@ class Forwarder:
                 st.status = CLIENT_CLOSED
                 resp.close()
             return out
+        except _Retry:
+            resp.close()
+            raise  # the caller resends plain
         except BaseException:
             resp.close()  # incomplete: drop the connection so the upstream stops generating
             raise
@@ -326,52 +400,103 @@ class Forwarder:
             if not chunk:
                 break
             if splitter is None:
-                await self._write(out, st, chunk)
+                if tee is not None and tee.keep(len(chunk)):
+                    tee.parts.append(chunk)
+                await self._write(request, out, st, chunk)
                 continue
             raws = splitter.feed(chunk)
             if rewrite is None:
-                await self._write(out, st, chunk)
+                await self._write(request, out, st, chunk)
             for raw in raws:
                 self._tee_event(tee, raw)
                 if rewrite is not None:
-                    await self._write(out, st, self._rewrite(rewrite, raw, "rewrite_event"))
+                    await self._write(
+                        request, out, st, self._rewrite(rewrite, raw, "rewrite_event")
+                    )
         if splitter is not None and (rest := splitter.flush()):
             self._tee_event(tee, rest)
             if rewrite is not None:
-                await self._write(out, st, self._rewrite(rewrite, rest, "rewrite_event"))
+                await self._write(request, out, st, self._rewrite(rewrite, rest, "rewrite_event"))
         if tee is not None:
             tee.completed = True
+            if splitter is None and not tee.truncated:
+                tee.body = b"".join(tee.parts)
+            tee.parts = []
         await out.write_eof()
 
-    async def _relay_buffered(
+    async def _relay_rewritten(
         self,
+        request: web.Request,
         st: _State,
         resp: UpstreamResponse,
         headers: list[tuple[str, str]],
         plan: TapPlan,
         tee: _Tee,
-        ok: bool,
         upstream: UpstreamConfig,
     ) -> web.StreamResponse:
-        """Non-streaming with a plan: tee the full body, rewrite it if asked, then send it (head and
-        body in one write; Content-Length from the body sent)."""
+        """Non-streaming with a rewrite: the body is needed whole (at most TEE_MAX_BYTES; more is
+        resent plain), rewritten, then sent (head and body in one write)."""
         t = time.monotonic()
         try:
-            data = await resp.read()
+            parts = []
+            while chunk := await resp.readany():
+                if not tee.keep(len(chunk)):
+                    raise _Retry
+                parts.append(chunk)
+            data = b"".join(parts)
         except _UPSTREAM_ERRORS as exc:
             raise self._upstream_failure(upstream.name, exc) from None
         finally:
             st.upstream_wait += time.monotonic() - t
         tee.body, tee.completed = data, True
-        if plan.rewrite_body is not None and ok:
-            data = self._rewrite(plan.rewrite_body, data, "rewrite_body")
+        assert plan.rewrite_body is not None
+        data = self._rewrite(plan.rewrite_body, data, "rewrite_body")
         st.first_byte_at = time.monotonic()
-        return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=data)
+        whole = web.Response(status=resp.status, reason=resp.reason, headers=headers, body=data)
+        return await self._whole(request, st, whole)
 
-    async def _write(self, out: web.StreamResponse, st: _State, data: bytes) -> None:
+    async def _write(
+        self, request: web.Request, out: web.StreamResponse, st: _State, data: bytes
+    ) -> None:
         if st.first_byte_at is None:
             st.first_byte_at = time.monotonic()
-        await out.write(data)
+        transport = request.transport
+        if transport is None or (
+            len(data) <= _SMALL_WRITE and not transport.get_write_buffer_size()
+        ):
+            await out.write(data)  # cannot wait for the client: the socket takes it at once
+            return
+        async with self._write_deadline(request):
+            await out.write(data)
+
+    @contextlib.asynccontextmanager
+    async def _write_deadline(self, request: web.Request) -> AsyncIterator[None]:
+        """Bound a write that may wait for the client to read: past client_write_timeout_seconds
+        the connection is closed (the relay then ends as for a client that went away)."""
+        try:
+            async with asyncio.timeout(self._config.client_write_timeout_seconds):
+                yield
+        except TimeoutError:
+            log.info("client stopped reading", extra={"path": "v1"})
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("client stopped reading") from None
+
+    async def _whole(
+        self, request: web.Request, st: _State, response: web.Response
+    ) -> web.StreamResponse:
+        """A complete response: small ones aiohttp writes once the handler returns (head and body
+        in one write); a large one is written here, within the write timeout."""
+        body = response.body
+        if not isinstance(body, bytes) or len(body) <= _LARGE_BODY:
+            return response
+        try:
+            async with self._write_deadline(request):
+                await response.prepare(request)
+                await response.write_eof()
+        except ConnectionResetError:
+            st.status = CLIENT_CLOSED
+        return response
 
     # -- /v1/models across upstreams -----------------------------------------------------------
 
@@ -433,21 +558,23 @@ class Forwarder:
 
     def _upstream_failure(self, upstream: str, exc: BaseException) -> ProxyError:
         """Count the failure by kind and translate it into the client's error."""
-        url = next(
-            (public_url(u.base_url) for u in self._config.upstreams if u.name == upstream), ""
-        )
         if isinstance(exc, TimeoutError):
-            kind, error = "timeout", errors.gateway_timeout(upstream, url)
+            kind, error = "timeout", errors.gateway_timeout(upstream)
         elif isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailed)):
-            kind, error = "connect", errors.bad_gateway(upstream, "connect", url)
+            kind, error = "connect", errors.bad_gateway(upstream, "connect")
         elif isinstance(exc, _RESET_ERRORS):
-            kind, error = "reset", errors.bad_gateway(upstream, "reset", url)
+            kind, error = "reset", errors.bad_gateway(upstream, "reset")
         else:
-            kind, error = "protocol", errors.bad_gateway(upstream, "protocol", url)
+            kind, error = "protocol", errors.bad_gateway(upstream, "protocol")
         self._metrics.upstream_errors.labels(upstream, kind).inc()
         log.warning(
             "upstream failure",
-            extra={"upstream": upstream, "kind": kind, "error": type(exc).__name__},
+            extra={
+                "upstream": upstream,
+                "kind": kind,
+                "error": type(exc).__name__,
+                "url": self._public_urls.get(upstream, ""),
+            },
         )
         return error
 
@@ -459,17 +586,18 @@ class Forwarder:
             self._tap_failed("plan", exc)
             return None
 
-    def _complete(self, info: RequestInfo, plan: TapPlan, tee: _Tee, started: float) -> None:
+    def _complete(self, info: RequestInfo, tee: _Tee, started: float) -> None:
         assert self._tap is not None
         exchange = Exchange(
             request=info,
-            plan=plan,
+            plan=tee.plan,
             status=tee.status,
             response_body=tee.body,
             events=tuple(tee.events),
             completed=tee.completed,
             started_at=started,
             finished_at=time.monotonic(),
+            truncated=tee.truncated,
         )
         try:
             self._tap.complete(exchange)
@@ -488,7 +616,7 @@ class Forwarder:
         return result
 
     def _tee_event(self, tee: _Tee | None, raw: bytes) -> None:
-        if tee is not None and (payload := event_json(raw)) is not None:
+        if tee is not None and tee.keep(len(raw)) and (payload := event_json(raw)) is not None:
             tee.events.append(payload)
 
     def _tap_failed(self, stage: str, exc: BaseException) -> None:
@@ -544,6 +672,42 @@ class Forwarder:
             return requests, added, None, None
         labels = (st.route, st.model_name, st.upstream)
         return requests, added, m.duration.labels(*labels), m.ttfb.labels(*labels)
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection at once: aiohttp would otherwise keep reading
+    (and discarding) the unread rest of a slow body for up to its lingering time (10 s)."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
+def _refused(resp: UpstreamResponse) -> bool:
+    """An augmented request's response the client must not get: an error status, or a sized
+    non-streaming body too large to rewrite."""
+    if not 200 <= resp.status < 300:
+        return True
+    length = resp.content_length
+    return (
+        resp.content_type != "text/event-stream" and length is not None and length > TEE_MAX_BYTES
+    )
+
+
+def _check_tail(tail: str) -> None:
+    try:
+        normalised_tail(tail)
+    except PathEscape:
+        raise errors.bad_request(
+            "The request path may not contain '.' or '..' segments (in any encoding).",
+            "invalid_path",
+        ) from None
+
+
+def _raw_query(request: web.Request) -> str:
+    """The query string exactly as the client sent it (aiohttp's `query_string` is decoded)."""
+    _, _, query = request.raw_path.partition("?")
+    return query.partition("#")[0]
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

@@ -5,8 +5,10 @@ Re-exported by proxy/app.py; they live here so handler modules can import them w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -19,10 +21,14 @@ from proxy.upstreams import Upstreams
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Per-app run state: `draining` flips to True when shutdown starts (readyz then says 503)."""
+    """Per-app run state: `draining` flips to True when shutdown starts (readyz then says 503);
+    `active` holds the tasks of requests whose handler is running (proxy.connections drains them:
+    waits, then cancels those left at the deadline)."""
 
     started: bool = False
     draining: bool = False
+    active: set[asyncio.Task[Any]] = field(default_factory=set)
+    drained: asyncio.Event | None = None  # set by the last request to end once draining
 
 
 @dataclass(slots=True)

@@ -35,6 +35,9 @@ DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_DRAIN_SECONDS = 30.0
 DEFAULT_CLIENT_KEEPALIVE = 75.0  # nginx's default keepalive_timeout
+DEFAULT_CLIENT_BODY_TIMEOUT = 60.0  # nginx's client_body_timeout (here: for the whole body)
+DEFAULT_CLIENT_WRITE_TIMEOUT = 60.0  # nginx's send_timeout
+DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_FIRST_BYTE_TIMEOUT = 300.0
 DEFAULT_TOTAL_TIMEOUT = 900.0
@@ -149,6 +152,20 @@ class FileSchema(Section):
         DEFAULT_CLIENT_KEEPALIVE,
         description="an idle client connection, or a request head still arriving (slowloris), "
         "is closed this long after the connection opened or its previous response ended",
+    )
+    client_body_timeout_seconds: Seconds = Field(
+        DEFAULT_CLIENT_BODY_TIMEOUT,
+        description="a request body must arrive in full within this long after its head; "
+        "slower: 408 and the connection is closed",
+    )
+    client_write_timeout_seconds: Seconds = Field(
+        DEFAULT_CLIENT_WRITE_TIMEOUT,
+        description="a response write that waits this long for a client that does not read is "
+        "abandoned: the connection is closed and the upstream request cancelled",
+    )
+    max_connections: Annotated[Int, Field(ge=1)] = Field(
+        DEFAULT_MAX_CONNECTIONS,
+        description="open client connections; one more is answered 503 and closed",
     )
     upstream_client: UpstreamClient = Field(
         "lean",

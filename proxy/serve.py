@@ -16,6 +16,7 @@ from proxy.app import LIFECYCLE, make_app, make_runner
 from proxy.cliparse import Parser
 from proxy.config import Config, ConfigError, Overrides, load_config
 from proxy.logs import configure_logging
+from proxy.probe import public_url
 
 log = logging.getLogger("tbg.serve")
 
@@ -132,7 +133,7 @@ def _measuring(config: Config, port: int) -> str:
             f"shadow replay on: {', '.join(models)}; sample rate {shadow.defaults.sample_rate:g}, "
             f"{shadow.replays} replays, ceiling {shadow.defaults.ceiling:g}; live T_bg at {url}/tbg"
         )
-    ups = ", ".join(f"{u.name} ({u.base_url})" for u in config.upstreams)
+    ups = ", ".join(f"{u.name} ({public_url(u.base_url)})" for u in config.upstreams)
     return f"tbg serve: proxy at {url}/v1 -> {ups}; {what}"
 
 

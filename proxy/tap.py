@@ -39,6 +39,11 @@ class TapPlan:
     rewrite_event: Callable[[bytes], bytes] | None = None
     # Opaque to the proxy; handed back in the Exchange.
     token: Any = field(default=None, compare=False)
+    # With `upstream_body`: the plan to follow instead when the upstream answers the changed body
+    # with an error status (or a body too large to rewrite), while nothing has reached the client:
+    # the proxy then resends the client's own body, so a change the upstream refuses never becomes
+    # the client's error. None = no second try.
+    plain: TapPlan | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,9 @@ class Exchange:
     completed: bool  # True when the response was received in full (stream reached [DONE]/EOF)
     started_at: float  # time.monotonic() when the proxy received the request
     finished_at: float  # time.monotonic() when the last byte was relayed
+    # The response was larger than the proxy keeps for the shadow path: relayed whole to the
+    # client, but `response_body`/`events` were not kept.
+    truncated: bool = False
 
 
 class Tap(Protocol):

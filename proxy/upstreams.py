@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import aiohttp
 from multidict import CIMultiDict
@@ -38,6 +39,27 @@ RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 _RAW_REQUEST_DROP = frozenset(h.encode() for h in _REQUEST_DROP)
 _RAW_RESPONSE_DROP = frozenset(h.encode() for h in RESPONSE_DROP)
 _TARGET_CACHE = 1024  # request targets remembered per app (paths are client-chosen: bounded)
+# RFC 3986 pchar minus the percent sign: a decoded segment is re-encoded so the upstream sees it as
+# one segment, never a separator, query, fragment or a second round of percent-decoding.
+_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+
+
+class PathEscape(ValueError):
+    """A request path whose tail would leave the upstream's base_url (`.`/`..` segments)."""
+
+
+def normalised_tail(tail: str) -> str:
+    """The decoded path after /v1 (e.g. "/chat/completions"), re-encoded segment by segment.
+
+    aiohttp hands handlers the tail percent-decoded (`%2e%2e` -> `..`, `%2f` -> `/`), so a dot
+    segment here is one the client spelled in any of those ways; joined to base_url and resolved,
+    it would climb out of it. Raises PathEscape for any `.` or `..` segment (`\\` separating too).
+    """
+    segments = tail.split("/")
+    # A backslash is a separator to some servers (IIS): `..\` counts as a dot segment too.
+    if any(seg in (".", "..") for seg in tail.replace("\\", "/").split("/")):
+        raise PathEscape(tail)
+    return "/".join(quote(seg, safe=_SEGMENT_SAFE) for seg in segments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +147,8 @@ class Upstreams:
             for u in config.upstreams
         }
         self._targets: dict[tuple[str, str], str] = {}
+        self._base_paths = {u.name: URL(u.base_url).raw_path.rstrip("/") for u in config.upstreams}
+        self._origins = {u.name: str(URL(u.base_url).origin()) for u in config.upstreams}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -170,17 +194,24 @@ class Upstreams:
     def limits(self, upstream: UpstreamConfig) -> Limits:
         return self._limits[upstream.name]
 
-    def target(self, upstream: UpstreamConfig, path: str, query: str = "") -> str:
-        """The request target aiohttp would send for `url(upstream, path, query)`."""
-        if query:
-            return URL(self.url(upstream, path, query)).raw_path_qs
-        key = (upstream.name, path)
+    def target(self, upstream: UpstreamConfig, tail: str, raw_query: str = "") -> str:
+        """The request target for a client's decoded path tail below /v1 and its query string as
+        it arrived (still encoded): base_url's path + the tail, re-encoded so it cannot leave it
+        (PathEscape otherwise). Only this ever builds a forwarded path from client input."""
+        key = (upstream.name, tail)
         target = self._targets.get(key)
         if target is None:
             if len(self._targets) >= _TARGET_CACHE:
                 self._targets.clear()
-            target = self._targets[key] = URL(self.url(upstream, path)).raw_path_qs
-        return target
+            target = self._base_paths[upstream.name] + normalised_tail(tail)
+            self._targets[key] = target
+        return f"{target}?{raw_query}" if raw_query else target
+
+    def request_url(self, upstream: UpstreamConfig, tail: str, raw_query: str = "") -> URL:
+        """`target` as an absolute URL for aiohttp's client, sent exactly as built."""
+        return URL(
+            self._origins[upstream.name] + self.target(upstream, tail, raw_query), encoded=True
+        )
 
     def raw_request_headers(
         self,

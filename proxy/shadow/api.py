@@ -1,6 +1,7 @@
 """GET /tbg: the live estimates as JSON, with sample counts, accounting and divergence exemplars.
 
-Nothing of a prompt appears here unless `record_text: true`; exemplars carry a keyed request hash.
+Nothing of a prompt or a completion appears here unless `record_text: true` (not even the two
+diverging tokens); exemplars carry a keyed request hash and the divergence's position.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def snapshot_json(snap: OnlineSnapshot) -> dict[str, Any]:
     }
 
 
-def report(tap: ShadowTap) -> dict[str, Any]:
-    """The last published view as a JSON-ready dict (also used by `tbg demo`)."""
+def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
+    """The last published view as a JSON-ready dict. Exemplars carry the diverging tokens only
+    with `record_text` (they are completion text), or `tokens` (`tbg demo`, on its own terminal)."""
     view = tap.view()
     by_load: dict[tuple[str, str], dict[str, Any]] = {}
     order = {b: i for i, b in enumerate(LOAD_BUCKETS)}
@@ -68,7 +70,10 @@ def report(tap: ShadowTap) -> dict[str, Any]:
         "dropped_by_reason": view.drops_by_reason(),
         "queue_depth": tap.queue_depth(),
         "replays_in_flight": tap.load.replays_in_flight(),
-        "exemplars": [e.to_json() for e in reversed(view.exemplars)],
+        "exemplars": [
+            _exemplar(e.to_json(), tokens or tap.config.record_text)
+            for e in reversed(view.exemplars)
+        ],
         "published_at": view.published_at,
         "config": {
             "replays": tap.config.replays,
@@ -78,6 +83,13 @@ def report(tap: ShadowTap) -> dict[str, Any]:
             "record_text": tap.config.record_text,
         },
     }
+
+
+def _exemplar(entry: dict[str, Any], tokens: bool) -> dict[str, Any]:
+    if not tokens:
+        entry.pop("token_a", None)
+        entry.pop("token_b", None)
+    return entry
 
 
 def make_handler(tap: ShadowTap) -> Callable[[web.Request], Awaitable[web.Response]]:

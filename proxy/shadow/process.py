@@ -41,7 +41,7 @@ from proxy.config import Config
 from proxy.shadow.aggregator import Aggregator
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import LoadTracker
-from proxy.shadow.replayer import Job
+from proxy.shadow.replayer import Job, LogprobsKey, remember
 from proxy.shadow.view import Key
 from proxy.tap import Exchange, RequestInfo, TapPlan
 
@@ -216,7 +216,7 @@ class ProcessReplayer:
         self._outstanding: Counter[Key] = Counter()  # jobs sent, not yet ended, per key
         self._total = 0
         self._replays: Counter[str] = Counter()  # replays the child has in flight, per upstream
-        self._logprobs_ok: dict[str, bool] = {}
+        self._logprobs_ok: dict[LogprobsKey, bool] = {}  # as the child learned it
         self._logprobs_fixed = {"yes": True, "no": False}.get(config.logprobs)
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: Channel | None = None
@@ -231,10 +231,10 @@ class ProcessReplayer:
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
     # -- ReplayPool (event loop only) -------------------------------------------------------------
-    def supports_logprobs(self, upstream: str) -> bool | None:
+    def supports_logprobs(self, upstream: str, model: str) -> bool | None:
         if self._logprobs_fixed is not None:
             return self._logprobs_fixed
-        return self._logprobs_ok.get(upstream)
+        return self._logprobs_ok.get((upstream, model))
 
     def full(self) -> bool:
         return self._broken or self._channel is None or self._total >= self._limit
@@ -378,8 +378,8 @@ class ProcessReplayer:
             self._agg.drop(key, reason)
         elif kind == "error":
             self._agg.on_internal_error()
-        elif kind == "logprobs":
-            self._logprobs_ok[message[1]] = message[2]
+        elif kind == "logprobs":  # (upstream, model), supported
+            remember(self._logprobs_ok, tuple(message[1]), message[2])
         elif kind == "stopped":
             self._stopped.set()
         elif kind == "ready":

@@ -33,6 +33,22 @@ from proxy.tap import Exchange, RequestInfo
 log = logging.getLogger("tbg.shadow")
 
 ROUTE_PATHS: Mapping[str, str] = {"chat": "/chat/completions", "completions": "/completions"}
+# Logprobs support is learned per (upstream, model as the client names it): model names are
+# client-chosen, so the table is bounded (cleared when full: it is relearned by the next replays).
+LogprobsKey = tuple[str, str]
+LEARNED_LIMIT = 1024
+
+
+def logprobs_key(request: RequestInfo) -> LogprobsKey:
+    model = request.body.get("model")
+    return request.upstream, model if isinstance(model, str) else ""
+
+
+def remember(table: dict[Any, Any], key: Any, value: Any) -> None:
+    """`table[key] = value`, keeping the table at most LEARNED_LIMIT entries."""
+    if key not in table and len(table) >= LEARNED_LIMIT:
+        table.clear()
+    table[key] = value
 
 
 class ReplayTransport(MetricsFetcher, Protocol):
@@ -161,20 +177,21 @@ class Replayer:
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=size)
         self._workers: list[asyncio.Task[None]] = []
         self.busy = 0
-        # Per upstream: absent = unknown (config "auto"); True once a replay came back with
-        # logprobs; False once it did not. "yes"/"no" in the config fix it for every upstream.
-        self._logprobs_ok: dict[str, bool] = {}
+        # Per (upstream, model): absent = unknown (config "auto"); True once a replay came back
+        # with logprobs; False once it did not, or failed asking for them while a plain one
+        # worked. "yes"/"no" in the config fix it for every upstream.
+        self._logprobs_ok: dict[LogprobsKey, bool] = {}
         self._logprobs_fixed = {"yes": True, "no": False}.get(config.logprobs)
-        self.on_logprobs_detected: Callable[[str, bool], None] = lambda _upstream, _ok: None
+        self.on_logprobs_detected: Callable[[LogprobsKey, bool], None] = lambda _key, _ok: None
 
-    def supports_logprobs(self, upstream: str) -> bool | None:
+    def supports_logprobs(self, upstream: str, model: str) -> bool | None:
         if self._logprobs_fixed is not None:
             return self._logprobs_fixed
-        return self._logprobs_ok.get(upstream)
+        return self._logprobs_ok.get((upstream, model))
 
-    def _detected(self, upstream: str, ok: bool) -> None:
-        self._logprobs_ok[upstream] = ok
-        self.on_logprobs_detected(upstream, ok)
+    def _detected(self, key: LogprobsKey, ok: bool) -> None:
+        remember(self._logprobs_ok, key, ok)
+        self.on_logprobs_detected(key, ok)
 
     # -- the queue (event loop only) --------------------------------------------------------------
     def full(self) -> bool:
@@ -261,10 +278,14 @@ class Replayer:
             return
         await self._agg.fold(request, comparable_runs((primary, *replays)), max(loads))
 
-    async def _replay(self, request: RequestInfo, length: int) -> tuple[Run, int] | None:
+    async def _replay(
+        self, request: RequestInfo, length: int, logprobs: bool | None = None
+    ) -> tuple[Run, int] | None:
         upstream = request.upstream
         key = (upstream, request.model_name)
-        ask_logprobs = self.supports_logprobs(upstream) is not False
+        lkey = logprobs_key(request)
+        detecting = self._logprobs_fixed is None and lkey not in self._logprobs_ok
+        ask_logprobs = self.supports_logprobs(*lkey) is not False if logprobs is None else logprobs
         body = replay_body(
             request.route,
             request.body,
@@ -286,10 +307,13 @@ class Replayer:
             return None
         finally:
             self._load.release(upstream)
-        detecting = self._logprobs_fixed is None and upstream not in self._logprobs_ok
-        if status == 400 and ask_logprobs and detecting:
-            self._detected(upstream, False)  # it rejects logprobs: ask without from now on
-            return await self._replay(request, length)
+        if status != 200 and ask_logprobs and detecting:
+            # Refused (400) or failed (500, ...) asking for logprobs: try once without. If that
+            # works, this upstream and model do not do logprobs: ask without from now on.
+            result = await self._replay(request, length, logprobs=False)
+            if result is not None:
+                self._detected(lkey, False)
+            return result
         if status != 200:
             self._agg.replay_request(key, "error")
             return None
@@ -303,7 +327,7 @@ class Replayer:
             self._agg.replay_request(key, "error")
             return None
         if ask_logprobs and detecting:
-            self._detected(upstream, run.top_logprobs is not None)
+            self._detected(lkey, run.top_logprobs is not None)
         usage = data.get("usage") if isinstance(data, dict) else None
         tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
         self._agg.replay_request(key, "ok", tokens if isinstance(tokens, int) else 0)

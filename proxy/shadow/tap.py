@@ -17,21 +17,24 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from proxy.shadow.aggregator import Aggregator, Render
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import InFlightProbe, LoadTracker
 from proxy.shadow.process import ProcessReplayer, WorkerSpec
-from proxy.shadow.replayer import Job, Replayer, ReplayTransport
+from proxy.shadow.replayer import Job, Replayer, ReplayTransport, logprobs_key, remember
 from proxy.shadow.sampling import Sampler
 from proxy.shadow.view import Key, ShadowView
 from proxy.shadow.wire import (
     augmented_upstream_body,
     client_wants_logprobs,
+    drop_logprobs,
+    has_logprobs_key,
     is_greedy,
+    replayable,
     strip_logprobs,
 )
 from proxy.tap import Exchange, RequestInfo, TapPlan
@@ -43,7 +46,7 @@ class ReplayPool(Protocol):
     """The replayer as the tap sees it: in this process (Replayer) or in the shadow worker
     process (proxy.shadow.process.ProcessReplayer)."""
 
-    def supports_logprobs(self, upstream: str) -> bool | None: ...
+    def supports_logprobs(self, upstream: str, model: str) -> bool | None: ...
     def full(self) -> bool: ...
     def submit(self, job: Job) -> bool: ...
     def queue_depth(self) -> int: ...
@@ -52,13 +55,27 @@ class ReplayPool(Protocol):
     async def stop(self) -> None: ...
 
 
+# What a primary's augmentation depends on: (upstream, model as the client names it, streaming).
+Shape = tuple[str, str, bool]
+
+
 @dataclass(frozen=True, slots=True)
 class _Ticket:
     """Carried from plan() to complete() inside TapPlan.token."""
 
     key: Key
     load_at_start: int
+    shape: Shape
     augmented: bool
+    fell_back: bool = False  # augmented, refused by the upstream, resent plain
+
+
+def _events_have_logprobs(events: Iterable[Mapping[str, Any]]) -> bool:
+    for event in events:
+        choices = event.get("choices")
+        if isinstance(choices, list):
+            return any(isinstance(c, Mapping) and "logprobs" in c for c in choices)
+    return False
 
 
 class ShadowTap:
@@ -88,6 +105,12 @@ class ShadowTap:
             self.replayer = Replayer(config, transport, self.sampler, self.load, self.aggregator)
         else:
             self.replayer = ProcessReplayer(config, worker, self.load, self.aggregator)
+        # Per shape, learned from plain primaries the upstream answered 200: whether its answer
+        # carries `logprobs` keys (null) at all, so stripping restores exactly those bytes. A
+        # shape is augmented only once known here, and never again once the upstream refused an
+        # augmented request of it that it then served plain.
+        self._plain_has_key: dict[Shape, bool] = {}
+        self._refused: dict[Shape, bool] = {}
 
     @property
     def on_internal_error(self) -> Callable[[], None]:
@@ -137,6 +160,8 @@ class ShadowTap:
     def plan(self, request: RequestInfo) -> TapPlan | None:
         if not is_greedy(request.route, request.body, self.config.eligibility):
             return None
+        if not replayable(request.raw_body, request.body):
+            return None  # nested too deeply to send again: ineligible, like a sampled request
         key = (request.upstream, request.model_name)
         agg = self.aggregator
         agg.count_eligible(key)
@@ -151,33 +176,63 @@ class ShadowTap:
             self.sampler.refund_rate(request.model_name)
             agg.drop(key, "queue_full")
             return None
-        # Augment only once a replay proved this upstream returns logprobs: an upstream that rejects
-        # them must never turn a client's request into an error.
+        upstream, model = logprobs_key(request)
+        shape = (upstream, model, request.stream)
+        # Augment only a shape proven safe: replays showed this upstream and model return
+        # logprobs, a plain primary of the same shape showed what its answer looks like, and no
+        # augmented one was refused. Should the upstream still refuse it, the proxy resends the
+        # client's own body (TapPlan.plain): augmentation never becomes the client's error.
+        has_key = self._plain_has_key.get(shape)
+        if has_key is None and self.config.logprobs == "yes":
+            has_key = True  # declared: augment from the first request; vLLM and OpenAI send null
         augment = (
             self.config.augment_logprobs
-            and self.replayer.supports_logprobs(request.upstream) is True
+            and has_key is not None
+            and shape not in self._refused
+            and self.replayer.supports_logprobs(upstream, model) is True
             and not client_wants_logprobs(request.route, request.body)
         )
         # plan() runs before the primary is counted in flight; a replay counts itself, so the
         # primary counts itself too (+1) for both to see the same load at the same batch size.
-        ticket = _Ticket(key, self.load.current(request.upstream) + 1, augment)
+        ticket = _Ticket(key, self.load.current(request.upstream) + 1, shape, augment)
         if not augment:
             return TapPlan(token=ticket)
         body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)
+        strip = strip_logprobs if has_key else drop_logprobs
+        plain = TapPlan(token=replace(ticket, augmented=False, fell_back=True))
         if request.stream:
-            return TapPlan(upstream_body=body, rewrite_event=strip_logprobs, token=ticket)
-        return TapPlan(upstream_body=body, rewrite_body=strip_logprobs, token=ticket)
+            return TapPlan(upstream_body=body, rewrite_event=strip, token=ticket, plain=plain)
+        return TapPlan(upstream_body=body, rewrite_body=strip, token=ticket, plain=plain)
 
     def complete(self, exchange: Exchange) -> None:
         ticket = exchange.plan.token
         if not isinstance(ticket, _Ticket):
             return
-        if exchange.status != 200 or not exchange.completed:
-            log.info("primary not replayed: status %s, completed %s", exchange.status,
-                     exchange.completed)  # fmt: skip
+        if exchange.status == 200 and exchange.completed:
+            self._learn(ticket, exchange)
+        if exchange.status != 200 or not exchange.completed or exchange.truncated:
+            log.info("primary not replayed: status %s, completed %s, truncated %s",
+                     exchange.status, exchange.completed, exchange.truncated)  # fmt: skip
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.drop(ticket.key, "primary_incomplete")
             return
         if not self.replayer.submit(Job(exchange, ticket.key, ticket.load_at_start)):
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.drop(ticket.key, "queue_full")
+
+    def _learn(self, ticket: _Ticket, exchange: Exchange) -> None:
+        """What a plain primary the upstream served tells about its shape (once per shape)."""
+        shape = ticket.shape
+        if ticket.fell_back and shape not in self._refused:
+            log.warning(
+                "upstream refused an augmented request it serves plain: not augmenting it again",
+                extra={"upstream": shape[0], "stream": shape[2]},
+            )
+            remember(self._refused, shape, True)
+        if ticket.augmented or shape in self._plain_has_key or exchange.truncated:
+            return
+        if exchange.request.stream:
+            has_key = _events_have_logprobs(exchange.events)
+        else:
+            has_key = has_logprobs_key(exchange.response_body or b"")
+        remember(self._plain_has_key, shape, has_key)

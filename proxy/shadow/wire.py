@@ -89,6 +89,61 @@ def strip_logprobs(data: bytes) -> bytes:
     return b"".join(out)
 
 
+_SPACE = b" \t\r\n"
+
+
+def drop_logprobs(data: bytes) -> bytes:
+    """Remove every `logprobs` key with its value, for upstreams whose plain answers have none:
+    the client gets the bytes such an upstream sends when logprobs are not asked for."""
+    out: list[bytes] = []
+    pos = 0
+    search_from = 0
+    while True:
+        match = _LOGPROBS_KEY.search(data, search_from)
+        if match is None:
+            break
+        start = match.start()  # the `{` or `,` before the key
+        end = _value_end(data, match.end())
+        if data[start : start + 1] == b",":
+            out.append(data[pos:start])  # `, "logprobs": v` goes
+        else:
+            out.append(data[pos : start + 1])  # keep `{`; `"logprobs": v,` goes
+            while end < len(data) and data[end] in _SPACE:
+                end += 1
+            if data[end : end + 1] == b",":
+                end += 1
+                while end < len(data) and data[end] in _SPACE:
+                    end += 1
+        pos = search_from = end
+    if not out:
+        return data
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def has_logprobs_key(data: bytes) -> bool:
+    """Whether a JSON body (or SSE event) carries a structural `logprobs` key."""
+    return _LOGPROBS_KEY.search(data) is not None
+
+
+# orjson reads JSON nested up to 1024 levels but writes only about 255: a body nested deeper
+# parses, yet cannot be re-serialised for an augmented primary or a replay. A body with fewer
+# brackets than this cannot be nested that deep.
+_FEW_BRACKETS = 250
+
+
+def replayable(raw_body: bytes, body: Mapping[str, Any]) -> bool:
+    """False for a body the shadow path could not re-serialise (nested too deeply): ineligible.
+    Cheap for every real request: only a body with that many brackets is tried."""
+    if raw_body.count(b"[") + raw_body.count(b"{") < _FEW_BRACKETS:
+        return True
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
 def is_greedy(route: str, body: Mapping[str, Any], rules: Eligibility) -> bool:
     """True for a single-choice request whose decoding is greedy (temperature 0 or top_k 1)."""
     if route not in ("chat", "completions"):

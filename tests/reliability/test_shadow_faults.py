@@ -32,6 +32,7 @@ from tests.shadow.conftest import worker_env
 REPLAY_DELAY = 1.0  # every replay takes this long: a primary that waited for one would show it
 BUDGET = 0.3  # s: allowed median primary slowdown with shadow on, on a loaded 2-core CI box
 N = 8
+MAX_CONCURRENT = 4  # replay workers
 PRIMARY = orjson.dumps(
     {"model": "m", "temperature": 0, "stream": True, "messages": [{"role": "user", "content": "x"}]}
 )
@@ -104,7 +105,7 @@ async def _stacks(
     upstream = await _serve(up_app)
     up_url = f"http://127.0.0.1:{upstream.addresses[0][1]}/v1"
     entry = {"name": "up", "base_url": up_url, "models": ["m"]}
-    shadow = {"enabled": True, "sample_rate": 1, "replays": 2, "max_concurrent": 4,
+    shadow = {"enabled": True, "sample_rate": 1, "replays": 2, "max_concurrent": MAX_CONCURRENT,
               "replays_per_minute": 1e6, "tokens_per_minute": 1e9}  # fmt: skip
     off_app = make_app(build_config({"upstreams": [entry]}, worker_env()))
     on_app = make_app(build_config({"upstreams": [entry], "shadow": shadow}, worker_env()))
@@ -158,11 +159,16 @@ async def test_failing_or_slow_replays_never_touch_the_primary(mode: str) -> Non
         assert await tap.idle(N * 2 * REPLAY_DELAY + 10)
     totals = _exact(tap)
     assert totals["sampled"] == N and totals["dropped"] == 0, totals
-    if mode == "fail_logprobs":  # every replay asks for logprobs until one proves support
-        assert fake.replay_errors == fake.replays == 2 * N
-        assert totals["failed"] == N
+    if mode == "fail_logprobs":
+        # A replay failing (500) with logprobs is retried once without; that works, so from then
+        # on replays go plain: only those started before that was learned (at most one per
+        # concurrent replay) fail, and every trial is compared.
+        assert 1 <= fake.replay_errors <= MAX_CONCURRENT < 2 * N, fake.replay_errors
+        assert totals["failed"] == 0 and totals["replayed"] == N, totals
     elif mode == "fail_every_second":
-        assert fake.replay_errors == N and totals["replayed"] >= N // 2, totals
+        # Half the replays fail; while support is still unknown a failed one is retried plain.
+        assert N <= fake.replay_errors <= N + MAX_CONCURRENT, fake.replay_errors
+        assert totals["replayed"] >= N // 2, totals
     else:
         assert fake.replay_errors == 0 and totals["replayed"] == N
 

@@ -112,7 +112,10 @@ async def test_slow_or_failing_replays_in_the_worker_never_touch_the_primary(mod
     if mode == "ok":
         assert fake.replay_errors == 0 and totals["replayed"] == faults.N + 1
     else:
-        assert fake.replay_errors == faults.N + 1 and totals["replayed"] >= (faults.N + 1) // 2
+        # Half the replays fail; while support is still unknown a failed one is retried plain.
+        n = faults.N + 1
+        assert n <= fake.replay_errors <= n + faults.MAX_CONCURRENT, fake.replay_errors
+        assert totals["replayed"] >= n // 2
 
 
 async def test_the_same_estimates_in_process_and_in_the_worker(
