@@ -39,13 +39,18 @@ def predicted_divergences(gaps: np.ndarray, sigma_gap: float) -> float:
 
 
 def estimate_jitter(trials: Iterable[Trial], *, level: float = 0.95) -> EstimateResult:
-    """Jitter σ_Δ, p₀, the mapped temperature (with a χ² interval assuming independent
-    positions, which replays of one prompt only approximate) and the divergence model check."""
+    """Jitter σ_Δ, p₀, the mapped temperature and the divergence model check. The interval has the
+    trial as its unit: χ² on the effective number of positions N_eff = N·(χ² variance of σ̂²)/(robust
+    variance of the ratio Σδ²/ΣN over trials), at most N (positions of one trial share a batch
+    shape, so bit-identical and perturbed positions come in blocks)."""
     sq = 0.0
     pos = ident = n = pairs = div = risk = 0
     gaps: list[np.ndarray] = []
+    per_trial: list[tuple[float, int]] = []
     for t in trials:
         c = compare_fast(t, with_nodes=False)
+        if c.jitter_positions:
+            per_trial.append((c.jitter_sq_sum, c.jitter_positions))
         sq, pos, ident = (
             sq + c.jitter_sq_sum,
             pos + c.jitter_positions,
@@ -57,9 +62,18 @@ def estimate_jitter(trials: Iterable[Trial], *, level: float = 0.95) -> Estimate
         raise ValueError("no position shared by two runs that report top-k logprobs")
     sigma = math.sqrt(sq / (2 * pos))
     a = (1 - level) / 2
-    # Σδ²/(2σ²) ~ χ²_N for Gaussian δ with variance 2σ².
-    s_lo = math.sqrt(sq / (2 * float(st.chi2.ppf(1 - a, pos))))
-    s_hi = math.sqrt(sq / (2 * float(st.chi2.ppf(a, pos))))
+    # Σδ²/(2σ²) ~ χ²_N for Gaussian δ with variance 2σ² and independent positions: var(σ̂²) =
+    # 2σ⁴/N. The robust (trial-level) variance of the ratio r = Σ q_t / Σ N_t is
+    # Σ (q_t − r·N_t)² / (ΣN)², q_t = Σδ²/2 of trial t; N_eff matches the two.
+    q = np.array([x / 2 for x, _ in per_trial])
+    m = np.array([float(k) for _, k in per_trial])
+    r = sigma * sigma
+    robust = float(((q - r * m) ** 2).sum()) / float(m.sum()) ** 2 if q.size > 1 else 0.0
+    n_eff = float(pos)
+    if robust > 0 and r > 0:
+        n_eff = min(float(pos), max(1.0, 2 * r * r / robust))
+    s_lo = math.sqrt(sq / pos * n_eff / (2 * float(st.chi2.ppf(1 - a, n_eff))))
+    s_hi = math.sqrt(sq / pos * n_eff / (2 * float(st.chi2.ppf(a, n_eff))))
     pred = predicted_divergences(np.concatenate(gaps), sigma)
     diag: dict[str, float | int | str] = {
         "sigma_gap": sigma,
@@ -67,6 +81,8 @@ def estimate_jitter(trials: Iterable[Trial], *, level: float = 0.95) -> Estimate
         "sigma_gap_upper": s_hi,
         "p_identical": ident / pos,
         "positions": pos,
+        "effective_positions": n_eff,
+        "unit": "trial",
         "predicted_divergences": pred,
         "observed_divergences": div,
         "check_z": (div - pred) / math.sqrt(pred) if pred > 0 else math.nan,

@@ -3,10 +3,17 @@
 ℓ(T) = Σ_nodes Σ_i c_i log softmax(ẑ/T)_i over trie nodes reached by >= 2 runs (see compare.py
 for how ẑ and the tail are handled). In β = 1/T this is an exponential family, so ℓ is concave in
 β: the MLE is the root of a monotone score and the profile interval has exactly two ends.
+
+The trial (one prompt and its runs) is the unit of independence: `estimate_likelihood` multiplies
+the profile's drops by the sandwich design effect k = [n/(n − 1)]·Σ_t (s_t − s̄)² / H of the n
+trials' scores s_t at β̂ over the observed information H (estimator/profile.py has the same on the
+grid), and its small-count correction counts trials that diverged. `bootstrap_prompts` resamples
+trials instead, for a check of the interval's implied spread.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -140,6 +147,34 @@ def _root(f: Callable[[float], float], u0: float, step: float, stop: float) -> f
         u = nxt
 
 
+def design_effect(parts: list[Nodes], beta: float) -> float:
+    """k = max(1, [n/(n − 1)]·Σ_t (s_t − s̄)² / H) at β (the MLE of the pooled nodes): s_t each
+    trial's score dℓ_t/dβ, H = −dℓ'/dβ of the pooled curve (central difference). 1 when it cannot
+    be read (fewer than two trials, H not positive). Invariant under reparametrisation at the MLE,
+    so it is the same number the grid profile reads in log T."""
+    parts = [p for p in parts if p.weights.size or p.linear]
+    n = len(parts)
+    if n < 2 or not (beta > 0 and math.isfinite(beta)):
+        return 1.0
+    s = np.array([Likelihood(p).score(beta) for p in parts])
+    lk = Likelihood(Nodes.concat(parts))
+    eps = 1e-4
+    h = (lk.score(beta * (1 - eps)) - lk.score(beta * (1 + eps))) / (2 * eps * beta)
+    if not h > 0:
+        return 1.0
+    k = n / (n - 1) * float(((s - s.mean()) ** 2).sum()) / h
+    return max(1.0, k) if math.isfinite(k) else 1.0
+
+
+def mle(nodes: Nodes, *, t_min: float = 1e-6, t_max: float = 10.0) -> float:
+    """T̂ alone (0 when nothing diverged, t_max when the score has no root below it)."""
+    lk = Likelihood(nodes)
+    if lk.linear <= 0.0:
+        return 0.0
+    r = _root(lambda u: lk.score(np.exp(u)), -np.log(t_min), -np.log(2.0), -np.log(t_max))
+    return t_max if r is None else float(np.exp(-r))
+
+
 def fit(
     nodes: Nodes,
     *,
@@ -147,20 +182,22 @@ def fit(
     t_min: float = 1e-6,
     t_max: float = 10.0,
     events: float | None = None,
+    design: float = 1.0,
 ) -> tuple[float, float, float, dict[str, float | int | str]]:
     """(T̂, lower, upper, diagnostics) by maximum likelihood with a profile-likelihood interval
     {T : 2[ℓ(T̂) − ℓ(T)] <= χ²₁(level)}; with no scored divergence T̂ = 0 and lower 0. Given
     `events` (the number of divergences behind the nodes), the upper end gets the small-count
     correction of estimator.profile (as the live and pooled intervals do); without it the upper
     end is the asymptotic one (one-sided χ²₁(2·level − 1) when nothing diverged): the textbook
-    interval the grid reading is checked against. Ends beyond [t_min, t_max] are clipped
-    (lower 0, upper t_max, flagged in the diagnostics)."""
+    interval the grid reading is checked against. `design` (the trial-level design effect, >= 1)
+    multiplies both drops. Ends beyond [t_min, t_max] are clipped (lower 0, upper t_max, flagged in
+    the diagnostics)."""
     lk = Likelihood(nodes)
     u_lo, u_hi = -np.log(t_max), -np.log(t_min)  # u = log β
     step = np.log(2.0)
     diag: dict[str, float | int | str] = {"nodes": int(nodes.weights.size)}
     if lk.linear <= 0.0:
-        crit = (
+        crit = design * (
             float(stats.chi2.ppf(2 * level - 1, 1)) / 2
             if events is None
             else upper_drop(0.0, level)
@@ -171,7 +208,7 @@ def fit(
             diag["upper_at_t_max"] = 1
             return 0.0, 0.0, t_max, diag
         return 0.0, 0.0, float(np.exp(-r)), diag
-    crit = float(stats.chi2.ppf(level, 1)) / 2
+    crit = design * float(stats.chi2.ppf(level, 1)) / 2
     r = _root(lambda u: lk.score(np.exp(u)), u_hi, -step, u_lo)
     if r is None:
         diag["estimate_at_t_max"] = 1
@@ -180,7 +217,7 @@ def fit(
         u_hat = r
     top = lk.loglik(float(np.exp(u_hat)))
     thr = top - crit
-    thr_up = thr if events is None else top - upper_drop(events, level)
+    thr_up = thr if events is None else top - design * upper_drop(events, level)
 
     def g(u: float) -> float:
         return lk.loglik(float(np.exp(u))) - thr
@@ -196,20 +233,78 @@ def fit(
     return float(np.exp(-u_hat)), lower, upper, diag
 
 
+def trial_nodes(trials: Iterable[Trial]) -> tuple[list[Nodes], dict[str, int]]:
+    """Each trial's likelihood nodes (trials without top-k logprobs left out) and the counts
+    (trials, pairs, diverged pairs, diverged trials among the scored, tokens at risk)."""
+    parts: list[Nodes] = []
+    n = {"trials": 0, "pairs": 0, "diverged": 0, "diverged_trials": 0, "tokens_at_risk": 0}
+    for t in trials:
+        c = compare_fast(t)
+        n["trials"] += 1
+        n["pairs"] += c.pairs
+        n["diverged"] += c.diverged
+        n["tokens_at_risk"] += c.tokens_at_risk
+        if c.nodes is not None and c.nodes.weights.size:
+            parts.append(c.nodes)
+            n["diverged_trials"] += c.diverged > 0
+    return parts, n
+
+
 def estimate_likelihood(
     trials: Iterable[Trial], *, level: float = 0.95, t_max: float = 10.0
 ) -> EstimateResult:
-    """Batch Boltzmann-likelihood estimate of T_bg from trials that carry top-k logprobs."""
-    parts, n, pairs, div, risk = [], 0, 0, 0, 0
-    for t in trials:
-        c = compare_fast(t)
-        n, pairs, div, risk = n + 1, pairs + c.pairs, div + c.diverged, risk + c.tokens_at_risk
-        if c.nodes is not None:
-            parts.append(c.nodes)
+    """Batch Boltzmann-likelihood estimate of T_bg from trials that carry top-k logprobs, with the
+    trial as the unit of independence (module docstring): the interval is the profile's with both
+    drops times the design effect (diagnostics `design_effect`), the small-count correction on
+    the trials that diverged (`diverged_trials`)."""
+    parts, n = trial_nodes(trials)
     nodes = Nodes.concat(parts)
     if nodes.weights.size == 0:
         raise ValueError("no trie node is reached by two runs that report top-k logprobs")
-    est, lo, hi, diag = fit(nodes, level=level, t_max=t_max, events=float(div))
+    events = float(n["diverged_trials"])
+    est = mle(nodes, t_max=t_max)
+    k = design_effect(parts, 1.0 / est) if 0 < est < t_max else 1.0
+    est, lo, hi, diag = fit(nodes, level=level, t_max=t_max, events=events, design=k)
     diag["tail_choices"] = nodes.tail_choices
     diag["min_k"] = nodes.min_k
-    return EstimateResult(est, lo, hi, "likelihood", level, n, pairs, div, risk, diag)
+    diag["design_effect"] = k
+    diag["diverged_trials"] = n["diverged_trials"]
+    diag["scored_trials"] = len(parts)
+    diag["unit"] = "trial"
+    return EstimateResult(
+        est,
+        lo,
+        hi,
+        "likelihood",
+        level,
+        n["trials"],
+        n["pairs"],
+        n["diverged"],
+        n["tokens_at_risk"],
+        diag,
+    )
+
+
+def bootstrap_prompts(
+    parts: list[Nodes], *, resamples: int = 400, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Bootstrap over trials (prompts): T̂ on `resamples` resamples of the trials with replacement.
+    Returns the percentile interval (`lower`, `upper`), `sd_log` (SD of log T̂ over resamples with
+    T̂ > 0) and `zero_share` (resamples with nothing diverged). It covers the variation of the
+    prompts as sampled, not a change of prompt mix."""
+    rng = np.random.default_rng(seed)
+    n = len(parts)
+    if n < 2:
+        raise ValueError("a bootstrap over prompts needs at least two prompts with logprobs")
+    est = np.array(
+        [mle(Nodes.concat([parts[i] for i in rng.integers(0, n, n)])) for _ in range(resamples)]
+    )
+    pos = est[est > 0]
+    a = (1 - level) / 2
+    return {
+        "lower": float(np.quantile(est, a)),
+        "upper": float(np.quantile(est, 1 - a)),
+        "sd_log": float(np.std(np.log(pos), ddof=1)) if pos.size > 2 else math.nan,
+        "zero_share": float(np.mean(est <= 0)),
+        "resamples": float(resamples),
+    }

@@ -5,13 +5,19 @@ Decay is per trial (one primary and its replays): each trial multiplies the old 
 λ = 2^(−1/half_life_trials). Counting trials rather than compared pairs keeps the memory the same
 whatever `replays` is (a trial of r replays has (r+1)r/2 pairs, correlated through shared runs). The undecayed sums (`SufficientStats`) add up across
 replicas; Prometheus pools them by summing increase() of the exported counters.
+
+The trial is the unit of independence (estimator.profile): next to Σ −ℓ(T_g) the state keeps, per
+grid point, Σ_t s_t(T_g)² (s_t the slope of trial t's −ℓ in log T) and the number of scored trials,
+so the interval carries the sandwich design effect; the small-count correction counts trials that
+diverged; the hazard's interval uses the per-trial second moments of (diverged pairs, tokens at
+risk). All of them add up across replicas.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -21,11 +27,12 @@ from estimator.jitter import sigma_to_temperature
 from estimator.likelihood import GridLoglik
 from estimator.model import Trial
 from estimator.pair import compare_fast
-from estimator.profile import grid_profile
-from estimator.stats import divergence_hazard
+from estimator.profile import grid_profile, scores
+from estimator.stats import clustered_hazard
 
 __all__ = [
     "Divergence",
+    "LikelihoodCheckError",
     "OnlineConfig",
     "OnlineEstimator",
     "OnlineSnapshot",
@@ -55,10 +62,28 @@ class OnlineConfig:
         return np.geomspace(self.t_min, self.t_max, self.grid_size)
 
 
+class LikelihoodCheckError(ArithmeticError):
+    """A trial's −ℓ came out negative or not finite: every term of it is −log of a probability
+    (a sum of non-negative gaps over T and of log(1 + Σ e^(−gap/T))), so this is a bug in the
+    comparison (a negative gap) or in the arithmetic, never a property of the data."""
+
+
+def checked_nll(nll: np.ndarray) -> np.ndarray:
+    """`nll` itself when every value is finite and >= 0, else LikelihoodCheckError."""
+    bad = ~np.isfinite(nll) | (nll < 0)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise LikelihoodCheckError(
+            f"trial -log-likelihood {float(nll[j])!r} at grid point {j}: must be finite and >= 0"
+        )
+    return nll
+
+
 @dataclass(frozen=True)
 class TrialComparison:
     """What one trial adds. ``nll`` is the undecayed per-grid negative log-likelihood increment
-    (>= 0; zeros when the runs carry no top-k logprobs, ``scored`` False)."""
+    (>= 0, checked; zeros when the runs carry no top-k logprobs, ``scored`` False); ``score_sq``
+    the square of its slope in log T per grid point (zeros when not scored)."""
 
     pairs: int
     diverged: int
@@ -71,6 +96,7 @@ class TrialComparison:
     jitter_identical_positions: int
     exemplars: tuple[Divergence, ...]
     scored: bool = False
+    score_sq: np.ndarray = field(default_factory=lambda: np.zeros(0))  # empty: read as zeros
 
 
 @dataclass(frozen=True)
@@ -94,6 +120,9 @@ class OnlineSnapshot:
     jitter_sigma: float | None
     p_identical: float | None
     jitter_temperature: float | None
+    design_effect: float = 1.0  # the interval's trial-level multiplier of the drops (>= 1)
+    trials: int = 0
+    diverged_trials: int = 0
 
 
 _COUNTERS = (
@@ -107,15 +136,25 @@ _COUNTERS = (
     "jitter_sq_sum",
     "jitter_positions",
     "jitter_identical_positions",
+    "scored_trials",
+    "scored_diverged_trials",
+    "diverged_trials",
+    "diverged_sq",
+    "diverged_x_risk",
+    "risk_sq",
 )
+# second moments: decayed by λ² (weights squared), not λ
+_SECOND = ("diverged_sq", "diverged_x_risk", "risk_sq")
 
 
 @dataclass(frozen=True)
 class SufficientStats:
-    """Undecayed additive statistics: counters and Σ −ℓ(T_g) on the grid ``grid``."""
+    """Undecayed additive statistics: counters, Σ −ℓ(T_g) and Σ_t s_t(T_g)² on the grid ``grid``
+    (``score_sq`` empty: not recorded, read as zeros)."""
 
     grid: tuple[float, ...]
     nll: tuple[float, ...]
+    score_sq: tuple[float, ...] = ()
     trials: float = 0
     pairs: float = 0
     diverged: float = 0
@@ -126,18 +165,28 @@ class SufficientStats:
     jitter_sq_sum: float = 0.0
     jitter_positions: float = 0
     jitter_identical_positions: float = 0
+    scored_trials: float = 0
+    scored_diverged_trials: float = 0
+    diverged_trials: float = 0
+    diverged_sq: float = 0
+    diverged_x_risk: float = 0
+    risk_sq: float = 0
+
+    def squares(self) -> tuple[float, ...]:
+        return self.score_sq if self.score_sq else (0.0,) * len(self.nll)
 
     def __add__(self, other: SufficientStats) -> SufficientStats:
         if not np.allclose(self.grid, other.grid, rtol=1e-9):
             raise ValueError("cannot pool statistics computed on different grids")
         kw = {c: getattr(self, c) + getattr(other, c) for c in _COUNTERS}
         nll = tuple(float(a + b) for a, b in zip(self.nll, other.nll, strict=True))
-        return SufficientStats(self.grid, nll, **kw)
+        sq = tuple(float(a + b) for a, b in zip(self.squares(), other.squares(), strict=True))
+        return SufficientStats(self.grid, nll, sq, **kw)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             f.name: list(getattr(self, f.name))
-            if f.name in ("grid", "nll")
+            if f.name in ("grid", "nll", "score_sq")
             else getattr(self, f.name)
             for f in fields(self)
         }
@@ -147,39 +196,64 @@ class SufficientStats:
         kw = {c: float(d.get(c, 0)) for c in _COUNTERS}
         grid = tuple(float(x) for x in d["grid"])
         nll = tuple(float(x) for x in d["nll"])
-        if len(grid) != len(nll):
-            raise ValueError("grid and nll have different lengths")
-        return SufficientStats(grid, nll, **kw)
+        sq = tuple(float(x) for x in d.get("score_sq", ()))
+        if len(grid) != len(nll) or (sq and len(sq) != len(nll)):
+            raise ValueError("grid, nll and score_sq have different lengths")
+        return SufficientStats(grid, nll, sq, **kw)
 
 
 def profile_from_grid(
-    grid: np.ndarray, nll: np.ndarray, *, events: float, level: float = 0.95
+    grid: np.ndarray,
+    nll: np.ndarray,
+    *,
+    events: float,
+    level: float = 0.95,
+    score_sq: np.ndarray | None = None,
+    trials: float = 0.0,
 ) -> tuple[float, float, float]:
-    """(estimate, lower, upper) from Σ −ℓ on a log grid behind `events` divergences, read off local
-    parabolas in log T (estimator.profile, with its small-count correction of the upper end; the
-    recording rules do the same arithmetic). Without a divergence: (0, 0, upper). Bounds are clipped
-    to the grid (lower 0 below it)."""
-    p = grid_profile(grid, nll, events=events, level=level)
+    """(estimate, lower, upper) from Σ −ℓ on a log grid behind `events` independent divergences
+    (trials that diverged), read off local parabolas in log T (estimator.profile, with its
+    small-count correction of the upper end and, given Σ_t s_t² and the trial count, the
+    trial-level design effect; the recording rules do the same arithmetic). Without a divergence:
+    (0, 0, upper). Bounds are clipped to the grid (lower 0 below it)."""
+    p = grid_profile(grid, nll, events=events, level=level, score_sq=score_sq, trials=trials)
     return p.estimate, p.lower, p.upper
 
 
 def _snapshot(
     s: Mapping[str, float],
     nll: np.ndarray,
+    score_sq: np.ndarray,
     grid: np.ndarray,
     totals: Mapping[str, float],
     level: float,
-    scale: float = 1.0,
+    w2: float | None = None,
 ) -> OnlineSnapshot:
+    """`w2` = Σw² over the trials of decayed sums (the decayed counters are Σw·x, the second
+    moments Σw²·x); None: undecayed. The design effect's n counts every trial (one without
+    logprobs is a unit with score 0), as the recording rules read `tbg_trials_total`."""
+    n, k = s["trials"], 1.0
+    n_sq = n if w2 is None else w2
     if s["scored_pairs"] > 0:
-        # `scale` (effective sample size under decay) applies to the divergence count as to the nll
-        events = s["scored_diverged"] * scale
-        est, lo, hi = profile_from_grid(grid, nll * scale, events=events, level=level)
+        # effective number of independent events under decay (Kish): Σw·x · Σw / Σw²
+        events = s["scored_diverged_trials"] * (n / n_sq if n_sq > 0 else 1.0)
+        p = grid_profile(
+            grid, nll, events=events, level=level, score_sq=score_sq, trials=n, trials_sq=n_sq
+        )
+        est, lo, hi, k = p.estimate, p.lower, p.upper, p.design_effect
         method = "likelihood"
     else:
         est = lo = hi = math.nan
         method = "hazard-only"
-    hz = divergence_hazard(s["diverged"], s["tokens_at_risk"], level)
+    hz = clustered_hazard(
+        s["diverged"],
+        s["tokens_at_risk"],
+        diverged_sq=s["diverged_sq"],
+        diverged_x_risk=s["diverged_x_risk"],
+        risk_sq=s["risk_sq"],
+        pairs_per_trial=s["pairs"] / s["trials"] if s["trials"] > 0 else 1.0,
+        level=level,
+    )
     jp = s["jitter_positions"]
     sigma = math.sqrt(s["jitter_sq_sum"] / (2 * jp)) if jp > 0 else None
     return OnlineSnapshot(
@@ -198,6 +272,9 @@ def _snapshot(
         jitter_sigma=sigma,
         p_identical=s["jitter_identical_positions"] / jp if jp > 0 else None,
         jitter_temperature=sigma_to_temperature(sigma) if sigma is not None else None,
+        design_effect=k,
+        trials=round(totals["trials"]),
+        diverged_trials=round(totals["diverged_trials"]),
     )
 
 
@@ -207,7 +284,7 @@ def estimate_from_stats(
     """The estimate on pooled, undecayed statistics (effective_pairs == pairs)."""
     g = np.asarray(stats.grid if grid is None else grid, dtype=float)
     s = {c: float(getattr(stats, c)) for c in _COUNTERS}
-    return _snapshot(s, np.asarray(stats.nll), g, s, level)
+    return _snapshot(s, np.asarray(stats.nll), np.asarray(stats.squares()), g, s, level)
 
 
 class OnlineEstimator:
@@ -219,30 +296,40 @@ class OnlineEstimator:
         self._grid_nll = GridLoglik(self._grid)
         self._lam = 2.0 ** (-1.0 / self.config.half_life_trials)
         n = len(_COUNTERS)
-        self._dec = np.zeros(n)  # decayed counters
+        self._dec = np.zeros(n)  # decayed counters (second moments decayed by λ²)
         self._tot = np.zeros(n)  # undecayed counters
+        self._second = np.array([c in _SECOND for c in _COUNTERS])
         self._dec_nll = np.zeros(self._grid.size)
-        self._dec_w2 = 0.0  # Σ w²·pairs over trials (information-weighted, see snapshot)
+        self._dec_sq = np.zeros(self._grid.size)  # Σ w²·s_t²
+        self._dec_w2 = 0.0  # Σ w² over trials
         self._tot_nll = np.zeros(self._grid.size)
+        self._tot_sq = np.zeros(self._grid.size)
         self._snap: OnlineSnapshot | None = None  # computed once per change, not per scrape
 
     def compare(self, trial: Trial) -> TrialComparison:
-        """The comparison of one trial, without touching the state."""
+        """The comparison of one trial, without touching the state. Raises LikelihoodCheckError
+        when its −ℓ is negative or not finite (a bug, see checked_nll)."""
         c = compare_fast(trial)
         scored = c.nodes is not None and c.nodes.weights.size > 0
-        nll = self._grid_nll.nll(c.nodes) if c.nodes is not None and scored else None
+        zeros = np.zeros(self._grid.size)
+        if c.nodes is not None and scored:
+            nll = checked_nll(self._grid_nll.nll(c.nodes))
+            sq = scores(self._grid, nll) ** 2
+        else:
+            nll, sq = zeros, zeros
         return TrialComparison(
             pairs=c.pairs,
             diverged=c.diverged,
             tokens_at_risk=c.tokens_at_risk,
             exact_match_pairs=c.exact_match_pairs,
             first_divergences=c.first_divergences,
-            nll=np.maximum(nll, 0.0) if nll is not None else np.zeros(self._grid.size),
+            nll=nll,
             jitter_sq_sum=c.jitter_sq_sum,
             jitter_positions=c.jitter_positions,
             jitter_identical_positions=c.jitter_identical_positions,
             exemplars=c.exemplars,
             scored=scored,
+            score_sq=sq,
         )
 
     def update(self, trial: Trial) -> TrialComparison:
@@ -251,7 +338,8 @@ class OnlineEstimator:
         return tc
 
     def add(self, tc: TrialComparison) -> None:
-        """Fold a comparison into the state (decaying the old state by λ)."""
+        """Fold a comparison into the state (decaying the old state by λ, second moments by λ²)."""
+        d, e = float(tc.diverged), float(tc.tokens_at_risk)
         row = np.array(
             [
                 1.0,
@@ -264,16 +352,26 @@ class OnlineEstimator:
                 tc.jitter_sq_sum,
                 tc.jitter_positions,
                 tc.jitter_identical_positions,
+                1.0 if tc.scored else 0.0,
+                1.0 if tc.scored and tc.diverged > 0 else 0.0,
+                1.0 if tc.diverged > 0 else 0.0,
+                d * d,
+                d * e,
+                e * e,
             ]
         )
         f = self._lam
-        self._dec *= f
+        self._dec *= np.where(self._second, f * f, f)
         self._dec += row
         self._tot += row
         self._dec_nll *= f
         self._dec_nll += tc.nll
-        self._dec_w2 = self._dec_w2 * f * f + tc.pairs
+        sq = tc.score_sq if tc.score_sq.size else np.zeros(self._grid.size)
+        self._dec_sq *= f * f
+        self._dec_sq += sq
+        self._dec_w2 = self._dec_w2 * f * f + 1.0
         self._tot_nll += tc.nll
+        self._tot_sq += sq
         self._snap = None
 
     def snapshot(self) -> OnlineSnapshot:
@@ -284,13 +382,17 @@ class OnlineEstimator:
     def _compute_snapshot(self) -> OnlineSnapshot:
         dec = dict(zip(_COUNTERS, self._dec.tolist(), strict=True))
         tot = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))
-        # Decayed weights w <= 1 make the weighted log-likelihood's curvature (Σ w·I) overstate
-        # the estimate's variance (Σ w²·I / (Σ w·I)²): scaling by Σw / Σw² (Kish's effective sample
-        # size over Σw) gives the interval the weighted estimate's own spread. 1 without decay.
-        # A trial's information is taken as proportional to its pairs: Σw·p / Σw²·p.
-        scale = dec["pairs"] / self._dec_w2 if self._dec_w2 > 0 else 1.0
-        return _snapshot(dec, self._dec_nll, self._grid, tot, self.config.level, scale)
+        # Decayed weights w <= 1: the sandwich reads Σw·(−ℓ_t) against Σw²·s_t², which gives the
+        # weighted estimate its own spread (Σw²·I / (Σw·I)²) without a separate correction.
+        return _snapshot(
+            dec, self._dec_nll, self._dec_sq, self._grid, tot, self.config.level, self._dec_w2
+        )
 
     def stats(self) -> SufficientStats:
         kw = dict(zip(_COUNTERS, self._tot.tolist(), strict=True))
-        return SufficientStats(tuple(self._grid.tolist()), tuple(self._tot_nll.tolist()), **kw)
+        return SufficientStats(
+            tuple(self._grid.tolist()),
+            tuple(self._tot_nll.tolist()),
+            tuple(self._tot_sq.tolist()),
+            **kw,
+        )

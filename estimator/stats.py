@@ -136,6 +136,36 @@ def divergence_hazard(diverged: float, tokens_at_risk: float, level: float = 0.9
     return HazardRate(diverged / e, lo / e, hi / e, diverged, tokens_at_risk, level)
 
 
+def clustered_hazard(
+    diverged: float,
+    tokens_at_risk: float,
+    *,
+    diverged_sq: float,
+    diverged_x_risk: float,
+    risk_sq: float,
+    pairs_per_trial: float = 1.0,
+    level: float = 0.95,
+) -> HazardRate:
+    """λ = D/E with the trial as the unit of independence: the pairs of one trial share runs, and
+    divergence clusters by prompt, so D is not a Poisson count. From the per-trial sums Σ D_t²,
+    Σ D_t·E_t, Σ E_t² the robust (ratio-estimator) variance of λ̂ is Σ (D_t − λ̂E_t)² / E²; the
+    Garwood interval is taken for the effective count D_eff = D² / Σ (D_t − λ̂E_t)² (never above D)
+    and scaled back, λ̂·[lo, hi]/D_eff. With D = 0 the exposure counts one pair per trial
+    (E / pairs_per_trial): the replays of a trial that nobody saw diverge are not independent
+    chances either. Sums may carry decay weights (first moments Σw·x, second Σw²·x)."""
+    d, e = diverged, tokens_at_risk
+    if e <= 0:
+        return HazardRate(np.nan, np.nan, np.nan, d, e, level)
+    if d <= 0:
+        _, hi = garwood(0.0, level)
+        return HazardRate(0.0, 0.0, hi * max(pairs_per_trial, 1.0) / e, d, e, level)
+    lam = d / e
+    resid = diverged_sq - 2 * lam * diverged_x_risk + lam * lam * risk_sq
+    d_eff = d if resid <= 0 else min(d, d * d / resid)
+    lo, hi = garwood(d_eff, level)
+    return HazardRate(lam, lam * lo / d_eff, lam * hi / d_eff, d, e, level)
+
+
 def memf(outputs: Sequence[Hashable]) -> float:
     """The paper's MEMF: count of the modal output / n."""
     return max(Counter(outputs).values()) / len(outputs)

@@ -115,7 +115,10 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
         lines.append(f"  verdict   {said}")
         lines.append(f"  next      {todo}")
         lines.append(
-            f"  evidence  {e.get('diverged', 0)} of {e.get('pairs', 0)} replay pairs diverged, "
+            f"  evidence  {e.get('diverged_trials', 0)} of {e.get('trials', 0)} trials diverged "
+            f"(a trial: one request and its replays, the interval's unit; design effect "
+            f"{_g(e.get('design_effect'))}, >= 1: how much runs of one request being alike widen "
+            f"the interval), {e.get('diverged', 0)} of {e.get('pairs', 0)} replay pairs, "
             f"{e.get('tokens_at_risk', 0)} tokens compared; {_g(e.get('hazard'))} divergences "
             "per token"
         )

@@ -15,8 +15,16 @@ static neighbour map, `tbg_grid_info`, lets a rule see them), the estimate at th
 minimum, each interval end at the root of the parabola nearest to its crossing: the lower one at
 χ²₁(0.95)/2 = 1.92 above the minimum, the upper one at 1.92 plus the small-count correction
 A/(k + B)^Q for the k divergences in the window (3.00 at k = 0, the rule of three; → 1.92 as k
-grows). When the minimum sits on the smallest grid point (nothing diverged, or too little to tell),
-the estimate is reported as 0 with lower bound 0.
+grows), where k counts independent events: trials that diverged, not pairs. Both drops are
+multiplied by the trial-level design effect (estimator.profile.design_effect): the trial, not the
+position, is the unit of independence, and replicas also export Σ over trials of each trial's
+squared score per grid point (`tbg_nll_score_sq_total`) next to the trial count (`tbg_trials_total`),
+so the robust (sandwich) variance adds up across replicas and windows like the curve does:
+k = max(1, [n/(n − 1)]·(Σs² − (Σs)²/n)/H) at the grid point of the minimum. The per-load-bucket
+rules borrow the fleet's k of the same window (the series budget has no room for per-load squares)
+and count diverged pairs for their small-count correction (the diverged-trial counter is per model).
+When the minimum sits on the smallest grid point (nothing diverged, or too little to tell), the
+estimate is reported as 0 with lower bound 0.
 """
 
 from __future__ import annotations
@@ -43,7 +51,11 @@ ROOT_WINDOW = 0.75  # estimator.profile.ROOT_WINDOW (tests/monitoring checks it)
 GRID_T = "max by (grid_t) (tbg_grid_temperature)"
 CEILING = "max by (model_name) (tbg_temperature_ceiling)"
 FLEET_NLL = "tbg_nll_total"  # per (upstream, model_name), the fine grid
-LOAD_NLL = "tbg_nll_by_load_total"  # per load bucket, every second grid point
+LOAD_NLL = "tbg_nll_by_load_total"  # per load bucket, every third grid point
+FLEET_SQ = "tbg_nll_score_sq_total"  # Σ_t s_t² beside FLEET_NLL
+FLEET_EVENTS = "tbg_trials_scored_diverged_total"  # independent divergences, per model
+LOAD_EVENTS = "tbg_pairs_diverged_total"  # per load bucket: pairs (see the module docstring)
+MIN_DESIGN_EFFECT = 1.0  # estimator.profile.MIN_DESIGN_EFFECT (tests/monitoring checks it)
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,15 @@ def _shift(series: str, by: str, side: str, grid: str) -> str:
 
 
 def tbg_group(
-    level_labels: tuple[str, ...], window: str, op_window: str, *, metric: str, grid: str
+    level_labels: tuple[str, ...],
+    window: str,
+    op_window: str,
+    *,
+    metric: str,
+    grid: str,
+    events_metric: str,
+    score_metric: str | None = None,
+    design_from: str | None = None,
 ) -> list[dict[str, str]]:
     """Recording rules for the pooled estimate at one aggregation level and window (the same
     arithmetic as estimator.profile.grid_profile, see docs/monitoring.md).
@@ -122,7 +142,9 @@ def tbg_group(
     (a, b in grid steps); the estimate at the vertex of the parabola at the grid minimum; each end
     the root of the parabola of the grid point nearest to the crossing (|t| <= 1/2). `window` is the
     PromQL range; `op_window` the window written into the rule names (always the production one, so
-    the test copy's names match the dashboards and alerts).
+    the test copy's names match the dashboards and alerts). The design effect is computed from
+    `score_metric` (Σ_t s_t²) and `tbg_trials_total`, or read from the record `design_from` (a
+    coarser level's, joined on its labels).
     """
     by = ", ".join(level_labels)
     level = "_".join(level_labels)
@@ -144,7 +166,10 @@ def tbg_group(
     minimum = n("tbg_nll_min", "mle")
     thr = n("tbg_nll_threshold", "mle")
     thr_hi = n("tbg_nll_threshold_upper", "mle")
-    events = n("tbg_pairs_diverged", "increase")
+    events = n("tbg_nll_events", "increase")
+    trials = n("tbg_trials", "increase")
+    sq = n("tbg_nll_score_sq", "increase", True)
+    design = n("tbg_nll_design_effect", "mle")
     roots_lo = n("tbg_nll_root_lower_log_temperature", "mle", True)
     roots_hi = n("tbg_nll_root_upper_log_temperature", "mle", True)
     est = n("tbg_temperature", "mle")
@@ -204,25 +229,39 @@ def tbg_group(
             ),
         },
         {
-            # divergences in the window (0, not empty, before the first one)
+            # the small-count correction's events in the window (0, not empty, before the first)
             "record": events,
             "expr": (
-                f"sum by ({by}) (increase(tbg_pairs_diverged_total[{window}]))\n"
-                f"or on ({by}) 0 * {minimum}"
+                f"sum by ({by}) (increase({events_metric}[{window}]))\nor on ({by}) 0 * {minimum}"
             ),
         },
+        *_design_rules(
+            by,
+            window,
+            minimum,
+            design,
+            trials,
+            sq,
+            slope,
+            curv,
+            step,
+            at_min,
+            events,
+            score_metric,
+            design_from,
+        ),
         {
-            # the lower end: χ²₁(0.95)/2 above the minimum
+            # the lower end: χ²₁(0.95)/2 above the minimum, times the design effect
             "record": thr,
-            "expr": f"{minimum} + {TWO_SIDED_95!r}",
+            "expr": f"{minimum} + on ({by}) {TWO_SIDED_95!r} * {design}",
         },
         {
-            # the upper end: plus the small-count correction for the window's k divergences
+            # the upper end: plus the small-count correction for the window's k diverged trials
             "record": thr_hi,
             "expr": (
-                f"{minimum} + {SMALL_COUNT_95[0]!r}\n"
-                f"+ on ({by}) {SMALL_COUNT_95[1]!r} / (({events} + {SMALL_COUNT_95[2]!r})"
-                f" ^ {SMALL_COUNT_95[3]!r})"
+                f"{minimum}\n+ on ({by}) {design} * (\n  {SMALL_COUNT_95[0]!r}\n"
+                f"  + {SMALL_COUNT_95[1]!r} / (({events} + {SMALL_COUNT_95[2]!r})"
+                f" ^ {SMALL_COUNT_95[3]!r})\n)"
             ),
         },
         {"record": roots_lo, "expr": root("-", thr)},
@@ -253,6 +292,62 @@ def tbg_group(
     ]
 
 
+def _design_rules(
+    by: str,
+    window: str,
+    minimum: str,
+    design: str,
+    trials: str,
+    sq: str,
+    slope: str,
+    curv: str,
+    step: str,
+    at_min: str,
+    events: str,
+    score_metric: str | None,
+    design_from: str | None,
+) -> list[dict[str, str]]:
+    """The design effect's records: computed (trials, Σ s², then k) or borrowed."""
+    floor = f"or on ({by}) 0 * {minimum} + {MIN_DESIGN_EFFECT!r}"
+    if score_metric is None:
+        assert design_from is not None
+        on = "upstream, model_name"  # the fleet level's labels
+        return [
+            {
+                "record": design,
+                "expr": f"0 * {minimum} + on ({on}) group_left () {design_from}\n{floor}",
+            }
+        ]
+    return [
+        {
+            "record": trials,
+            "expr": (
+                f"sum by ({by}) (increase(tbg_trials_total[{window}]))\nor on ({by}) 0 * {minimum}"
+            ),
+        },
+        {
+            # Σ over trials of the squared score at each grid point
+            "record": sq,
+            "expr": f"sum by ({by}, grid_t) (increase({score_metric}[{window}]))",
+        },
+        {
+            # the trial-level design effect at the grid point of the minimum:
+            # [n/(n−1)]·(Σs²·h² − b²/n)/(2a), at least 1; 1 when it cannot be read
+            "record": design,
+            "expr": (
+                f"clamp_min(\n  max by ({by}) (\n"
+                f"    (\n      {sq} * on (grid_t) group_left () ({step} ^ 2)\n"
+                f"      - {slope} ^ 2 / on ({by}) group_left () {trials}\n    )\n"
+                f"    * on ({by}) group_left () ({trials} / ({trials} - 1))\n"
+                f"    / (2 * {curv})\n"
+                f"    and {at_min} and on ({by}, grid_t) ({curv} > 0)\n  )\n"
+                f"  and on ({by}) ({trials} > 1) and on ({by}) ({events} > 0),\n"
+                f"  {MIN_DESIGN_EFFECT!r}\n)\n{floor}"
+            ),
+        },
+    ]
+
+
 def _ratio(num: str, den: str, by: str, window: str) -> str:
     """num/den of two counters' rates, 0 (not empty) when the numerator has no series yet."""
     n = f"sum by ({by}) (rate({num}[{window}]))"
@@ -265,10 +360,32 @@ def recording_groups(p: Params) -> list[dict[str, Any]]:
     long_, short_ = Params().long, Params().short
     ops_ = Params().ops
     estimate_rules = (
-        tbg_group(("upstream", "model_name"), p.short, short_, metric=FLEET_NLL, grid="fleet")
-        + tbg_group(("upstream", "model_name"), p.long, long_, metric=FLEET_NLL, grid="fleet")
+        tbg_group(
+            ("upstream", "model_name"),
+            p.short,
+            short_,
+            metric=FLEET_NLL,
+            grid="fleet",
+            events_metric=FLEET_EVENTS,
+            score_metric=FLEET_SQ,
+        )
         + tbg_group(
-            ("upstream", "model_name", "load_bucket"), p.long, long_, metric=LOAD_NLL, grid="load"
+            ("upstream", "model_name"),
+            p.long,
+            long_,
+            metric=FLEET_NLL,
+            grid="fleet",
+            events_metric=FLEET_EVENTS,
+            score_metric=FLEET_SQ,
+        )
+        + tbg_group(
+            ("upstream", "model_name", "load_bucket"),
+            p.long,
+            long_,
+            metric=LOAD_NLL,
+            grid="load",
+            events_metric=LOAD_EVENTS,
+            design_from=_name("upstream_model_name", "tbg_nll_design_effect", f"mle{long_}"),
         )
     )
     model_free: list[dict[str, str]] = []

@@ -4,6 +4,12 @@ Model-free statistics first (science.md §2: exact-match rate, TARr@N, unique co
 per-token divergence hazard and the Kaplan–Meier curve of the first divergence), then the
 `likelihood` (profile interval, likelihood.fit) and `jitter` estimates when runs carry top-k
 logprobs. Everything returned is plain JSON-ready data plus the two curves the plots need.
+
+One trial is one prompt and its runs, and the trial is the unit of independence in every interval:
+the likelihood interval carries the trial-level design effect (estimator.likelihood), the hazard's
+interval the per-trial overdispersion (estimator.stats.clustered_hazard), the Kaplan–Meier band
+the same factor; a bootstrap over prompts is reported next to the likelihood interval as a check
+of its spread. None of them covers a change of prompt mix.
 """
 
 from __future__ import annotations
@@ -19,14 +25,21 @@ from scipy import stats as st
 
 from estimator.compare import Nodes
 from estimator.jitter import estimate_jitter
-from estimator.likelihood import Likelihood, estimate_likelihood, loglik_grid
+from estimator.likelihood import (
+    Likelihood,
+    bootstrap_prompts,
+    estimate_likelihood,
+    loglik_grid,
+    trial_nodes,
+)
 from estimator.model import Trial, TrialContext
 from estimator.pair import compare_fast
 from estimator.profile import critical_values, upper_drop
 from estimator.result import EstimateResult
 from estimator.stats import (
-    divergence_hazard,
+    clustered_hazard,
     exact_match_rate,
+    garwood,
     kaplan_meier,
     pairwise_first_divergences,
     tarr_at_n,
@@ -76,8 +89,8 @@ class ProfileCurve:
 
     temperatures: list[float]
     drop: list[float]
-    threshold: float  # the lower end's drop (two-sided χ²₁(level)/2)
-    threshold_upper: float  # the upper end's drop (small-count corrected, estimator.profile)
+    threshold: float  # the lower end's drop (two-sided χ²₁(level)/2, times the design effect)
+    threshold_upper: float  # the upper end's drop (small-count corrected, times the design effect)
     estimate: float
     lower: float
     upper: float
@@ -90,9 +103,8 @@ def model_free(trials: Sequence[Trial], *, level: float, max_tokens: int) -> dic
     paired = [o for o in outputs if len(o) >= 2]
     n_min = min((len(o) for o in outputs), default=0)
     pd = [pairwise_first_divergences(t.runs) for t in trials if len(t.runs) >= 2]
-    div = int(sum(int(p.diverged.sum()) for p in pd))
-    risk = int(sum(int(p.at_risk.sum()) for p in pd))
-    hz = divergence_hazard(div, risk, level)
+    hz = _hazard(pd, level)
+    div, risk = int(hz.diverged), int(hz.tokens_at_risk)
     uniq = [unique_completions(o) for o in outputs]
     return {
         "prompts": len(trials),
@@ -109,6 +121,8 @@ def model_free(trials: Sequence[Trial], *, level: float, max_tokens: int) -> dic
             "prompts_with_more_than_one": sum(u > 1 for u in uniq),
         },
         "hazard": {
+            "method": "pairs' first divergences per token at risk; Garwood on the trial-level "
+            "effective count",
             "per_token": hz.estimate,
             "lower": hz.lower,
             "upper": hz.upper,
@@ -118,14 +132,37 @@ def model_free(trials: Sequence[Trial], *, level: float, max_tokens: int) -> dic
     }
 
 
+def _hazard(pd: Sequence[Any], level: float) -> Any:
+    d = np.array([float(p.diverged.sum()) for p in pd])
+    e = np.array([float(p.at_risk.sum()) for p in pd])
+    pairs = sum(len(p.diverged) for p in pd)
+    return clustered_hazard(
+        float(d.sum()),
+        float(e.sum()),
+        diverged_sq=float((d * d).sum()),
+        diverged_x_risk=float((d * e).sum()),
+        risk_sq=float((e * e).sum()),
+        pairs_per_trial=pairs / len(pd) if pd else 1.0,
+        level=level,
+    )
+
+
 def survival(trials: Sequence[Trial], *, level: float) -> Survival:
+    """Kaplan–Meier over all pairs; the pointwise band's Greenwood SE is widened by the trial-level
+    factor √(D/D_eff) of the hazard (pairs of one trial share runs and are not independent)."""
     pd = [pairwise_first_divergences(t.runs) for t in trials if len(t.runs) >= 2]
     if not pd:
         return Survival([], [], [], [], 0, 0, 0.0, level)
     dur = np.concatenate([p.at_risk for p in pd])
     ev = np.concatenate([p.diverged for p in pd])
     km = kaplan_meier(dur, ev)
-    z = float(st.norm.ppf(0.5 + level / 2))
+    hz = _hazard(pd, level)
+    # D/D_eff from the interval widths (Garwood's width scales as 1/√count)
+    widen = 1.0
+    plain = divergence_hazard_width(hz.diverged, level)
+    if hz.estimate > 0 and plain > 0:
+        widen = max(1.0, (hz.upper - hz.lower) / hz.estimate / plain)
+    z = widen * float(st.norm.ppf(0.5 + level / 2))
     lo = np.clip(km.survival - z * km.std_err, 0, 1)
     hi = np.clip(km.survival + z * km.std_err, 0, 1)
     return Survival(
@@ -138,6 +175,14 @@ def survival(trials: Sequence[Trial], *, level: float) -> Survival:
         float(dur.max()),
         level,
     )
+
+
+def divergence_hazard_width(count: float, level: float) -> float:
+    """Relative width (upper − lower)/estimate of Garwood's interval for `count` events."""
+    if count <= 0:
+        return 0.0
+    lo, hi = garwood(count, level)
+    return (hi - lo) / count
 
 
 def _nodes(trials: Sequence[Trial]) -> Nodes:
@@ -162,14 +207,15 @@ def likelihood(trials: Sequence[Trial], *, level: float) -> tuple[EstimateResult
     # Relative to ℓ(T̂) (fit's diagnostics), or to ℓ(T -> 0) when nothing diverged.
     d = result.diagnostics
     ref = float(d["loglik_max"]) if "loglik_max" in d else Likelihood(nodes).l_inf
-    # The lower end uses χ²₁(level)/2; the upper end the small-count corrected drop (as fit does
-    # when given the divergence count).
+    # The lower end uses χ²₁(level)/2; the upper end the small-count corrected drop on the trials
+    # that diverged; both times the trial-level design effect (as estimate_likelihood does).
     two_sided, _ = critical_values(level)
+    k = float(d.get("design_effect", 1.0))
     curve = ProfileCurve(
         grid.tolist(),
         (ll - ref).tolist(),
-        -two_sided,
-        -upper_drop(float(result.diverged), level),
+        -two_sided * k,
+        -k * upper_drop(float(d.get("diverged_trials", result.diverged)), level),
         est,
         lo,
         hi,
@@ -177,6 +223,27 @@ def likelihood(trials: Sequence[Trial], *, level: float) -> tuple[EstimateResult
         one_sided,
     )
     return result, curve
+
+
+def bootstrap(
+    trials: Sequence[Trial], result: EstimateResult, *, level: float, resamples: int = 400
+) -> dict[str, Any]:
+    """The bootstrap over prompts next to the likelihood interval: its percentile interval, the SD
+    of log T̂ over resamples, the interval's implied SD ((log upper − log lower)/(2·z)) and their
+    ratio (near 1 when the interval's spread is the one the prompts show)."""
+    parts, _ = trial_nodes([t for t in trials if len(t.runs) >= 2])
+    b = bootstrap_prompts(parts, resamples=resamples, level=level, seed=0)
+    z = float(st.norm.ppf(0.5 + level / 2))
+    implied = math.nan
+    if result.lower > 0 and result.upper > result.lower:
+        implied = (math.log(result.upper) - math.log(result.lower)) / (2 * z)
+    return {
+        "method": "bootstrap over prompts (percentile; T_hat of the likelihood per resample)",
+        "level": level,
+        **b,
+        "interval_sd_log": implied,
+        "sd_ratio": b["sd_log"] / implied if implied > 0 else math.nan,
+    }
 
 
 def jitter(trials: Sequence[Trial], *, level: float) -> EstimateResult:
@@ -200,6 +267,10 @@ def estimates(
     try:
         res, curve = likelihood(trials, level=level)
         out["likelihood"] = result_dict(res)
+        try:
+            out["bootstrap_prompts"] = bootstrap(trials, res, level=level)
+        except ValueError as exc:
+            notes.append(f"bootstrap over prompts: {exc}")
     except ValueError as exc:
         notes.append(f"likelihood: {exc}")
     try:

@@ -64,7 +64,18 @@ def estimates_md(est: Mapping[str, Any]) -> list[str]:
     if "likelihood" in est:
         lines.append(
             f"- **T_bg (likelihood)**: {interval(est['likelihood'])}; "
-            "the Boltzmann model on the reported top-k logprobs, profile-likelihood interval."
+            "the Boltzmann model on the reported top-k logprobs, profile-likelihood interval "
+            "with the prompt (one trial: its runs) as the unit of independence (design effect "
+            f"{fmt(est['likelihood'].get('diagnostics', {}).get('design_effect'))}); it does not "
+            "cover a change of prompt mix."
+        )
+    if "bootstrap_prompts" in est:
+        b = est["bootstrap_prompts"]
+        lines.append(
+            f"- **T_bg (likelihood, bootstrap over prompts)**: [{fmt(b['lower'])}, "
+            f"{fmt(b['upper'])}] ({100 * b['level']:g} %, {fmt(b['resamples'])} resamples); SD of "
+            f"log T_hat {fmt(b['sd_log'])} vs the interval's implied {fmt(b['interval_sd_log'])} "
+            f"(ratio {fmt(b['sd_ratio'])}; near 1 when the interval's width is the prompts' spread)."
         )
     if "jitter" in est:
         j = est["jitter"]
@@ -103,7 +114,7 @@ def model_free_md(mf: Mapping[str, Any], max_tokens: int) -> list[str]:
         f"{u['max_per_prompt']}; prompts with more than one answer: "
         f"{u['prompts_with_more_than_one']}",
         f"- **divergence hazard** per token: {fmt(hz['per_token'])} [{fmt(hz['lower'])}, "
-        f"{fmt(hz['upper'])}] ({100 * hz['level']:g} %, Garwood); chance that a "
+        f"{fmt(hz['upper'])}] ({100 * hz['level']:g} %, Garwood on the trial-level effective count); chance that a "
         f"{max_tokens}-token answer differs between two runs: "
         f"{fmt(hz['p_diverge_at_max_tokens'])}",
     ]

@@ -30,6 +30,11 @@ def snapshot_json(snap: OnlineSnapshot) -> dict[str, Any]:
         "estimate": _num(snap.estimate),
         "lower": _num(snap.lower),
         "upper": _num(snap.upper),
+        # the interval's unit of independence, and how much wider than the per-position one it is
+        "unit": "trial",
+        "design_effect": _num(snap.design_effect),
+        "trials": snap.trials,
+        "diverged_trials": snap.diverged_trials,
         "pairs": snap.pairs,
         "diverged": snap.diverged,
         "tokens_at_risk": snap.tokens_at_risk,

@@ -177,8 +177,25 @@ class ShadowExposition:
             "Sum of -log-likelihood at T = grid_t per load bucket (every third grid point)",
             labels=[*UMB, "grid_t"],
         )
+        # The trial-level design effect of the pooled interval (estimator/profile.py): Σ over
+        # trials of each trial's squared score (slope of its -log-likelihood in log T) on the fine
+        # grid, and the independent events of the small-count correction (trials that diverged).
+        # Per (upstream, model_name) only: the series budget (docs/monitoring.md) has no room for
+        # a per-load copy, and the per-load rules borrow the fleet's design effect.
+        events = CounterMetricFamily(
+            "tbg_trials_scored_diverged",
+            "Trials with top-k logprobs in which some pair diverged",
+            labels=UM,
+        )
+        score_sq = CounterMetricFamily(
+            "tbg_nll_score_sq",
+            "Sum over trials of the squared slope in log T of the trial's -log-likelihood",
+            labels=[*UM, "grid_t"],
+        )
         jitter: dict[tuple[str, str], list[float]] = {}
         fleet: dict[tuple[str, str], np.ndarray] = {}
+        fleet_sq: dict[tuple[str, str], np.ndarray] = {}
+        fleet_events: dict[tuple[str, str], float] = {}
         for (upstream, model, bucket), st in view.counters():
             labels = [upstream, model, bucket]
             for name, fam in fams.items():
@@ -190,6 +207,12 @@ class ShadowExposition:
             values = np.asarray(st.nll)
             pooled = fleet.get((upstream, model))
             fleet[(upstream, model)] = values if pooled is None else pooled + values
+            squares = np.asarray(st.squares())
+            pooled_sq = fleet_sq.get((upstream, model))
+            fleet_sq[(upstream, model)] = squares if pooled_sq is None else pooled_sq + squares
+            fleet_events[(upstream, model)] = (
+                fleet_events.get((upstream, model), 0.0) + st.scored_diverged_trials
+            )
             for i in range(0, len(values), LOAD_GRID_STRIDE):
                 nll_load.add_metric([*labels, self._grid_labels[i]], float(values[i]))
         for (upstream, model), (sq, positions, identical) in jitter.items():
@@ -199,8 +222,13 @@ class ShadowExposition:
         for (upstream, model), values in fleet.items():
             for grid_t, value in zip(self._grid_labels, values.tolist(), strict=True):
                 nll.add_metric([upstream, model, grid_t], value)
+        for (upstream, model), values in fleet_sq.items():
+            for grid_t, value in zip(self._grid_labels, values.tolist(), strict=True):
+                score_sq.add_metric([upstream, model, grid_t], value)
+        for (upstream, model), value in fleet_events.items():
+            events.add_metric([upstream, model], value)
         yield from fams.values()
-        yield from (jsq, jpos, jid, nll, nll_load)
+        yield from (jsq, jpos, jid, nll, nll_load, score_sq, events)
 
         hist = HistogramMetricFamily(
             "tbg_first_divergence_position_tokens",

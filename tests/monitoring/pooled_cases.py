@@ -2,12 +2,14 @@
 
     python -m tests.monitoring.pooled_cases      # rewrites deploy/prometheus/tests/tbg-{pooled,drift}.test.yml
 
-The curves come from ground-truth trials (bench/truth.py: a toy LM sampled at a known T) folded
-through the online estimator, split over two replicas and two load buckets exactly as the collector
-exports them (`tbg_nll_total` per model, `tbg_nll_by_load_total` every second grid point,
-`tbg_grid_info`). The expected values are estimator.profile.grid_profile on the pooled curve: the
-rules must reproduce the replica's own arithmetic to 1e-6. Cases: truth on a grid point, halfway
-between two, 20x the data, nothing diverged, and the ceiling alert on either side of its threshold.
+The curves come from ground-truth trials (bench/truth.py: a toy LM sampled at a known T; one case
+from bench/worlds.py's clustered `reproduce-0.5` world, where the trial-level design effect is well
+above 1) folded through the online estimator, split over two replicas and two load buckets exactly
+as the collector exports them (`tbg_nll_total` and `tbg_nll_score_sq_total` per model, their
+`_by_load` twins every third grid point, the trial counters, `tbg_grid_info`). The expected values
+are estimator.profile.grid_profile on the pooled statistics: the rules must reproduce the replica's
+own arithmetic to 1e-6. Cases: truth on a grid point, halfway between two, 20x the data, nothing
+diverged, a clustered world, and the ceiling alert on either side of its threshold.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import yaml
 
 from bench.truth import TruthModel
+from bench.worlds import WORLDS
 from estimator.online import OnlineConfig, OnlineEstimator
 from estimator.profile import Profile, grid_profile
 from proxy.shadow.metrics import LOAD_GRID_STRIDE, grid_info, grid_label
@@ -38,23 +41,62 @@ HEADER = (
 @dataclass(frozen=True)
 class Half:
     nll: np.ndarray  # Σ −ℓ on the grid
-    diverged: float  # divergences behind it
+    diverged: float  # independent divergences behind it: scored trials that diverged
+    score_sq: np.ndarray  # Σ_t s_t² on the grid
+    trials: float  # trials (the design effect's n)
+    pairs_diverged: float  # the per-load rules' events
+
+    def __mul__(self, c: float) -> Half:
+        return Half(
+            c * self.nll, c * self.diverged, c * self.score_sq, c * self.trials,
+            c * self.pairs_diverged,
+        )  # fmt: skip
+
+    def __add__(self, o: Half) -> Half:
+        return Half(
+            self.nll + o.nll,
+            self.diverged + o.diverged,
+            self.score_sq + o.score_sq,
+            self.trials + o.trials,
+            self.pairs_diverged + o.pairs_diverged,
+        )
+
+    def profile(self) -> Profile:
+        return grid_profile(
+            GRID, self.nll, events=self.diverged, score_sq=self.score_sq, trials=self.trials
+        )
+
+    def load_profile(self, design: float) -> Profile:
+        """The per-load rules' reading: every third grid point, diverged pairs, the fleet's k."""
+        s = LOAD_GRID_STRIDE
+        return grid_profile(GRID[::s], self.nll[::s], events=self.pairs_diverged, design=design)
 
 
-def curve(temperature: float, trials: int, seed: int) -> tuple[Half, Half]:
-    """Σ −ℓ on the grid and the divergence count of two halves of the data (one per load bucket)
-    at a known T."""
+def curve(temperature: float, trials: int, seed: int, world: str = "") -> tuple[Half, Half]:
+    """The additive statistics of two halves of the data (one per load bucket) at a known T, or
+    in one of bench/worlds.py's worlds."""
     model = TruthModel(law="lognormal", seed=seed)
     rng = np.random.default_rng(seed)
     halves = []
     for half in range(2):
         est = OnlineEstimator()
         for p in range(trials // 2):
-            est.update(
-                model.trial(rng, 1000 * half + p, runs=3, length=32, temperature=temperature)
+            if world:
+                est.update(WORLDS[world].trial(rng, p, runs=3, length=32))
+            else:
+                est.update(
+                    model.trial(rng, 1000 * half + p, runs=3, length=32, temperature=temperature)
+                )
+        st = est.stats()
+        halves.append(
+            Half(
+                np.asarray(st.nll),
+                float(st.scored_diverged_trials),
+                np.asarray(st.squares()),
+                float(st.trials),
+                float(st.diverged),
             )
-        stats = est.stats()
-        halves.append(Half(np.asarray(stats.nll), float(stats.diverged)))
+        )
     return halves[0], halves[1]
 
 
@@ -65,6 +107,7 @@ class Case:
     scale: float = 1.0  # multiplies the data (20x: the same curve, 20 times the evidence)
     trials: int = 200
     seed: int = 1
+    world: str = ""
 
 
 def halfway(t: float) -> float:
@@ -78,6 +121,7 @@ CASES = (
     Case("m3", halfway(0.02), scale=20.0, seed=2),
     Case("m4", 0.0, seed=4),
     Case("m5", 0.2, trials=100, seed=5),
+    Case("m6", 0.0, seed=6, world="reproduce-0.5"),
 )
 
 
@@ -129,28 +173,21 @@ def pooled_test() -> tuple[dict[str, Any], dict[str, Profile]]:
     profiles: dict[str, Profile] = {}
     ceilings: dict[str, float] = {}
     for case in CASES:
-        h1, h2 = curve(case.temperature, case.trials, case.seed)
-        b1, b2 = case.scale * h1.nll, case.scale * h2.nll
-        k1, k2 = case.scale * h1.diverged, case.scale * h2.diverged
+        h1, h2 = curve(case.temperature, case.trials, case.seed, case.world)
+        b1, b2 = h1 * case.scale, h2 * case.scale
         pooled = b1 + b2
-        parts = {
-            ("a", "1"): (b1 * 0.6, k1 * 0.6),
-            ("b", "1"): (b1 * 0.4, k1 * 0.4),
-            ("b", "2"): (b2, k2),
-        }
-        for (inst, bucket), (nll, k) in parts.items():
+        parts = {("a", "1"): b1 * 0.6, ("b", "1"): b1 * 0.4, ("b", "2"): b2}
+        for (inst, bucket), part in parts.items():
             base = {"upstream": "u1", "model_name": case.model, "instance": inst}
-            series.append(
-                _series("tbg_pairs_compared_total", base | {"load_bucket": bucket}, 10, steps)
-            )
-            series.append(
-                _series("tbg_pairs_diverged_total", base | {"load_bucket": bucket}, k / 60, steps)
-            )
+            lb = base | {"load_bucket": bucket}
+            series.append(_series("tbg_pairs_compared_total", lb, 10, steps))
+            series.append(_series("tbg_trials_total", lb, part.trials / 60, steps))
+            series.append(_series("tbg_pairs_diverged_total", lb, part.pairs_diverged / 60, steps))
             for i, label in enumerate(LABELS):
                 if i % LOAD_GRID_STRIDE == 0:
-                    lab = base | {"load_bucket": bucket, "grid_t": label}
-                    series.append(_series("tbg_nll_by_load_total", lab, nll[i] / 60, steps))
-        for inst, nll in (("a", b1 * 0.6), ("b", b1 * 0.4 + b2)):
+                    lab = lb | {"grid_t": label}
+                    series.append(_series("tbg_nll_by_load_total", lab, part.nll[i] / 60, steps))
+        for inst, part in (("a", b1 * 0.6), ("b", b1 * 0.4 + b2)):
             for i, label in enumerate(LABELS):
                 lab = {
                     "upstream": "u1",
@@ -158,11 +195,18 @@ def pooled_test() -> tuple[dict[str, Any], dict[str, Profile]]:
                     "instance": inst,
                     "grid_t": label,
                 }
-                series.append(_series("tbg_nll_total", lab, nll[i] / 60, steps))
-        assert (k1 + k2 > 0) == (case.temperature > 0)
-        hour = grid_profile(GRID, pooled, events=k1 + k2)
-        short = grid_profile(GRID, pooled / 6, events=(k1 + k2) / 6)
-        load1 = grid_profile(GRID[::LOAD_GRID_STRIDE], b1[::LOAD_GRID_STRIDE], events=k1)
+                series.append(_series("tbg_nll_total", lab, part.nll[i] / 60, steps))
+                series.append(_series("tbg_nll_score_sq_total", lab, part.score_sq[i] / 60, steps))
+            ev = {"upstream": "u1", "model_name": case.model, "instance": inst}
+            series.append(
+                _series("tbg_trials_scored_diverged_total", ev, part.diverged / 60, steps)
+            )
+        assert (pooled.diverged > 0) == (case.temperature > 0 or bool(case.world))
+        hour = pooled.profile()
+        short = (pooled * (1 / 6)).profile()
+        load1 = b1.load_profile(hour.design_effect)
+        if case.world:  # what it claims to be: clustered, the design effect well above 1
+            assert hour.design_effect > 1.5, hour
         profiles[case.model] = hour
         for op, prof in (("mle1h", hour), ("mle10m", short)):
             for rule, value in (
@@ -239,23 +283,44 @@ def drift_test() -> dict[str, Any]:
     steps = 1030
     change = 1007
     g1, g2 = curve(0.0, 200, 4)
-    greedy = (g1.nll + g2.nll) / 6  # per 10 minutes: one hour holds the whole curve
+    greedy = (g1 + g2) * (1 / 6)  # per 10 minutes: one hour holds the whole curve
     h1, h2 = curve(0.05, 200, 1)
-    hot = (h1.nll + h2.nll) / 6
-    hot_k = (h1.diverged + h2.diverged) / 6
+    hot = (h1 + h2) * (1 / 6)
+    hot_k = hot.diverged
     assert g1.diverged + g2.diverged == 0
     series: list[dict[str, str]] = list(_static(steps))
+
+    def changing(name: str, labels: str, before: float, after: float) -> dict[str, str]:
+        return {
+            "series": f"{name}{{{labels}}}",
+            "values": f"0+{_num(before)}x{change} "
+            f"{_num(change * before + after)}+{_num(after)}x{steps - change - 1}",
+        }
+
     for i, label in enumerate(LABELS):
         lab = 'upstream="u1", model_name="m1", grid_t="' + label + '"'
+        series.append(changing("tbg_nll_total", lab, greedy.nll[i], hot.nll[i]))
+        series.append(changing("tbg_nll_score_sq_total", lab, greedy.score_sq[i], hot.score_sq[i]))
+        lab2 = 'upstream="u2", model_name="m1", grid_t="' + label + '"'
+        series.append(
+            {"series": f"tbg_nll_total{{{lab2}}}", "values": f"0+{_num(hot.nll[i])}x{steps}"}
+        )
         series.append(
             {
-                "series": f"tbg_nll_total{{{lab}}}",
-                "values": f"0+{_num(greedy[i])}x{change} "
-                f"{_num(change * greedy[i] + hot[i])}+{_num(hot[i])}x{steps - change - 1}",
+                "series": f"tbg_nll_score_sq_total{{{lab2}}}",
+                "values": f"0+{_num(hot.score_sq[i])}x{steps}",
             }
         )
-        lab2 = 'upstream="u2", model_name="m1", grid_t="' + label + '"'
-        series.append({"series": f"tbg_nll_total{{{lab2}}}", "values": f"0+{_num(hot[i])}x{steps}"})
+    lb1 = 'upstream="u1", model_name="m1", load_bucket="1"'
+    series.append(changing("tbg_trials_total", lb1, greedy.trials, hot.trials))
+    series.append(
+        _series(
+            "tbg_trials_total",
+            {"upstream": "u2", "model_name": "m1", "load_bucket": "1"},
+            hot.trials,
+            steps,
+        )
+    )
     for up in ("u1", "u2"):
         series.append(
             _series(
@@ -265,23 +330,20 @@ def drift_test() -> dict[str, Any]:
                 steps,
             )
         )
-    # divergences: none on u1 until the change, then the hot rate; u2 at the hot rate all along
+    # diverged trials: none on u1 until the change, then the hot rate; u2 at the hot rate all along
     series.append(
         {
-            "series": 'tbg_pairs_diverged_total{upstream="u1", model_name="m1", load_bucket="1"}',
+            "series": 'tbg_trials_scored_diverged_total{upstream="u1", model_name="m1"}',
             "values": f"0+0x{change} {_num(hot_k)}+{_num(hot_k)}x{steps - change - 1}",
         }
     )
     series.append(
         _series(
-            "tbg_pairs_diverged_total",
-            {"upstream": "u2", "model_name": "m1", "load_bucket": "1"},
-            hot_k,
-            steps,
+            "tbg_trials_scored_diverged_total", {"upstream": "u2", "model_name": "m1"}, hot_k, steps
         )
     )
-    base = grid_profile(GRID, 6 * greedy, events=0)
-    now = grid_profile(GRID, 6 * hot, events=6 * hot_k)
+    base = (greedy * 6).profile()
+    now = (hot * 6).profile()
     assert now.lower > base.upper  # the case is what it claims to be
 
     def alert(window: str) -> dict[str, Any]:
