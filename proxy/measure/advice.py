@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.stats as st
 
-from estimator.profile import upper_drop
+from estimator.profile import critical_values, upper_drop
 from proxy.measure import analysis
 from proxy.measure.store import Record
 
@@ -39,7 +39,8 @@ def power_margin(level: float, power: float = POWER) -> float:
 
 
 def data_factor(curve: analysis.ProfileCurve, diverged: int, ceiling: float) -> float | None:
-    """How many times more of the same data would put the interval's upper end at `ceiling`:
+    """How many times more of the same data would put the interval's upper end at `ceiling`
+    (`diverged`: the divergences the small-count correction counts, diverged trials):
     1 when it is there already, ABOVE when the estimate is not below the ceiling, None when the
     profile does not reach the ceiling (or it would take more than MAX_FACTOR times the data)."""
     if curve.estimate >= ceiling:
@@ -53,8 +54,12 @@ def data_factor(curve: analysis.ProfileCurve, diverged: int, ceiling: float) -> 
     if not depth > 0:
         return None
 
+    # The interval's drops are scaled by the design effect (runs of one request are alike); it is
+    # a ratio, so k times the same data keeps it.
+    design = curve.threshold / -critical_values(curve.level)[0]
+
     def short(k: float) -> bool:  # k times the data still leaves the upper end above the ceiling
-        return k * depth < upper_drop(k * diverged, curve.level)
+        return k * depth < design * upper_drop(k * diverged, curve.level)
 
     lo, hi = 1.0, MAX_FACTOR
     if short(hi):
@@ -87,7 +92,8 @@ def level_needs(
             result, curve = analysis.likelihood(analysis.trials_from(records), level=conf)
         except ValueError:
             continue
-        k = data_factor(curve, result.diverged, ceiling)
+        diverged = int(result.diagnostics.get("diverged_trials", result.diverged))
+        k = data_factor(curve, diverged, ceiling)
         if k is None or k == ABOVE:
             return None if k is None else ABOVE
         needs.append(runs if k == 1.0 else runs_for(k * power_margin(conf), runs, others))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from estimator.profile import upper_drop
+from estimator.profile import critical_values, upper_drop
 from estimator.simulate import simulate_pairs
 from proxy.measure import analysis
 from proxy.measure.advice import (
@@ -64,7 +64,15 @@ def _curve(estimate: float, width: float, diverged: int) -> analysis.ProfileCurv
     drop = -((np.log(ts) - math.log(estimate)) ** 2) / (2 * width**2)
     upper = estimate * math.exp(width * math.sqrt(2 * upper_drop(diverged)))
     return analysis.ProfileCurve(
-        ts.tolist(), drop.tolist(), -1.92, -upper_drop(diverged), estimate, 0.0, upper, 0.95, False
+        ts.tolist(),
+        drop.tolist(),
+        -critical_values(0.95)[0],
+        -upper_drop(diverged),
+        estimate,
+        0.0,
+        upper,
+        0.95,
+        False,
     )
 
 
@@ -104,7 +112,7 @@ def test_the_projection_decides_a_deterministic_stack_4_times_in_5() -> None:
     for _ in range(20):
         r, curve = analysis.likelihood(_sim(rng, 60, 0.0), level=0.95)
         ceiling = r.upper / 2
-        k = data_factor(curve, r.diverged, ceiling)
+        k = data_factor(curve, _diverged(r), ceiling)
         assert k is not None and k > 1
         r2, _ = analysis.likelihood(
             _sim(rng, math.ceil(k * power_margin(0.95) * 60), 0.0), level=0.95
@@ -121,7 +129,7 @@ def test_the_projection_decides_a_noisy_stack_about_3_times_in_4() -> None:
     tried = decided = even = 0
     for _ in range(40):
         r, curve = analysis.likelihood(_sim(rng, 8, 0.02), level=0.95)
-        k = data_factor(curve, r.diverged, 0.04)
+        k = data_factor(curve, _diverged(r), 0.04)
         if k is None or k == ABOVE or k == 1.0:
             continue
         tried += 1
@@ -133,6 +141,10 @@ def test_the_projection_decides_a_noisy_stack_about_3_times_in_4() -> None:
         even += r3.upper <= 0.04
     assert tried >= 20
     assert decided / tried >= 0.6 and even / tried <= 0.7, (tried, decided, even)
+
+
+def _diverged(r: Any) -> int:
+    return int(r.diagnostics.get("diverged_trials", r.diverged))
 
 
 def _sim(rng: np.random.Generator, pairs: int, temperature: float) -> list[Any]:
