@@ -150,8 +150,11 @@ async def _readyz(request: web.Request) -> web.Response:
         )
     reachable, probes = request.app[PROBE].ready()  # policy: proxy/probe.py
     if not reachable:
+        answered = any(r.reachable for r in probes.values())
         body = {
-            "status": "probing upstreams" if reachable is None else "no upstream reachable",
+            "status": "probing upstreams"
+            if reachable is None
+            else ("no usable upstream" if answered else "no upstream reachable"),
             "upstreams": {name: r.to_json() for name, r in probes.items()},
         }
         return web.Response(status=503, body=orjson.dumps(body), content_type="application/json")

@@ -236,7 +236,7 @@ def _merge(
     shadow = merged.get("shadow")
     quick = {k: getattr(overrides, k) for k in ("sample_rate", "replays", "ceiling")}
     quick = {k: v for k, v in quick.items() if v is not None}
-    if quick:  # a quick-start shadow flag turns replay on
+    if quick or overrides.models:  # a quick start that names a model, or tunes replay, measures
         base = dict(shadow) if isinstance(shadow, Mapping) else {}
         merged["shadow"] = {**base, **quick, "enabled": True}
     elif shadow is None:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import socket
 import sys
 import textwrap
@@ -54,6 +55,7 @@ class DemoOptions:
     seed: int
     threads: int
     sigma: float | None = None
+    keep: bool | None = None  # None: ask at the end when run in a terminal
 
 
 DEFAULT_PORT = 8080  # the demo's preferred port; a free one is taken when it is busy
@@ -95,6 +97,20 @@ def parse_args(argv: Sequence[str]) -> DemoOptions:
         help="torch threads of the reference upstream (1: the proxy, the estimator and "
         "the load generator need the other core; two torch threads on a busy 2-core machine "
         "oversubscribe it and decode many times slower)",
+    )
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--keep",
+        action="store_true",
+        default=None,
+        help="after the load, keep the reference upstream and the proxy up until Ctrl-C, to explore "
+        "/metrics, /tbg and /ui (in a terminal the demo asks)",
+    )
+    keep.add_argument(
+        "--no-keep",
+        dest="keep",
+        action="store_false",
+        help="stop everything at the end; do not ask",
     )
     ns = parser.parse_args(argv)
     try:
@@ -140,6 +156,7 @@ def parse_args(argv: Sequence[str]) -> DemoOptions:
         ns.seed,
         ns.threads,
         ns.sigma,
+        ns.keep,
     )
 
 
@@ -176,8 +193,8 @@ def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str
             f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}] ({e['method']})"
         )
         lines.append(
-            f"    diverged {e['diverged']}/{e['pairs']} pairs, {e['tokens_at_risk']} tokens at "
-            f"risk, hazard {_fmt(e['hazard'], '.1e')}/token"
+            f"    diverged {e['diverged']}/{e['pairs']} pairs over {e['tokens_at_risk']} tokens "
+            f"compared: {_fmt(e['hazard'], '.1e')} divergences/token"
         )
         lines.append(f"    jitter σ {_fmt(e['jitter_sigma'], '.1e')} (a cross-check, not T_bg)")
         for bucket, b in e["by_load"].items():
@@ -188,6 +205,21 @@ def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str
     return "\n".join(lines)
 
 
+def progress_line(report: dict[str, Any], done: int, total: int, elapsed: float) -> str:
+    """One line of progress, for a log or a pipe (the full frame is for a terminal)."""
+    acc = report["accounting"]
+    line = (
+        f"tbg demo {elapsed:4.0f}s: primaries {done}/{total}, replays {acc['replayed']} done, "
+        f"queue {report['queue_depth']}"
+    )
+    for e in report["estimates"][:1]:
+        line += (
+            f"; T_bg {_fmt(e['estimate'])} [{_fmt(e['lower'])}, {_fmt(e['upper'])}], "
+            f"{e['diverged']}/{e['pairs']} pairs diverged"
+        )
+    return line
+
+
 def fit(text: str, width: int) -> list[str]:
     """`text` as lines of at most `width - 1` characters (one screen row each, with the cursor's
     column to spare), the cut marked with an ellipsis."""
@@ -196,7 +228,8 @@ def fit(text: str, width: int) -> list[str]:
 
 
 class Screen:
-    """Redraws in place on a terminal; appends a block every few seconds otherwise (logs, CI).
+    """Redraws in place on a terminal; otherwise (logs, CI) appends one progress line every few
+    seconds, and the full block only when forced (the final one).
 
     In place means: move the cursor up by the rows drawn last time and clear to the end of the
     screen. That count is only right when no line wraps and nothing scrolled off the top, so every
@@ -216,7 +249,9 @@ class Screen:
         except (OSError, ValueError, AttributeError):
             return shutil.get_terminal_size()
 
-    def show(self, text: str, force: bool = False) -> None:
+    def show(self, text: str, force: bool = False, line: str | None = None) -> None:
+        """`text` (the full block) on a terminal; off one, `line` (or `text` when no line is
+        given) at most every 5 s, and `text` when `force`."""
         now = time.monotonic()
         if self._tty:
             size = self.size()
@@ -226,8 +261,11 @@ class Screen:
                 self._out.write(f"\x1b[{self._rows}F\x1b[J")
             self._out.write("\n".join(lines) + "\n")
             self._rows = len(lines)
-        elif force or now - self._last >= 5.0:
-            self._out.write(text + "\n\n")
+        elif force:
+            self._out.write(text + "\n")
+            self._last = now
+        elif now - self._last >= 5.0:
+            self._out.write((text if line is None else line) + "\n")
             self._last = now
         self._out.flush()
 
@@ -347,48 +385,143 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
         tap = app[SHADOW]
         screen = Screen(out)
         progress = [0]
+
+        def show(force: bool = False) -> dict[str, Any]:
+            now = report(tap, tokens=True)  # the demo's own exemplars may show tokens
+            elapsed = time.monotonic() - started
+            frame = render(now, progress[0], opts.requests, elapsed)
+            line = progress_line(now, progress[0], opts.requests, elapsed)
+            screen.show(frame, force=force, line=line)
+            return now
+
         load = asyncio.create_task(_drive(f"{proxy_url}/v1", opts, progress), name="tbg-demo-load")
         errors: list[str] = []
         timed_out = False
         try:
             while not load.done():
-                elapsed = time.monotonic() - started
-                if elapsed > opts.time_limit:
+                if time.monotonic() - started > opts.time_limit:
                     timed_out = True
                     load.cancel()
                     break
-                screen.show(render(report(tap, tokens=True), progress[0], opts.requests, elapsed))
+                show()
                 await asyncio.wait({load}, timeout=1.0)
             if not timed_out:
                 errors = load.result()
                 remaining = max(1.0, opts.time_limit - (time.monotonic() - started))
                 while not await tap.idle(1.0) and remaining > 0:
                     remaining -= 1.0
-                    elapsed = time.monotonic() - started
-                    screen.show(
-                        render(report(tap, tokens=True), progress[0], opts.requests, elapsed)
-                    )
-            final = report(tap, tokens=True)
-            elapsed = time.monotonic() - started
-            screen.show(render(final, progress[0], opts.requests, elapsed), force=True)
+                    show()
+            final = show(force=True)
+            truth = opts.temperature if opts.mode == "thermostat" else None
+            text = summary(final, errors, proxy_url, timed_out, truth=truth)
+            out.write(_wrap(text, out) + "\n")
+            out.flush()
+            if not timed_out and await _keep_up(opts.keep, out):
+                out.write(_wrap(explore(proxy_url), out) + "\n")
+                out.flush()
+                await _until_stopped()
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 if not load.done():
                     load.cancel()
                     await load
             await runner.cleanup()
-    truth = opts.temperature if opts.mode == "thermostat" else None
-    text = summary(final, errors, proxy_url, timed_out, truth=truth)
-    if out.isatty():  # wrap at words, not mid-word at the terminal's edge
-        width = max(Screen(out).size().columns - 1, 40)
-        text = "\n".join(
-            textwrap.fill(line, width, subsequent_indent=" " * (len(line) - len(line.lstrip()) + 4))
-            if line
-            else line
-            for line in text.split("\n")
-        )
-    out.write(text + "\n")
+    out.write(_wrap(next_step(proxy_url, os.environ.get("TBG_ACTIVATE")), out) + "\n")
     return 1 if timed_out or errors else 0
+
+
+def _wrap(text: str, out: TextIO) -> str:
+    """On a terminal, wrap at words (not mid-word at its edge), indenting continuations."""
+    if not out.isatty():
+        return text
+    width = max(Screen(out).size().columns - 1, 40)
+    return "\n".join(
+        textwrap.fill(line, width, subsequent_indent=" " * (len(line) - len(line.lstrip()) + 4))
+        if line and not line.lstrip().startswith(("curl ", "tbg ", "source "))  # commands whole
+        else line
+        for line in text.split("\n")
+    )
+
+
+KEEP_PROMPT_S = 60.0  # an unanswered question stops the servers after this long
+
+
+async def _keep_up(keep: bool | None, out: TextIO) -> bool:
+    """--keep / --no-keep as given; otherwise, at a terminal, ask (no answer in a minute: no)."""
+    if keep is not None:
+        return keep
+    if not (out.isatty() and sys.stdin.isatty()):
+        return False
+    out.write("keep the proxy and the reference upstream up to explore them (until Ctrl-C)? [y/N] ")
+    out.flush()
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def readable() -> None:
+        if not answer.done():
+            answer.set_result(sys.stdin.readline())
+
+    loop.add_reader(sys.stdin.fileno(), readable)
+    try:
+        text = await asyncio.wait_for(answer, KEEP_PROMPT_S)
+    except TimeoutError:
+        out.write("\n")
+        return False
+    finally:
+        loop.remove_reader(sys.stdin.fileno())
+    return text.strip().lower() in {"y", "yes"}
+
+
+async def _until_stopped() -> None:
+    """Until Ctrl-C or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def explore(proxy_url: str) -> str:
+    """What to look at while the demo's servers stay up."""
+    urls = [
+        ("/ui", "the live page: T_bg over time, by load"),
+        ("/tbg?format=text", f"the live estimate, for a person (also `tbg status {proxy_url}`)"),
+        ("/tbg", "the same as JSON"),
+        ("/metrics", "Prometheus metrics (tbg_*)"),
+        ("/v1", "the OpenAI API (model smollm2), e.g."),
+    ]
+    width = max(len(proxy_url + path) for path, _ in urls) + 2
+    return "\n".join(
+        ["", "serving until Ctrl-C (T=0 requests you send are replayed and counted too):"]
+        + [f"  {(proxy_url + path).ljust(width)}{what}" for path, what in urls]
+        + [
+            f"    curl {proxy_url}/v1/chat/completions -H 'Content-Type: application/json' "
+            """-d '{"model": "smollm2", "temperature": 0, "max_tokens": 16, """
+            """"messages": [{"role": "user", "content": "Why is the sky blue?"}]}'"""
+        ]
+    )
+
+
+def next_step(proxy_url: str, activate: str | None = None) -> str:
+    """The last lines: everything is stopped; the command that measures the user's own server."""
+    lines = [
+        f"stopped the proxy ({proxy_url}) and the reference upstream.",
+        "next: measure your own server by putting the proxy in front of it:",
+        f"  {SERVE_YOURS}",
+        "  (your server's base URL, ending in /v1, and the model it serves; 8000 is vLLM's "
+        "default port), then point your OpenAI client at http://127.0.0.1:8080/v1 and run "
+        "`tbg status` (docs/shadow.md).",
+    ]
+    if activate:
+        lines.insert(2, f"  in a new shell, first: {activate}")
+    return "\n".join(lines)
+
+
+SERVE_YOURS = "tbg serve --upstream http://127.0.0.1:8000/v1 --model MODEL"
 
 
 class DemoError(RuntimeError):
@@ -447,8 +580,8 @@ def summary(
         " T=0; larger = more run-to-run variation (what the numbers mean: docs/science.md)."
     )
     lines.append(
-        f"  served (now stopped): {proxy_url}/v1 (OpenAI API), {proxy_url}/metrics, {proxy_url}/tbg,"
-        f" {proxy_url}/ui (live page: T_bg over time and by load)"
+        f"  served: {proxy_url}/v1 (OpenAI API), {proxy_url}/tbg (the estimate), "
+        f"{proxy_url}/metrics (Prometheus), {proxy_url}/ui (the live page)"
     )
     return "\n".join(lines)
 

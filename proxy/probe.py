@@ -4,8 +4,10 @@ At start every upstream is probed once and a wrong one is named in one warning l
 listens, it does not answer in time, or it answers /models with 404 (most often a base URL
 without `/v1`). `/readyz` then reflects reachability, with this policy (docs/configuration.md):
 
-- ready when at least one upstream answered its last probe with any HTTP response; a 4xx/5xx
-  still means something listens (a 401 is an API that wants a key);
+- ready when at least one upstream is usable: it answered its last probe with any HTTP response
+  (a 4xx/5xx still means something listens; a 401 is an API that wants a key), except a 404 from
+  a base URL without `/v1`: every client request would get the same 404 (vLLM's bare
+  `{"detail":"Not Found"}`), so that upstream counts as misconfigured, not ready;
 - probe results are cached for `max_age` seconds; a readiness request never waits for the network:
   it reads the cache and, when the cache is stale, starts one refresh in the background (at most one
   in flight, so a burst of readiness checks makes no probe storm);
@@ -54,8 +56,22 @@ class ProbeResult:
     detail: str  # one line for people
     at: float  # monotonic time of the answer
 
+    @property
+    def usable(self) -> bool:
+        """Something answers, and not with the 404 of a base URL that lacks /v1."""
+        return self.reachable and not (self.status == 404 and lacks_v1(self.url))
+
     def to_json(self) -> dict[str, object]:
-        return {"url": self.url, "reachable": self.reachable, "detail": self.detail}
+        return {
+            "url": self.url,
+            "reachable": self.reachable,
+            "usable": self.usable,
+            "detail": self.detail,
+        }
+
+
+def lacks_v1(url: str) -> bool:
+    return not urlsplit(url).path.rstrip("/").endswith("/v1")
 
 
 def describe(upstream: UpstreamConfig, status: int | None, error: str | None) -> str:
@@ -68,12 +84,12 @@ def describe(upstream: UpstreamConfig, status: int | None, error: str | None) ->
     if status in (401, 403):
         return f"{where}: answers /models with {status} (it wants a key: api_key_env)"
     if status == 404:
-        hint = (
-            "the base URL probably lacks /v1"
-            if not urlsplit(upstream.base_url).path.rstrip("/").endswith("/v1")
-            else "is it an OpenAI-compatible server?"
-        )
-        return f"{where}: GET /models answered 404: {hint}"
+        if lacks_v1(upstream.base_url):
+            return (
+                f"{where}: GET /models answered 404: the base URL probably lacks /v1 "
+                f"(try {public_url(upstream.base_url).rstrip('/')}/v1); not ready until it answers"
+            )
+        return f"{where}: GET /models answered 404: is it an OpenAI-compatible server?"
     return f"{where}: GET /models answered {status}"
 
 
@@ -113,14 +129,14 @@ class UpstreamProbe:
             await asyncio.shield(self._task)
 
     def ready(self) -> tuple[bool | None, dict[str, ProbeResult]]:
-        """(True/False, results), or (None, ...) before the first round has answered. Starts a
+        """(any upstream usable, results), or (None, ...) before the first round has answered. Starts a
         background refresh when the results are older than `max_age` and none is running."""
         results = dict(self._results)
         if not results:
             return None, results
         if self._clock() - min(r.at for r in results.values()) > self._max_age:
             self._refresh(warn=False)
-        return any(r.reachable for r in results.values()), results
+        return any(r.usable for r in results.values()), results
 
     def _refresh(self, *, warn: bool) -> None:
         if self._task is not None and not self._task.done():
@@ -138,8 +154,8 @@ class UpstreamProbe:
         for result in results:
             previous = self._results.get(result.name)
             self._results[result.name] = result
-            changed = previous is not None and previous.reachable != result.reachable
-            wrong = not result.reachable or result.status == 404
+            changed = previous is not None and previous.usable != result.usable
+            wrong = not result.usable or result.status == 404
             if (warn and wrong) or changed:
                 log.warning(result.detail, extra={"upstream": result.name, "url": result.url})
 

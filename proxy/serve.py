@@ -58,14 +58,15 @@ def build_parser() -> Parser:
         "ClientSession (slower; a fallback); config `upstream_client`",
     )
     quick = parser.add_argument_group(
-        "quick start", "measure with no config file; any of the last three turns shadow replay on"
+        "quick start",
+        "measure with no config file: naming a model (or any flag below) turns shadow replay on",
     )
     quick.add_argument(
         "--model",
         action="append",
         default=[],
         metavar="NAME",
-        help="a model the one --upstream serves; repeatable",
+        help="a model the one --upstream serves, measured (shadow replay on); repeatable",
     )
     quick.add_argument(
         "--sample-rate", metavar="R", help="share of eligible requests replayed (default 0.1)"
@@ -118,9 +119,10 @@ class StartError(RuntimeError):
     """The proxy cannot start (e.g. its port is taken); the message says what to change."""
 
 
-def _measuring(config: Config) -> str:
-    """One line on stderr at start: what this proxy measures, so a quick start is not silent."""
-    url = f"http://{config.host}:{config.port}"
+def _measuring(config: Config, port: int) -> str:
+    """One line on stderr at start: what this proxy measures, so a quick start is not silent.
+    `port` is the bound one (with --port 0, the one the system chose)."""
+    url = f"http://{config.host}:{port}"
     shadow = config.shadow_config
     if not shadow.enabled:
         what = "shadow replay off: nothing is measured (GET /tbg says how to turn it on)"
@@ -159,14 +161,15 @@ async def serve(config: Config) -> None:
                 "choose another --port"
             ) from None
         started = True
-        measuring = _measuring(config)
+        port = runner.addresses[0][1] if runner.addresses else config.port
+        measuring = _measuring(config, port)
         if sys.stderr.isatty():  # a person at a terminal; pipelines get it in the JSON log below
             print(measuring, file=sys.stderr, flush=True)
         log.info(
             "listening",
             extra={
                 "host": config.host,
-                "port": config.port,
+                "port": port,
                 "upstreams": [u.name for u in config.upstreams],
                 "proxy_auth": bool(config.api_keys),
                 "measuring": measuring,

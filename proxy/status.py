@@ -23,8 +23,9 @@ GUIDE = (
     "T_bg is the `estimate` (Boltzmann likelihood on the replay tree): the sampling temperature at "
     "which an ideal, bit-exact copy of the model would vary as much as this stack does at T=0, on "
     "the model's own logit scale. 0 = reruns are bit-identical; compare a stack with itself across "
-    "load and versions, not across models (docs/science.md). `jitter_temperature` is a model-free "
-    "cross-check from logprob jitter, not T_bg."
+    "load and versions, not across models (docs/science.md). The jitter temperature is a cross-check "
+    "from how much the logprobs move between runs, not T_bg; p_identical is the share of compared "
+    "positions where they did not move at all. Field by field: docs/shadow.md#reading-get-tbg."
 )
 
 
@@ -43,6 +44,23 @@ def pairs_needed(pairs: int, estimate: float, lower: float, upper: float, ceilin
     half = (upper - estimate) if estimate < ceiling else (estimate - lower)
     ratio = half / abs(ceiling - estimate)
     return math.ceil(pairs * ratio * ratio) if math.isfinite(ratio) else 0
+
+
+def _age(seconds: Any) -> str:
+    """`12 s ago`, `3.5 min ago`, `2.0 h ago`: when the estimate last changed."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "last change unknown"
+    if seconds < 120:
+        return f"last changed {seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"last changed {seconds / 60:.1f} min ago"
+    return f"last changed {seconds / 3600:.1f} h ago"
+
+
+def _eligible(entry: Mapping[str, Any]) -> str:
+    n = entry.get("eligible")
+    seen = "—" if n is None else str(n)
+    return f"{seen} eligible (temperature-0) requests seen, {entry.get('pairs', 0)} pairs compared"
 
 
 def verdict(entry: Mapping[str, Any], ceiling: float | None, more: str) -> tuple[str, str]:
@@ -92,15 +110,22 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
             f"{_g(e.get('upper'))}]   ({e.get('method')})"
         )
         lines.append(f"  ceiling   {_g(ceiling)}")
+        lines.append(f"  age       {_age(e.get('age_seconds'))}; {_eligible(e)}")
         said, todo = verdict(e, ceiling, more)
         lines.append(f"  verdict   {said}")
         lines.append(f"  next      {todo}")
         lines.append(
             f"  evidence  {e.get('diverged_trials', 0)} of {e.get('trials', 0)} trials diverged "
-            f"(the interval's unit; design effect {_g(e.get('design_effect'))}), "
-            f"{e.get('diverged', 0)} of {e.get('pairs', 0)} replay pairs, "
-            f"{e.get('tokens_at_risk', 0)} tokens at risk; hazard {_g(e.get('hazard'))}/token; "
-            f"jitter_temperature {_g(e.get('jitter_temperature'))}"
+            f"(a trial: one request and its replays, the interval's unit; design effect "
+            f"{_g(e.get('design_effect'))}, >= 1: how much runs of one request being alike widen "
+            f"the interval), {e.get('diverged', 0)} of {e.get('pairs', 0)} replay pairs, "
+            f"{e.get('tokens_at_risk', 0)} tokens compared; {_g(e.get('hazard'))} divergences "
+            "per token"
+        )
+        lines.append(
+            f"  jitter    temperature {_g(e.get('jitter_temperature'))} (a cross-check, not T_bg); "
+            f"p_identical {_g(e.get('p_identical'))} (share of compared positions whose logprobs "
+            "were bit-identical between runs: 1 = the logits never moved)"
         )
         for bucket, b in (e.get("by_load") or {}).items():
             lines.append(
@@ -109,7 +134,12 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
             )
         lines.append("")
     if not lines:
-        lines += ["no estimate yet: no temperature-0 request has been replayed", ""]
+        seen = report.get("eligible")
+        lines += [
+            "no estimate yet: no temperature-0 request has been replayed"
+            + (f" ({seen} eligible requests seen)" if seen is not None else ""),
+            "",
+        ]
     acc = report.get("accounting") or {}
     if acc:
         lines.append(

@@ -10,10 +10,10 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from proxy.measure.execute import Budget
+from proxy.measure.execute import Budget, Outcome
 
 EXIT_INTERRUPTED = 130
 
@@ -117,3 +117,15 @@ def sigint_sets(stop: asyncio.Event) -> Iterator[None]:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+def nothing_measured(outcomes: Mapping[str, Outcome], base_url: str) -> str:
+    """Why no run was recorded, with the cause the requests met (not only that they failed)."""
+    stopped = [o.stopped for o in outcomes.values() if o.stopped]
+    if stopped:
+        return f"{stopped[0]}; endpoint {base_url}"
+    failed = sum(o.failed for o in outcomes.values())
+    errors = [e for o in outcomes.values() for e in o.errors]
+    if errors:
+        return f"all {failed} requests to {base_url} failed, e.g. {errors[0]}"
+    return "no run recorded"

@@ -8,6 +8,7 @@ cancelled and reports why; failed requests are counted and not recorded, so a re
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -87,7 +88,7 @@ async def execute(
             except RequestFailed as exc:
                 counts["failed"] += 1
                 if len(errors) < 5:
-                    errors.append(str(exc))
+                    errors.append(f"{exc}{root_cause(exc)}")
                 progress.step(ok=False)
                 if counts["failed"] >= GIVE_UP_AFTER and counts["done"] == 0 and not stopped:
                     # An endpoint that is down or wrong should not be hammered for hours.
@@ -136,3 +137,17 @@ async def execute(
         stopped[0] if stopped and (queue or stop.is_set() or counts["done"] == 0) else None,
         time.monotonic() - t0,
     )
+
+
+def root_cause(exc: BaseException) -> str:
+    """`" (Connection refused)"`: the innermost OS error under a client library's wrappers (the
+    openai SDK says only "Connection error."), or "" when there is none."""
+    found: OSError | None = None
+    seen: set[int] = set()
+    inner = exc.__cause__ or exc.__context__
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, OSError) and inner.errno:
+            found = inner
+        inner = inner.__cause__ or inner.__context__
+    return f" ({os.strerror(found.errno)})" if found is not None and found.errno else ""

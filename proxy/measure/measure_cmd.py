@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from proxy.measure import analysis, plots, report
+from proxy.measure.advice import which_to_believe
 from proxy.measure.client import Capabilities, Endpoint, make_client, one_run
 from proxy.measure.common import (
     EXIT_INTERRUPTED,
@@ -26,6 +28,7 @@ from proxy.measure.common import (
     add_endpoint_args,
     api_key,
     budget,
+    nothing_measured,
     out_dir,
     positive_int,
     session_id,
@@ -37,6 +40,8 @@ from proxy.measure.prompts import PromptError, PromptSet, load_prompts
 from proxy.measure.store import Key, Record, Store, StoreError, pending
 
 SURVIVAL_PNG = "survival.png"
+# What each phase is called where a person reads it (the store's roles are "sut" and "ref").
+LABELS = {"sut": "endpoint runs", "reference": "reference runs"}
 PROFILE_PNG = "likelihood_profile.png"
 
 
@@ -262,6 +267,9 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["**Partial**: the run stopped early; rerun the same command to continue.", ""]
     lines += ["## Background temperature", ""]
     lines += report.estimates_md(data["estimates"]) or ["- no temperature estimate (see notes)"]
+    believe = which_to_believe(data["estimates"])
+    if believe:
+        lines += ["", believe]
     lines += [
         "",
         "T_bg is the temperature at which an ideal, perfectly reproducible copy of the model "
@@ -307,7 +315,7 @@ async def _run(args: argparse.Namespace) -> int:
                 session,
             )
             outcomes["sut"] = await _phase(
-                "sut", pl.sut, ep, prompts, store, args.concurrency, bud, stop
+                "endpoint runs", pl.sut, ep, prompts, store, args.concurrency, bud, stop
             )
             if pl.ref and not stop.is_set():
                 ref_ep = Endpoint(
@@ -318,18 +326,19 @@ async def _run(args: argparse.Namespace) -> int:
                     session,
                 )
                 outcomes["reference"] = await _phase(
-                    "reference", pl.ref, ref_ep, prompts, store, args.concurrency, bud, stop
+                    "reference runs", pl.ref, ref_ep, prompts, store, args.concurrency, bud, stop
                 )
     finally:
         store.close()
     notes = caps.notes + notes
     for name, o in outcomes.items():
+        who = LABELS.get(name, name)
         if o.failed:
             notes.append(
-                f"{name}: {o.failed} request(s) failed (not recorded; a rerun retries), e.g. {o.errors[0]}"
+                f"{who}: {o.failed} request(s) failed (not recorded; a rerun retries), e.g. {o.errors[0]}"
             )
         if o.stopped:
-            notes.append(f"{name}: stopped early: {o.stopped}")
+            notes.append(f"{who}: stopped early: {o.stopped}")
     data = analyse(store, args, outcomes, notes)
     report.write_json(d / report.REPORT_JSON, data)
     (d / report.REPORT_MD).write_text(markdown(data), "utf-8")
@@ -343,7 +352,7 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     stopped = [o.stopped for o in outcomes.values() if o.stopped]
     if not data["counts"]["sut_runs"]:
-        why = stopped[0] if stopped else "no run recorded"
+        why = nothing_measured({"sut": outcomes["sut"]}, args.base_url)
         print(f"tbg measure: nothing measured: {why}", file=sys.stderr)
         return 1
     if stopped:
@@ -359,6 +368,9 @@ def _summary(data: dict[str, Any], d: Path) -> None:
     est = data["estimates"]
     for line in report.estimates_md(est):
         print(line.replace("**", ""))
+    believe = which_to_believe(est)
+    if believe:
+        print(textwrap.fill(believe, 100))
     mf = data.get("model_free")
     if mf:
         print(

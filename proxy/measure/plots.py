@@ -44,7 +44,7 @@ def plot_survival(s: Survival, path: Path, *, title_extra: str = "") -> None:
     ys = [1.0, *s.survival, s.survival[-1] if s.survival else 1.0]
     lo = [1.0, *s.lower, s.lower[-1] if s.lower else 1.0]
     hi = [1.0, *s.upper, s.upper[-1] if s.upper else 1.0]
-    band = f"{100 * s.level:g} % band (Greenwood)"
+    band = f"{100 * s.level:g} % confidence band"
     ax.fill_between(xs, lo, hi, step="post", alpha=0.25, color="C0", label=band)
     ax.step(xs, ys, where="post", color="C0", lw=2, label="share of run pairs still identical")
     ax.set_ylim(min(0.0, min(lo)) - 0.02, 1.02)

@@ -81,8 +81,10 @@ def estimates_md(est: Mapping[str, Any]) -> list[str]:
         j = est["jitter"]
         d = j["diagnostics"]
         lines.append(
-            f"- **T_bg (jitter)**: {interval(j)}; from the run-to-run noise of the logprob gaps "
-            f"(σ_Δ = {fmt(d.get('sigma_gap'))}, identical positions {fmt(d.get('p_identical'))}; "
+            f"- **jitter temperature (a cross-check, not T_bg)**: {interval(j)}; from the "
+            "run-to-run noise of the logprob gaps "
+            f"(σ_Δ = {fmt(d.get('sigma_gap'))}, share of bit-identical positions "
+            f"{fmt(d.get('p_identical'))}; "
             f"predicted divergences {fmt(d.get('predicted_divergences'))} vs observed "
             f"{fmt(d.get('observed_divergences'))})."
         )
@@ -114,7 +116,8 @@ def model_free_md(mf: Mapping[str, Any], max_tokens: int) -> list[str]:
         f"{u['max_per_prompt']}; prompts with more than one answer: "
         f"{u['prompts_with_more_than_one']}",
         f"- **divergence hazard** per token: {fmt(hz['per_token'])} [{fmt(hz['lower'])}, "
-        f"{fmt(hz['upper'])}] ({100 * hz['level']:g} %, Garwood on the trial-level effective count); chance that a "
+        f"{fmt(hz['upper'])}] ({100 * hz['level']:g} %, an exact Poisson interval on the trial-level effective "
+        "count); chance that a "
         f"{max_tokens}-token answer differs between two runs: "
         f"{fmt(hz['p_diverge_at_max_tokens'])}",
     ]

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from proxy.measure import analysis, plots, report
+from proxy.measure.advice import runs_to_decide, sweep_needs
 from proxy.measure.client import Capabilities, Endpoint, make_client, one_run
 from proxy.measure.common import (
     EXIT_INTERRUPTED,
@@ -40,6 +41,7 @@ from proxy.measure.common import (
     add_endpoint_args,
     api_key,
     budget,
+    nothing_measured,
     out_dir,
     positive_float,
     positive_int,
@@ -50,7 +52,9 @@ from proxy.measure.execute import Outcome, execute, spread
 from proxy.measure.progress import Progress
 from proxy.measure.prompts import PromptError, PromptSet, load_prompts
 from proxy.measure.store import Key, Record, Store, StoreError, pending
+from proxy.shadow.config import ModelPolicy
 
+DEFAULT_CEILING = ModelPolicy().ceiling  # one default: `tbg serve`, the alerts and the sweep
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
 SWEEP_PNG = "sweep.png"
@@ -78,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_endpoint_args(p, default_max_tokens=32)
     p.add_argument("--levels", type=levels_arg, default=(1, 2, 4, 8, 16), help="concurrency levels")
     p.add_argument("--runs", type=positive_int, default=4, help="runs per prompt per level")
-    p.add_argument("--ceiling", type=positive_float, default=0.01, help="largest acceptable T_bg")
+    p.add_argument(
+        "--ceiling",
+        type=positive_float,
+        default=DEFAULT_CEILING,
+        help=f"largest acceptable T_bg (default {DEFAULT_CEILING:g}, the proxy's and the alerts')",
+    )
     return p
 
 
@@ -368,6 +377,11 @@ async def _run(args: argparse.Namespace) -> int:
     data["plots"] = write_outputs(d, rows, rec, data)
     print(table(rows, args.level))
     print(recommendation_line(rec))
+    if rec.load is None and any(r.t_upper is not None for r in rows):
+        wanted = {k for keys in plan.values() for k in keys}
+        recs = [r for r in store.select("sut") if r.key in wanted]
+        needs = sweep_needs(recs, args.levels, args.runs, args.ceiling, args.level)
+        print(runs_to_decide(needs, args.ceiling, args.runs))
     print(
         f"written: {d / SWEEP_CSV}, {d / SWEEP_JSON}"
         + (f", {d / SWEEP_PNG}" if data["plots"] else "")
@@ -380,7 +394,7 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     stopped = [o.stopped for o in outcomes.values() if o.stopped]
     if not rows:
-        why = stopped[0] if stopped else "no run recorded"
+        why = nothing_measured({str(k): o for k, o in outcomes.items()}, args.base_url)
         print(f"tbg sweep: nothing measured: {why}", file=sys.stderr)
         return 1
     if stopped or len(outcomes) < len(args.levels):

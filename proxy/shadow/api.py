@@ -7,6 +7,7 @@ diverging tokens); exemplars carry a keyed request hash and the divergence's pos
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,6 +63,8 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
     estimates: list[dict[str, Any]] = []
     for (upstream, model), snap, updated in view.snapshots():
         entry = {"upstream": upstream, "model_name": model, "last_update": updated}
+        entry["age_seconds"] = max(0.0, time.time() - updated)  # how old the estimate is
+        entry["eligible"] = view.eligible.get((upstream, model), 0)  # greedy requests seen
         entry.update(snapshot_json(snap))
         entry["by_load"] = by_load.get((upstream, model), {})
         entry["ceiling"] = tap.config.policy(model).ceiling

@@ -90,3 +90,33 @@ def test_quick_start_says_what_it_measures_and_tbg_explains_itself() -> None:
         proc.wait(timeout=20)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_port_0_prints_the_bound_port_and_a_named_model_is_measured() -> None:
+    """`--port 0` lets the system choose; every URL shown carries the port it chose. A quick
+    start that names a model measures it (shadow replay on, with the defaults)."""
+    proc = subprocess.Popen(
+        [*TBG, "serve", "--upstream", "http://127.0.0.1:9/v1", "--model", "m", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        while True:
+            record = orjson.loads(proc.stderr.readline())
+            if record.get("msg") == "listening":
+                break
+        port = record["port"]
+        assert isinstance(port, int) and port > 0
+        assert record["measuring"] == (
+            f"tbg serve: proxy at http://127.0.0.1:{port}/v1 -> default (http://127.0.0.1:9/v1); "
+            "shadow replay on: m; sample rate 0.1, 2 replays, ceiling 0.05; live T_bg at "
+            f"http://127.0.0.1:{port}/tbg"
+        )
+        r = httpx.get(f"http://127.0.0.1:{port}/tbg", timeout=10)
+        assert r.status_code == 200 and orjson.loads(r.content).get("shadow") != "off"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if proc.stderr is not None:
+            proc.stderr.close()

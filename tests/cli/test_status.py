@@ -4,6 +4,7 @@ status`: one line, exit 2."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -94,7 +95,16 @@ def test_status_of_a_running_proxy(tmp_path: Path) -> None:
     assert f"  verdict   {said}\n  next      {todo}" in out
     # the truth upstream samples at T = 0.3, far above the ceiling: with 12+ pairs it is decided
     assert said.startswith("ABOVE the ceiling 0.05"), out
-    assert "T_bg is the `estimate`" in out and "`jitter_temperature` is a model-free" in out
+    assert "T_bg is the `estimate`" in out and "p_identical is the share of compared" in out
+    # how old the estimate is and how many requests could have fed it
+    assert e["eligible"] == 12 and 0 <= e["age_seconds"] < 60
+    age = re.search(r"^  age       last changed (\d+) s ago; 12 eligible \(temperature-0\) "
+                    rf"requests seen, {e['pairs']} pairs compared$", out, re.M)  # fmt: skip
+    assert age, out
+    assert f"{e['tokens_at_risk']} tokens compared" in out and "at risk" not in out
+    assert (
+        "  jitter    temperature " in out and "(share of compared positions whose logprobs" in out
+    )
     for r in (text, accept):
         assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
         assert "up / truth" in r.text and "verdict" in r.text

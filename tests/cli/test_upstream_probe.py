@@ -71,21 +71,17 @@ def test_dead_upstream_warns_makes_readyz_503_and_502_names_it() -> None:
     assert warnings[0]["level"] == "WARNING" and "nothing listens" in warnings[0]["msg"]
 
 
-def test_base_url_without_v1_is_named_at_start() -> None:
+def test_base_url_without_v1_is_named_at_start_and_is_not_ready() -> None:
+    """Every request through such an upstream would get the server's bare 404 ({"detail":"Not
+    Found"} from vLLM): /readyz says 503 and why; with /v1 the same server is ready."""
+
     async def models(_r: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
-    async def main() -> tuple[str, int]:
-        app = web.Application()
-        app.router.add_get("/v1/models", models)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        up = runner.addresses[0][1]
+    async def readiness(base_url: str) -> tuple[str, httpx.Response]:
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
-            *TBG, "serve", "--upstream", f"http://127.0.0.1:{up}", "--port", str(port),
+            *TBG, "serve", "--upstream", base_url, "--port", str(port),
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -93,22 +89,49 @@ def test_base_url_without_v1_is_named_at_start() -> None:
                 for _ in range(300):
                     try:
                         r = await http.get(f"http://127.0.0.1:{port}/readyz")
-                        if r.status_code == 200:
+                        if r.json()["status"] not in {"starting", "probing upstreams"}:
                             break
                     except httpx.TransportError:
                         pass
                     await asyncio.sleep(0.1)
-            status = r.status_code  # something listens: ready, but the start-up line said why not
         finally:
             proc.terminate()
             _, err = await proc.communicate()
-            await runner.cleanup()
-        return err.decode(), status
+        return err.decode(), r
 
-    err, status = asyncio.run(main())
-    assert status == 200
+    async def main() -> tuple[str, httpx.Response, httpx.Response, int]:
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        up = runner.addresses[0][1]
+        try:
+            err, wrong = await readiness(f"http://127.0.0.1:{up}")
+            _, right = await readiness(f"http://127.0.0.1:{up}/v1")
+        finally:
+            await runner.cleanup()
+        return err, wrong, right, up
+
+    err, wrong, right, up = asyncio.run(main())
+    detail = (
+        f"upstream 'default' at http://127.0.0.1:{up}: GET /models answered 404: the base URL "
+        f"probably lacks /v1 (try http://127.0.0.1:{up}/v1); not ready until it answers"
+    )
+    assert wrong.status_code == 503
+    assert wrong.json() == {
+        "status": "no usable upstream",
+        "upstreams": {
+            "default": {
+                "url": f"http://127.0.0.1:{up}", "reachable": True, "usable": False,
+                "detail": detail,
+            }
+        },
+    }  # fmt: skip
+    assert right.status_code == 200 and right.json() == {"status": "ready"}
     lines = [orjson.loads(x) for x in err.splitlines() if "GET /models answered 404" in x]
-    assert len(lines) == 1 and lines[0]["msg"].endswith("the base URL probably lacks /v1"), err
+    assert len(lines) == 1 and lines[0]["msg"] == detail, err
 
 
 def test_probe_is_cached_and_single_flight() -> None:

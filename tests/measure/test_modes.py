@@ -69,6 +69,14 @@ def test_measure_thermostat_interval_contains_t(
     assert report["survival"]["diverged"] == mf["diverged_pairs"]
     md = (out / "report.md").read_text("utf-8")
     assert "T_bg (likelihood)" in md and "exact-match rate" in md
+    # both temperatures printed, and which one to believe (the jitter's place against the interval)
+    assert cp.stdout.count("Which to believe: T_bg is the likelihood figure.") == 1, cp.stdout
+    assert "Which to believe: T_bg is the likelihood figure." in md
+    j = report["estimates"]["jitter"]["estimate"]
+    where = (
+        "inside" if lk["lower"] <= j <= lk["upper"] else ("above" if j > lk["upper"] else "below")
+    )
+    assert {"inside": "lies inside", "above": "is above", "below": "is below"}[where] in md
     assert_readable_png(out / "survival.png")
     assert_readable_png(out / "likelihood_profile.png")
 

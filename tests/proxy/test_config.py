@@ -205,6 +205,8 @@ def test_quick_start_flags_declare_models_and_turn_replay_on() -> None:
     url = "http://127.0.0.1:8000/v1"
     plain = load_config(Overrides(upstreams=(url,)), {})
     assert not plain.shadow_config.enabled
+    named = load_config(Overrides(upstreams=(url,), models=("m",)), {}).shadow_config
+    assert named.enabled and (named.defaults.sample_rate, named.replays) == (0.1, 2)  # measured
     config = load_config(
         Overrides(upstreams=(url,), models=("m",), sample_rate="0.5", replays="3", ceiling="0.1"),
         {},
