@@ -111,7 +111,7 @@ def test_port_0_prints_the_bound_port_and_a_named_model_is_measured() -> None:
         assert record["measuring"] == (
             f"tbg serve: proxy at http://127.0.0.1:{port}/v1 -> default (http://127.0.0.1:9/v1); "
             "shadow replay on: m; sample rate 0.1, 2 replays, ceiling 0.05; live T_bg at "
-            f"http://127.0.0.1:{port}/tbg"
+            f"http://127.0.0.1:{port}/tbg; live page http://127.0.0.1:{port}/ui"
         )
         r = httpx.get(f"http://127.0.0.1:{port}/tbg", timeout=10)
         assert r.status_code == 200 and orjson.loads(r.content).get("shadow") != "off"
