@@ -26,7 +26,7 @@ def test_the_start_line_shows_no_base_url_credentials() -> None:
     config = build_config(
         {"upstreams": [{"name": "up", "base_url": "http://alice:s3cr3t-PW@127.0.0.1:9/v1"}]}, {}
     )
-    line = _measuring(config)
+    line = _measuring(config, 8080)
     assert "s3cr3t-PW" not in line and "alice" not in line
     assert "up (http://127.0.0.1:9/v1)" in line
 
