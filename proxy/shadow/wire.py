@@ -10,7 +10,7 @@ every other byte (spacing, float formatting, key order) is the upstream's own.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -69,56 +69,51 @@ def _value_end(data: bytes, start: int) -> int:
     return end
 
 
-def strip_logprobs(data: bytes) -> bytes:
-    """Replace every choice's `logprobs` value by `null`; all other bytes stay as they are."""
+def _rewrite_logprobs(
+    data: bytes, cut: Callable[[re.Match[bytes], int], tuple[int, int, bytes]]
+) -> bytes:
+    """Every structural `logprobs` key in turn: `cut(match, value_end)` names the span to replace
+    (start, end) and its replacement; all other bytes stay as they are."""
     out: list[bytes] = []
     pos = 0
-    search_from = 0
-    while True:
-        match = _LOGPROBS_KEY.search(data, search_from)
-        if match is None:
-            break
-        value_start = match.end()
-        value_end = _value_end(data, value_start)
-        out.append(data[pos:value_start])
-        out.append(_NULL)
-        pos = search_from = value_end
+    while (match := _LOGPROBS_KEY.search(data, pos)) is not None:
+        start, end, replacement = cut(match, _value_end(data, match.end()))
+        out += (data[pos:start], replacement)
+        pos = end
     if not out:
         return data
     out.append(data[pos:])
     return b"".join(out)
+
+
+def strip_logprobs(data: bytes) -> bytes:
+    """Replace every choice's `logprobs` value by `null`; all other bytes stay as they are."""
+    return _rewrite_logprobs(data, lambda match, value_end: (match.end(), value_end, _NULL))
 
 
 _SPACE = b" \t\r\n"
 
 
+def _skip_space(data: bytes, i: int) -> int:
+    while i < len(data) and data[i] in _SPACE:
+        i += 1
+    return i
+
+
+def _key_and_value(data: bytes, match: re.Match[bytes], value_end: int) -> tuple[int, int, bytes]:
+    start = match.start()  # the `{` or `,` before the key
+    if data[start : start + 1] == b",":
+        return start, value_end, b""  # `, "logprobs": v` goes
+    end = _skip_space(data, value_end)  # keep `{`; `"logprobs": v,` goes
+    if data[end : end + 1] == b",":
+        end = _skip_space(data, end + 1)
+    return start + 1, end, b""
+
+
 def drop_logprobs(data: bytes) -> bytes:
     """Remove every `logprobs` key with its value, for upstreams whose plain answers have none:
     the client gets the bytes such an upstream sends when logprobs are not asked for."""
-    out: list[bytes] = []
-    pos = 0
-    search_from = 0
-    while True:
-        match = _LOGPROBS_KEY.search(data, search_from)
-        if match is None:
-            break
-        start = match.start()  # the `{` or `,` before the key
-        end = _value_end(data, match.end())
-        if data[start : start + 1] == b",":
-            out.append(data[pos:start])  # `, "logprobs": v` goes
-        else:
-            out.append(data[pos : start + 1])  # keep `{`; `"logprobs": v,` goes
-            while end < len(data) and data[end] in _SPACE:
-                end += 1
-            if data[end : end + 1] == b",":
-                end += 1
-                while end < len(data) and data[end] in _SPACE:
-                    end += 1
-        pos = search_from = end
-    if not out:
-        return data
-    out.append(data[pos:])
-    return b"".join(out)
+    return _rewrite_logprobs(data, lambda match, value_end: _key_and_value(data, match, value_end))
 
 
 def has_logprobs_key(data: bytes) -> bool:
