@@ -16,7 +16,7 @@ import pytest
 from estimator.builders import run_from_chat_response, run_from_completion_response
 from estimator.model import Run
 from estimator.tokens import BYTES_MARK
-from proxy.measure.prompts import load_prompts
+from proxy.measure.prompts import Prompt, load_prompts
 from reference.launch import ReferenceProcess
 
 pytestmark = pytest.mark.reference
@@ -31,21 +31,24 @@ def api(serial_server: ReferenceProcess) -> Iterator[openai.OpenAI]:
         yield c
 
 
+def _chat(api: openai.OpenAI, prompt: Prompt, **extra: Any) -> dict[str, Any]:
+    """One greedy 16-token chat with K alternatives per position, as a plain dict."""
+    resp = api.chat.completions.create(
+        model="smollm2",
+        messages=prompt.as_messages(),  # type: ignore[arg-type]
+        max_tokens=16,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=K,
+        **extra,
+    )
+    return resp.model_dump()
+
+
 @pytest.fixture(scope="module")
 def chats(api: openai.OpenAI) -> list[dict[str, Any]]:
     prompts = {p.id: p for p in load_prompts(None).prompts}
-    out = []
-    for pid in IDS:
-        resp = api.chat.completions.create(
-            model="smollm2",
-            messages=prompts[pid].as_messages(),  # type: ignore[arg-type]
-            max_tokens=16,
-            temperature=0,
-            logprobs=True,
-            top_logprobs=K,
-        )
-        out.append(resp.model_dump())
-    return out
+    return [_chat(api, prompts[pid]) for pid in IDS]
 
 
 def _keys_are_identities(run: Run) -> int:
@@ -114,16 +117,7 @@ def test_token_ids_name_every_token(api: openai.OpenAI, chats: list[dict[str, An
     answer is the same one, token for token."""
     prompts = {p.id: p for p in load_prompts(None).prompts}
     for pid, by_bytes in zip(IDS, chats, strict=True):
-        resp = api.chat.completions.create(
-            model="smollm2",
-            messages=prompts[pid].as_messages(),  # type: ignore[arg-type]
-            max_tokens=16,
-            temperature=0,
-            logprobs=True,
-            top_logprobs=K,
-            extra_body={"return_tokens_as_token_ids": True},
-        )
-        body = resp.model_dump()
+        body = _chat(api, prompts[pid], extra_body={"return_tokens_as_token_ids": True})
         assert (
             body["choices"][0]["message"]["content"] == by_bytes["choices"][0]["message"]["content"]
         )
