@@ -10,17 +10,16 @@ tests use either the sync SDK or the async one on pytest-asyncio's per-test loop
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
 from proxy.app import make_app, make_runner
 from proxy.config import build_config
-from tests.integration.loop_thread import LoopThread
+from tests.integration.loop_thread import LoopServer
 
 
-class ProxyThread:
+class ProxyThread(LoopServer):
     """The proxy on 127.0.0.1:<free port>, forwarding everything to one upstream (shadow replay
     off unless a `shadow` section is given)."""
 
@@ -31,6 +30,7 @@ class ProxyThread:
         name: str = "upstream",
         shadow: Mapping[str, Any] | None = None,
     ) -> None:
+        super().__init__("proxy")
         data: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": 0,
@@ -42,42 +42,7 @@ class ProxyThread:
             data["shadow"] = dict(shadow)
         self.config = build_config(data, {})
         self.app: web.Application | None = None
-        self.port = 0
-        self._loop = LoopThread("proxy")
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
-    async def _start(self) -> None:
+    async def _runner(self) -> web.AppRunner:
         self.app = make_app(self.config)
-        self._runner = make_runner(self.app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def __enter__(self) -> ProxyThread:
-        self._loop.start()
-        self._loop.call(self._start())
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self._loop.call(self._stop())
-        finally:
-            self._loop.stop()
+        return make_runner(self.app)

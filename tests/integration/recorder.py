@@ -15,14 +15,13 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from tests.integration.loop_thread import LoopThread
+from tests.integration.loop_thread import LoopServer
 
 Token = tuple[str, tuple[int, ...] | None]  # (text, bytes): the token's identity on the wire
 
@@ -55,21 +54,15 @@ def chat_answer(response: dict[str, Any]) -> tuple[Token, ...] | None:
     return tuple(out)
 
 
-class Recorder:
+class Recorder(LoopServer):
     """127.0.0.1:<free port>/v1 → `upstream_base_url`, recording each JSON exchange."""
 
     def __init__(self, upstream_base_url: str) -> None:
+        super().__init__("recorder")
         self.upstream = upstream_base_url.rstrip("/")
-        self.port = 0
         self._exchanges: list[Exchange] = []
         self._lock = threading.Lock()
-        self._loop = LoopThread("recorder")
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     def exchanges(self) -> list[Exchange]:
         with self._lock:
@@ -101,37 +94,15 @@ class Recorder:
                 self._exchanges.append(Exchange(orjson.loads(body), status, orjson.loads(data)))
         return web.Response(body=data, status=status, headers={"Content-Type": ctype})
 
-    async def _start(self) -> None:
+    async def _runner(self) -> web.AppRunner:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/v1/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        return web.AppRunner(app, access_log=None)
 
-    async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def _closed(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-    def __enter__(self) -> Recorder:
-        self._loop.start()
-        self._loop.call(self._start())
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self._loop.call(self._stop())
-        finally:
-            self._loop.stop()
 
 
 _PASSED = frozenset({"content-type", "authorization", "accept"})
