@@ -10,6 +10,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY estimator ./estimator
+COPY measure ./measure
 COPY reference ./reference
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -20,8 +20,8 @@ from typing import Any
 from estimator.compare import Nodes
 from estimator.likelihood import bootstrap_prompts, estimate_likelihood, fit, trial_nodes
 from estimator.model import Trial
-from proxy.measure.analysis import trials_from
-from proxy.measure.store import RUNS, Record
+from measure.analysis import trials_from
+from measure.store import RUNS, Record
 
 Z = 1.959963984540054
 

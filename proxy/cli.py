@@ -13,8 +13,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "reference": ("reference.cli", "run the embedded reference upstream (SmolLM2 on CPU)"),
     "status": ("proxy.status", "what a running proxy measured: T_bg, interval, verdict, next step"),
     "demo": ("proxy.demo", "reference upstream + proxy + bounded load, live T_bg in the terminal"),
-    "measure": ("proxy.measure.measure_cmd", "measure T_bg of an endpoint offline: report + plots"),
-    "sweep": ("proxy.measure.sweep", "T_bg, throughput and latency vs load; a safe load level"),
+    "measure": ("measure.measure_cmd", "measure T_bg of an endpoint offline: report + plots"),
+    "sweep": ("measure.sweep", "T_bg, throughput and latency vs load; a safe load level"),
 }
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from estimator.profile import critical_values, upper_drop
 from estimator.simulate import simulate_pairs
-from proxy.measure import analysis
-from proxy.measure.advice import (
+from measure import analysis
+from measure.advice import (
     ABOVE,
     data_factor,
     power_margin,
@@ -51,7 +51,7 @@ def test_a_refused_connection_prints_its_cause(tmp_path: Path) -> None:
 
 
 def test_one_default_ceiling() -> None:
-    from proxy.measure.sweep import build_parser
+    from measure.sweep import build_parser
     from proxy.shadow.config import ModelPolicy
 
     args = build_parser().parse_args(["--base-url", "u", "--model", "m", "--out", "o"])

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from estimator.tokens import DUP_MARK
-from proxy.measure import analysis
-from proxy.measure.store import Key, Record, Store
+from measure import analysis
+from measure.store import Key, Record, Store
 
 R = "\ufffd"
 # Three positions of one run: ' d', then a piece of 'í' that collides with two other pieces

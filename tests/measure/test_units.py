@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from proxy.measure import measure_cmd
-from proxy.measure.analysis import Survival
-from proxy.measure.execute import spread
-from proxy.measure.prompts import PromptError, load_prompts, parse_prompts
-from proxy.measure.store import Key, Record, Store, StoreError
-from proxy.measure.sweep import LevelRow, recommend
+from measure import measure_cmd
+from measure.analysis import Survival
+from measure.execute import spread
+from measure.prompts import PromptError, load_prompts, parse_prompts
+from measure.store import Key, Record, Store, StoreError
+from measure.sweep import LevelRow, recommend
 
 
 def test_builtin_prompt_set() -> None:

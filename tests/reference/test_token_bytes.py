@@ -16,7 +16,7 @@ import pytest
 from estimator.builders import run_from_chat_response, run_from_completion_response
 from estimator.model import Run
 from estimator.tokens import BYTES_MARK
-from proxy.measure.prompts import Prompt, load_prompts
+from measure.prompts import Prompt, load_prompts
 from reference.launch import ReferenceProcess
 
 pytestmark = pytest.mark.reference

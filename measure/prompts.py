@@ -97,7 +97,7 @@ def parse_prompts(text: str, name: str) -> PromptSet:
 def load_prompts(path: str | Path | None) -> PromptSet:
     """The built-in set when ``path`` is None, else the JSONL file."""
     if path is None:
-        text = resources.files("proxy.measure").joinpath("prompts.jsonl").read_text("utf-8")
+        text = resources.files("measure").joinpath("prompts.jsonl").read_text("utf-8")
         return parse_prompts(text, DEFAULT_NAME)
     p = Path(path)
     try:

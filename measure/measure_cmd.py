@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from proxy.measure import analysis, plots, report
-from proxy.measure.advice import which_to_believe
-from proxy.measure.client import Capabilities, Endpoint, make_client, one_run
-from proxy.measure.common import (
+from measure import analysis, plots, report
+from measure.advice import which_to_believe
+from measure.client import Capabilities, Endpoint, make_client, one_run
+from measure.common import (
     EXIT_INTERRUPTED,
     UsageError,
     add_endpoint_args,
@@ -34,10 +34,10 @@ from proxy.measure.common import (
     session_id,
     sigint_sets,
 )
-from proxy.measure.execute import Budget, Outcome, execute, spread
-from proxy.measure.progress import Progress
-from proxy.measure.prompts import PromptError, PromptSet, load_prompts
-from proxy.measure.store import Key, Record, Store, StoreError, pending
+from measure.execute import Budget, Outcome, execute, spread
+from measure.progress import Progress
+from measure.prompts import PromptError, PromptSet, load_prompts
+from measure.store import Key, Record, Store, StoreError, pending
 
 SURVIVAL_PNG = "survival.png"
 # What each phase is called where a person reads it (the store's roles are "sut" and "ref").

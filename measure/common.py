@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from proxy.measure.execute import Budget, Outcome
+from measure.execute import Budget, Outcome
 
 EXIT_INTERRUPTED = 130
 

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from proxy.measure.analysis import finite
+from measure.analysis import finite
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

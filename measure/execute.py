@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.measure.client import RequestFailed
-from proxy.measure.progress import Progress
-from proxy.measure.store import Key, Record, Store
+from measure.client import RequestFailed
+from measure.progress import Progress
+from measure.store import Key, Record, Store
 
 GIVE_UP_AFTER = 5  # failures before any success: stop instead of retrying every job
 

@@ -45,7 +45,7 @@ from estimator.stats import (
     tarr_at_n,
     unique_completions,
 )
-from proxy.measure.store import Record
+from measure.store import Record
 
 T_MAX = 10.0
 

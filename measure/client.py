@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from estimator.builders import BuildError, run_from_chat_response
-from proxy.measure.prompts import Prompt
-from proxy.measure.store import Key, Record
+from measure.prompts import Prompt
+from measure.store import Key, Record
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from proxy.measure import analysis, plots, report
-from proxy.measure.advice import runs_to_decide, sweep_needs
-from proxy.measure.client import Capabilities, Endpoint, make_client, one_run
-from proxy.measure.common import (
+from measure import analysis, plots, report
+from measure.advice import runs_to_decide, sweep_needs
+from measure.client import Capabilities, Endpoint, make_client, one_run
+from measure.common import (
     EXIT_INTERRUPTED,
     UsageError,
     add_endpoint_args,
@@ -48,10 +48,10 @@ from proxy.measure.common import (
     session_id,
     sigint_sets,
 )
-from proxy.measure.execute import Outcome, execute, spread
-from proxy.measure.progress import Progress
-from proxy.measure.prompts import PromptError, PromptSet, load_prompts
-from proxy.measure.store import Key, Record, Store, StoreError, pending
+from measure.execute import Outcome, execute, spread
+from measure.progress import Progress
+from measure.prompts import PromptError, PromptSet, load_prompts
+from measure.store import Key, Record, Store, StoreError, pending
 from proxy.shadow.config import ModelPolicy
 
 DEFAULT_CEILING = ModelPolicy().ceiling  # one default: `tbg serve`, the alerts and the sweep

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy.measure.analysis import ProfileCurve, Survival
+from measure.analysis import ProfileCurve, Survival
 
 INSTALL_HINT = "plots skipped: matplotlib is not installed (pip install 'tbg-proxy[plots]')"
 

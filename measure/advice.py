@@ -24,8 +24,8 @@ import numpy as np
 import scipy.stats as st
 
 from estimator.profile import critical_values, upper_drop
-from proxy.measure import analysis
-from proxy.measure.store import Record
+from measure import analysis
+from measure.store import Record
 
 ABOVE = -1  # the estimate itself is at or above the ceiling
 MAX_FACTOR = 1e6
