@@ -139,10 +139,11 @@ def tables(root: type[Section]) -> str:
     assert isinstance(shadow, type) and issubclass(shadow, Section)
     core = "\n".join(_rows(root, "", table))
     section = "\n".join(_rows(shadow, "shadow.", table))
+    (policy,) = get_args(shadow.model_fields["models"].annotation)[1:]  # Mapping[str, policy]
+    names = [f"`{n}`" for n in policy.model_fields]
     models_row = (
         "| `shadow.models.<name>.<policy field>` | as the field above it, inherited | "
-        "override of `sample_rate`, `replays_per_minute`, `tokens_per_minute` or `ceiling` "
-        "for one model |"
+        f"override of {', '.join(names[:-1])} or {names[-1]} for one model |"
     )
     return (
         f"{BEGIN}\n{_HEAD}{core}\n\n### `shadow:` (shadow replay, docs/shadow.md)\n\n"

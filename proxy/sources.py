@@ -9,8 +9,8 @@ Why not pydantic-settings: the proxy validates against an *injected* environment
 shadow worker pass their own; `os.environ` is never read), its key checks need that environment as
 validation context, its variables are a closed list (pydantic-settings would also read
 `TBG_UPSTREAMS`, `TBG_SHADOW` as JSON), and its flags keep their short names and one-line errors
-(its CLI source generates `--shadow.sample_rate` and argparse's usage dump). What is left for it to
-do is the dozen lines of `merge`.
+(the library's CLI source makes `--shadow.sample_rate` and prints argparse's usage block). What
+would be left for it is the dozen lines of `merge`, for a new dependency (and python-dotenv).
 """
 
 from __future__ import annotations
