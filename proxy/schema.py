@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationInfo,
@@ -147,8 +146,6 @@ class UpstreamConfig(Section):
 class Config(Section):
     """The whole proxy configuration: the file, with `TBG_*` variables and flags merged into it."""
 
-    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
-
     host: Annotated[Text, Env(), Flag("--host", "H")] = Field(
         "127.0.0.1", description="listen address"
     )
@@ -205,6 +202,7 @@ class Config(Section):
         None,  # the first upstream's name, filled in by _first_upstream
         description="target for unlisted models and model-less paths; default: the first upstream",
     )
+    # `shadow:` in the file and `Config(shadow=...)` in code; read as `config.shadow_config`.
     shadow_config: ShadowConfig = Field(
         default_factory=ShadowConfig,
         alias="shadow",

@@ -126,6 +126,10 @@ def test_models_are_the_runtime_values() -> None:
     assert UpstreamConfig(name="a", base_url=UP["base_url"], api_key_env="K").api_key is None
     with pytest.raises(ConfigError, match=r"^upstreams\[0\]\.api_key: unknown field"):
         build_config({"upstreams": [{**UP, "api_key": "sk"}]}, {})  # keys never live in the file
+    with pytest.raises(ConfigError, match=r"^shadow_config: unknown field"):
+        build_config({"upstreams": [UP], "shadow_config": {}}, {})  # the file says `shadow:`
+    built = Config(upstreams=(UpstreamConfig(**UP),), shadow=ShadowConfig(replays=3))
+    assert built.shadow_config.replays == 3 and built.default_upstream == "a"
 
 
 def test_policy_defaults_and_per_model_inheritance() -> None:
