@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from typing import NoReturn
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal, NoReturn, get_args, get_origin
+
+if TYPE_CHECKING:
+    from proxy.sources import Knob
 
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -49,3 +53,19 @@ class Parser(argparse.ArgumentParser):
             if close:
                 message += f" (did you mean {close[0]}?)"
         self.fail(f"{message}; see `{self.prog} --help`")
+
+
+def add_field_flags(group: argparse._ActionsContainer, knobs: Iterable[Knob]) -> None:
+    """One option per config field that has a `Flag` marker: its help is the field's
+    description, default and variable; its value stays a string (None: not given) for the schema
+    to validate like the file's."""
+    from proxy.sources import flag_help
+
+    for knob in knobs:
+        if knob.flag is None:
+            continue
+        choices = (
+            get_args(knob.info.annotation) if get_origin(knob.info.annotation) is Literal else ()
+        )
+        metavar = knob.flag.metavar or ("{" + ",".join(choices) + "}" if choices else None)
+        group.add_argument(knob.flag.name, dest=knob.dest, metavar=metavar, help=flag_help(knob))

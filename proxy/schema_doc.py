@@ -1,7 +1,8 @@
 """Renders the config schema as the Markdown field tables of docs/configuration.md.
 
 The tables are generated, not written: type, bounds and default come from the pydantic fields, the
-meaning from their descriptions. `python -m proxy.schema` prints them; a test checks that the
+meaning from their descriptions, the `TBG_*` variable and the flag from their markers
+(proxy/sources.py). `python -m proxy.schema` prints them; a test checks that the
 docs hold exactly this text between its BEGIN/END markers.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from proxy.sources import Knob, key, knobs
 from proxy.validation import Section
 
 BEGIN = (
@@ -74,9 +77,9 @@ def _kind(info: FieldInfo) -> tuple[str, bool]:
         return "number" + _bounds(metadata), optional
     if annotation is str:
         return "string", optional
-    if get_origin(annotation) is list:
+    if get_origin(annotation) in (list, tuple):
         return "list", optional
-    if get_origin(annotation) is dict:
+    if get_origin(annotation) in (dict, Mapping):
         return "mapping", optional
     if isinstance(annotation, type) and issubclass(annotation, Section):
         return "mapping", optional
@@ -88,7 +91,7 @@ def _default(info: FieldInfo) -> str:
         return "required"
     if info.default_factory is not None:
         made = info.default_factory()  # type: ignore[call-arg]
-        return "`{}`" if isinstance(made, dict | Section) else "`[]`"
+        return "`{}`" if isinstance(made, Mapping | Section) else "`[]`"
     value = info.default
     if value is None or value is PydanticUndefined:
         return "unset"
@@ -96,41 +99,51 @@ def _default(info: FieldInfo) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, Section):
         return "`{}`"
+    if value == ():
+        return "`[]`"
     return f"`{_num(value)}`"
 
 
-def _rows(model: type[Section], prefix: str, skip: frozenset[str]) -> list[str]:
+def _sources(knob: Knob | None) -> str:
+    if knob is None:
+        return ""
+    given = [f"env `{knob.env}`"] if knob.env else []
+    given += [f"flag `{knob.flag.name}`"] if knob.flag else []
+    return "; " + ", ".join(given)
+
+
+def _rows(model: type[Section], prefix: str, table: Mapping[str, Knob]) -> list[str]:
     rows: list[str] = []
     for name, info in model.model_fields.items():
-        if name in skip:
-            continue
-        path = f"{prefix}{name}"
+        path = f"{prefix}{key(name, info)}"
         kind, optional = _kind(info)
         default = _default(info)
         if optional and info.default is not None and not info.is_required():
             kind += " or `null`"
-        meaning = (info.description or "").replace("\n", " ")
+        meaning = (info.description or "").replace("\n", " ") + _sources(table.get(path))
         rows.append(f"| `{path}` | {kind}, {default} | {meaning} |")
         inner, _, _ = _unwrap(info)
-        if get_origin(inner) is list:
-            (item,) = get_args(inner)
+        if get_origin(inner) in (list, tuple):
+            item = get_args(inner)[0]
             if isinstance(item, type) and issubclass(item, Section):
-                rows.extend(_rows(item, f"{path}[i].", frozenset()))
-        elif isinstance(inner, type) and issubclass(inner, Section) and name != "shadow":
-            rows.extend(_rows(inner, f"{path}.", frozenset()))
+                rows.extend(_rows(item, f"{path}[i].", table))
+        elif isinstance(inner, type) and issubclass(inner, Section) and path != "shadow":
+            rows.extend(_rows(inner, f"{path}.", table))
     return rows
 
 
 def tables(root: type[Section]) -> str:
     """The core table, then the `shadow:` table, between the BEGIN/END markers."""
-    shadow = root.model_fields["shadow"].annotation
+    table = {".".join(k.path): k for k in knobs(root)}
+    (shadow,) = (i.annotation for n, i in root.model_fields.items() if key(n, i) == "shadow")
     assert isinstance(shadow, type) and issubclass(shadow, Section)
-    core = "\n".join(_rows(root, "", frozenset()))
-    section = "\n".join(_rows(shadow, "shadow.", frozenset()))
+    core = "\n".join(_rows(root, "", table))
+    section = "\n".join(_rows(shadow, "shadow.", table))
+    (policy,) = get_args(shadow.model_fields["models"].annotation)[1:]  # Mapping[str, policy]
+    names = [f"`{n}`" for n in policy.model_fields]
     models_row = (
         "| `shadow.models.<name>.<policy field>` | as the field above it, inherited | "
-        "override of `sample_rate`, `replays_per_minute`, `tokens_per_minute` or `ceiling` "
-        "for one model |"
+        f"override of {', '.join(names[:-1])} or {names[-1]} for one model |"
     )
     return (
         f"{BEGIN}\n{_HEAD}{core}\n\n### `shadow:` (shadow replay, docs/shadow.md)\n\n"

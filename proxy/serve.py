@@ -13,8 +13,8 @@ import sys
 from aiohttp import web
 
 from proxy.app import LIFECYCLE, make_app, make_runner
-from proxy.cliparse import Parser
-from proxy.config import Config, ConfigError, Overrides, load_config
+from proxy.cliparse import Parser, add_field_flags
+from proxy.config import KNOBS, Config, ConfigError, Overrides, load_config
 from proxy.logs import configure_logging
 from proxy.probe import public_url
 from proxy.tracing import configure_provider
@@ -37,26 +37,7 @@ def build_parser() -> Parser:
         help="upstream base URL, e.g. http://127.0.0.1:8000/v1; repeatable; replaces the file's "
         "upstreams (env: TBG_UPSTREAM, comma-separated)",
     )
-    parser.add_argument("--host", help="listen address (default 127.0.0.1; env: TBG_HOST)")
-    parser.add_argument("--port", type=int, help="listen port (default 8080; env: TBG_PORT)")
-    parser.add_argument(
-        "--max-body-bytes", type=int, help="request body limit (default 8 MiB; 413 above)"
-    )
-    parser.add_argument(
-        "--drain-seconds",
-        type=float,
-        help="how long shutdown waits for in-flight requests (default 30)",
-    )
-    parser.add_argument(
-        "--api-keys-env", help="env var holding the proxy's API keys, comma-separated"
-    )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    parser.add_argument(
-        "--upstream-client",
-        choices=("lean", "aiohttp"),
-        help="HTTP client that forwards requests: the lean HTTP/1.1 pool (default) or aiohttp's "
-        "ClientSession (slower; a fallback); config `upstream_client`",
-    )
+    add_field_flags(parser, (k for k in KNOBS if k.path[0] != "shadow"))
     quick = parser.add_argument_group(
         "quick start",
         "measure with no config file: naming a model (or any flag below) turns shadow replay on",
@@ -68,30 +49,13 @@ def build_parser() -> Parser:
         metavar="NAME",
         help="a model the one --upstream serves, measured (shadow replay on); repeatable",
     )
-    quick.add_argument(
-        "--sample-rate", metavar="R", help="share of eligible requests replayed (default 0.1)"
-    )
-    quick.add_argument("--replays", metavar="N", help="replays per sampled request (default 2)")
-    quick.add_argument("--ceiling", metavar="T", help="T_bg alert ceiling (default 0.05)")
+    add_field_flags(quick, (k for k in KNOBS if k.path[0] == "shadow"))
     return parser
 
 
 def overrides_from(args: argparse.Namespace) -> Overrides:
-    return Overrides(
-        config_file=args.config,
-        upstreams=tuple(args.upstream),
-        host=args.host,
-        port=args.port,
-        max_body_bytes=args.max_body_bytes,
-        drain_seconds=args.drain_seconds,
-        api_keys_env=args.api_keys_env,
-        log_level=args.log_level,
-        upstream_client=args.upstream_client,
-        models=tuple(args.model),
-        sample_rate=args.sample_rate,
-        replays=args.replays,
-        ceiling=args.ceiling,
-    )
+    fields = {k.dest: getattr(args, k.dest) for k in KNOBS if k.flag is not None}
+    return Overrides(args.config, tuple(args.upstream), tuple(args.model), **fields)
 
 
 def main(argv: list[str]) -> int:

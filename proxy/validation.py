@@ -106,18 +106,24 @@ def _inner(annotation: Any) -> Any:
             return annotation
 
 
+def _keys(section: type[Section]) -> dict[str, str]:
+    """A section's keys in the file (a field's alias where it has one) -> field names."""
+    return {info.alias or name: name for name, info in section.model_fields.items()}
+
+
 def section_at(root: type[Section], loc: Sequence[int | str]) -> type[Section] | None:
     """The section class that holds location `loc` (a list index or mapping key steps into the
     item type), or None when `loc` leaves the schema."""
     current: Any = root
     for part in loc:
         if isinstance(current, type) and issubclass(current, Section):
-            if not isinstance(part, str) or part not in current.model_fields:
+            keys = _keys(current)
+            if not isinstance(part, str) or part not in keys:
                 return None
-            current = _inner(current.model_fields[part].annotation)
-        elif get_origin(current) is list:
+            current = _inner(current.model_fields[keys[part]].annotation)
+        elif get_origin(current) in (list, tuple):  # tuple[X, ...]
             current = _inner(get_args(current)[0])
-        elif get_origin(current) is dict:
+        elif get_origin(current) in (dict, Mapping):
             current = _inner(get_args(current)[1])
         else:
             return None
@@ -180,7 +186,7 @@ def _unknown(root: type[Section], loc: Sequence[int | str]) -> str:
     key = str(loc[-1])
     if key in section.renamed:
         return f"renamed to {section.renamed[key]}"
-    return f"unknown field (known: {', '.join(sorted(section.model_fields))})"
+    return f"unknown field (known: {', '.join(sorted(_keys(section)))})"
 
 
 def messages(exc: ValidationError, root: type[Section], prefix: str = "") -> list[str]:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -223,7 +223,7 @@ async def proxy_stack(
     config = make_config([f.url for f in fakes])
     if lean_client is not None:
         client: UpstreamClient = "lean" if lean_client else "aiohttp"
-        config = replace(config, upstream_client=client)
+        config = config.model_copy(update={"upstream_client": client})
     app = make_app(config, tap=tap)
     runner = make_runner(app)
     await runner.setup()

@@ -255,24 +255,25 @@ def test_docs_field_tables_are_the_schema() -> None:
 
 def test_docs_tables_name_every_field_a_file_may_set() -> None:
     """Walk the schema itself: every field path a file can hold is a row of the tables."""
-    from proxy.schema import FileSchema
+    from proxy.schema import Config
     from proxy.validation import Section
 
     def paths(model: type[Section], prefix: str) -> set[str]:
         found: set[str] = set()
         for name, info in model.model_fields.items():
-            found.add(prefix + name)
+            key = info.alias or name  # the file's key (`shadow` for `shadow_config`)
+            found.add(prefix + key)
             inner = info.annotation
             args = getattr(inner, "__args__", ())
             if isinstance(inner, type) and issubclass(inner, Section):
-                found |= paths(inner, f"{prefix}{name}.")
+                found |= paths(inner, f"{prefix}{key}.")
             elif args and isinstance(args[0], type) and issubclass(args[0], Section):
-                found |= paths(args[0], f"{prefix}{name}[i].")
+                found |= paths(args[0], f"{prefix}{key}[i].")
         return found
 
     text = DOC.read_text(encoding="utf-8")
     documented = set(re.findall(r"^\| `([^`]+)` \|", text, flags=re.MULTILINE))
-    expected = paths(FileSchema, "")
+    expected = paths(Config, "")
     assert len(expected) > 40 and expected <= documented, sorted(expected - documented)
 
 

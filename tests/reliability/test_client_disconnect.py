@@ -11,7 +11,6 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 
 import openai
 from aiohttp import web
@@ -122,7 +121,7 @@ async def _short_keepalive() -> AsyncIterator[tuple[int, FakeUpstream, web.AppRu
     fake = FakeUpstream()
     async with proxy_stack(single(), [fake]):  # only for the fake upstream's URL and lifecycle
         # Through the config field, as `client_keepalive_seconds:` in a file would set it.
-        config = replace(single()([fake.url]), client_keepalive_seconds=KEEPALIVE)
+        config = single()([fake.url]).model_copy(update={"client_keepalive_seconds": KEEPALIVE})
         runner = make_runner(make_app(config))
         await runner.setup()
         try:

@@ -10,7 +10,6 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -80,7 +79,7 @@ async def _stack(
     await web.TCPSite(up, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{up.addresses[0][1]}/v1"
     config = build_config({"upstreams": [{"name": "up", "base_url": url}], **top}, {})
-    app = make_app(replace(config, drain_seconds=1.0), tap=tap)
+    app = make_app(config.model_copy(update={"drain_seconds": 1.0}), tap=tap)
     runner = make_runner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

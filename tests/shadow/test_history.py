@@ -68,7 +68,9 @@ def test_file_is_compacted_and_skips_a_torn_line(tmp_path: Path) -> None:
 
 def test_config_checks_the_directory(tmp_path: Path) -> None:
     ok = parse_shadow_config({"history": {"path": str(tmp_path / "h.jsonl"), "points": 10}})
-    assert ok.history == HistoryConfig(10, 15.0, str(tmp_path / "h.jsonl"))
+    assert ok.history == HistoryConfig(
+        points=10, interval_seconds=15.0, path=str(tmp_path / "h.jsonl")
+    )
     up = {"name": "u", "base_url": "http://127.0.0.1:1/v1"}
     with pytest.raises(ConfigError) as err:
         build_config({"upstreams": [up], "shadow": {"history": {
@@ -147,7 +149,7 @@ async def test_a_failing_point_is_counted_and_the_recorder_goes_on(
             raise RuntimeError("bug")
         return ShadowState(OnlineConfig(), 0).publish(len(calls))
 
-    history = History(HistoryConfig(points=10, interval_seconds=0.01), view)
+    history = History(HistoryConfig.model_construct(points=10, interval_seconds=0.01), view)
     history.on_internal_error = lambda: errors.append(1)
     await history.start()
     for _ in range(200):
