@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 
-from proxy.demo import Screen, explore, next_step, parse_args, progress_line, render, summary
+from proxy.demo import parse_args
+from proxy.demo_display import Screen, explore, next_step, progress_line, render, summary
 
 
 def test_options_are_validated() -> None:
