@@ -116,13 +116,15 @@ class Screen:
         given) at most every PROGRESS_EVERY_S, and `text` when `force`."""
         now = time.monotonic()
         if self._tty:
-            self._console.size = self.size()
+            size = self.size()  # a pseudo-terminal may report 0 x 0: rich's defaults then
+            self._console.size = (size.columns or 80, size.lines or 25)
             if self._live is None:
                 # no refresh thread: the demo redraws when it has news; stdout/stderr written
                 # meanwhile print above the frame instead of through it
                 self._live = Live(frame(text), console=self._console, auto_refresh=False)
                 self._live.start()
-            self._live.update(frame(text), refresh=True)
+            else:
+                self._live.update(frame(text), refresh=True)
             if force:
                 self.close()
             return
