@@ -121,8 +121,8 @@ def overview_panels() -> list[Panel]:
         ),
         Panel(
             "Divergence hazard (per token)",
-            "Diverged pairs per token at risk (tokens up to the first divergence or the end), pooled "
-            "over 1h. P(a k-token answer diverges) ≈ 1 − exp(−hazard·k).",
+            "Diverged pairs per token compared (the tokens up to the first divergence or the end), "
+            "pooled over 1h. P(a k-token answer diverges) ≈ 1 − exp(−hazard·k).",
             "none",
             (
                 _q(
@@ -286,7 +286,8 @@ def capacity_panels() -> list[Panel]:
         ),
         Panel(
             "Divergence hazard by load bucket",
-            "Diverged pairs per token at risk, per load bucket, pooled over 1h.",
+            "Diverged pairs per token compared (the tokens up to the first divergence or the end), per "
+            "load bucket, pooled over 1h.",
             "none",
             (
                 _q(

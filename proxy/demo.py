@@ -11,19 +11,16 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import signal
 import socket
 import sys
-import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from proxy.cliparse import Parser
-from proxy.shadow.config import ModelPolicy
-from proxy.status import verdict
+from proxy.demo_display import Screen, explore, next_step, progress_line, render, summary, wrap
 
 PROMPTS: tuple[str, ...] = (
     "Write a short poem about the sea.",
@@ -172,104 +169,6 @@ def port_taken(port: int, host: str = "127.0.0.1") -> str | None:
     return None
 
 
-def _fmt(x: Any, spec: str = ".4f") -> str:
-    return "—" if x is None else format(x, spec)
-
-
-def render(report: dict[str, Any], done: int, total: int, elapsed: float) -> str:
-    """The live status, in lines short enough for an 80-column terminal (Screen truncates the
-    rest, so a line never wraps and the redraw stays in place)."""
-    acc = report["accounting"]
-    lines = [
-        f"tbg demo — {elapsed:5.0f}s — primaries {done}/{total} — queue {report['queue_depth']}",
-        f"  replays: sampled {acc['sampled']}, replayed {acc['replayed']}, "
-        f"dropped {acc['dropped']}, failed {acc['failed']}",
-    ]
-    if not report["estimates"]:
-        lines.append("  waiting for the first comparison …")
-    for e in report["estimates"]:
-        lines.append(
-            f"  {e['upstream']}/{e['model_name']}: T_bg = {_fmt(e['estimate'])} "
-            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}] ({e['method']})"
-        )
-        lines.append(
-            f"    diverged {e['diverged']}/{e['pairs']} pairs over {e['tokens_at_risk']} tokens "
-            f"compared: {_fmt(e['hazard'], '.1e')} divergences/token"
-        )
-        lines.append(f"    jitter σ {_fmt(e['jitter_sigma'], '.1e')} (a cross-check, not T_bg)")
-        for bucket, b in e["by_load"].items():
-            lines.append(
-                f"      load {bucket:>3}: T_bg {_fmt(b['estimate'])} "
-                f"[{_fmt(b['lower'])}, {_fmt(b['upper'])}]  diverged {b['diverged']}/{b['pairs']}"
-            )
-    return "\n".join(lines)
-
-
-def progress_line(report: dict[str, Any], done: int, total: int, elapsed: float) -> str:
-    """One line of progress, for a log or a pipe (the full frame is for a terminal)."""
-    acc = report["accounting"]
-    line = (
-        f"tbg demo {elapsed:4.0f}s: primaries {done}/{total}, replays {acc['replayed']} done, "
-        f"queue {report['queue_depth']}"
-    )
-    for e in report["estimates"][:1]:
-        line += (
-            f"; T_bg {_fmt(e['estimate'])} [{_fmt(e['lower'])}, {_fmt(e['upper'])}], "
-            f"{e['diverged']}/{e['pairs']} pairs diverged"
-        )
-    return line
-
-
-def fit(text: str, width: int) -> list[str]:
-    """`text` as lines of at most `width - 1` characters (one screen row each, with the cursor's
-    column to spare), the cut marked with an ellipsis."""
-    room = max(width - 1, 8)
-    return [line if len(line) <= room else line[: room - 1] + "…" for line in text.splitlines()]
-
-
-class Screen:
-    """Redraws in place on a terminal; otherwise (logs, CI) appends one progress line every few
-    seconds, and the full block only when forced (the final one).
-
-    In place means: move the cursor up by the rows drawn last time and clear to the end of the
-    screen. That count is only right when no line wraps and nothing scrolled off the top, so every
-    line is cut to the terminal's width and the block to its height, both read again at each
-    redraw (a resized terminal keeps working).
-    """
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._tty = out.isatty()
-        self._last = 0.0
-        self._rows = 0
-
-    def size(self) -> os.terminal_size:
-        try:
-            return os.get_terminal_size(self._out.fileno())
-        except (OSError, ValueError, AttributeError):
-            return shutil.get_terminal_size()
-
-    def show(self, text: str, force: bool = False, line: str | None = None) -> None:
-        """`text` (the full block) on a terminal; off one, `line` (or `text` when no line is
-        given) at most every 5 s, and `text` when `force`."""
-        now = time.monotonic()
-        if self._tty:
-            size = self.size()
-            # taller than the terminal: the cursor cannot move above its top row, so cut the end
-            lines = fit(text, size.columns)[: max(size.lines - 1, 1)]
-            if self._rows:
-                self._out.write(f"\x1b[{self._rows}F\x1b[J")
-            self._out.write("\n".join(lines) + "\n")
-            self._rows = len(lines)
-        elif force:
-            self._out.write(text + "\n")
-            self._last = now
-        elif now - self._last >= 5.0:
-            self._out.write((text if line is None else line) + "\n")
-            self._last = now
-        self._out.flush()
-
-
 async def _drive(base_url: str, opts: DemoOptions, progress: list[int]) -> list[str]:
     from openai import AsyncOpenAI
 
@@ -389,9 +288,9 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
         def show(force: bool = False) -> dict[str, Any]:
             now = report(tap, tokens=True)  # the demo's own exemplars may show tokens
             elapsed = time.monotonic() - started
-            frame = render(now, progress[0], opts.requests, elapsed)
+            block = render(now, progress[0], opts.requests, elapsed)
             line = progress_line(now, progress[0], opts.requests, elapsed)
-            screen.show(frame, force=force, line=line)
+            screen.show(block, force=force, line=line)
             return now
 
         load = asyncio.create_task(_drive(f"{proxy_url}/v1", opts, progress), name="tbg-demo-load")
@@ -414,33 +313,21 @@ async def run_demo(opts: DemoOptions, out: TextIO) -> int:
             final = show(force=True)
             truth = opts.temperature if opts.mode == "thermostat" else None
             text = summary(final, errors, proxy_url, timed_out, truth=truth)
-            out.write(_wrap(text, out) + "\n")
+            out.write(wrap(text, out) + "\n")
             out.flush()
             if not timed_out and await _keep_up(opts.keep, out):
-                out.write(_wrap(explore(proxy_url), out) + "\n")
+                out.write(wrap(explore(proxy_url), out) + "\n")
                 out.flush()
                 await _until_stopped()
         finally:
+            screen.close()  # a stopped run (Ctrl-C, an error) leaves the terminal as it found it
             with contextlib.suppress(asyncio.CancelledError):
                 if not load.done():
                     load.cancel()
                     await load
             await runner.cleanup()
-    out.write(_wrap(next_step(proxy_url, os.environ.get("TBG_ACTIVATE")), out) + "\n")
+    out.write(wrap(next_step(proxy_url, os.environ.get("TBG_ACTIVATE")), out) + "\n")
     return 1 if timed_out or errors else 0
-
-
-def _wrap(text: str, out: TextIO) -> str:
-    """On a terminal, wrap at words (not mid-word at its edge), indenting continuations."""
-    if not out.isatty():
-        return text
-    width = max(Screen(out).size().columns - 1, 40)
-    return "\n".join(
-        textwrap.fill(line, width, subsequent_indent=" " * (len(line) - len(line.lstrip()) + 4))
-        if line and not line.lstrip().startswith(("curl ", "tbg ", "source "))  # commands whole
-        else line
-        for line in text.split("\n")
-    )
 
 
 KEEP_PROMPT_S = 60.0  # an unanswered question stops the servers after this long
@@ -485,45 +372,6 @@ async def _until_stopped() -> None:
             loop.remove_signal_handler(sig)
 
 
-def explore(proxy_url: str) -> str:
-    """What to look at while the demo's servers stay up."""
-    urls = [
-        ("/ui", "the live page: T_bg over time, by load"),
-        ("/tbg?format=text", f"the live estimate, for a person (also `tbg status {proxy_url}`)"),
-        ("/tbg", "the same as JSON"),
-        ("/metrics", "Prometheus metrics (tbg_*)"),
-        ("/v1", "the OpenAI API (model smollm2), e.g."),
-    ]
-    width = max(len(proxy_url + path) for path, _ in urls) + 2
-    return "\n".join(
-        ["", "serving until Ctrl-C (T=0 requests you send are replayed and counted too):"]
-        + [f"  {(proxy_url + path).ljust(width)}{what}" for path, what in urls]
-        + [
-            f"    curl {proxy_url}/v1/chat/completions -H 'Content-Type: application/json' "
-            """-d '{"model": "smollm2", "temperature": 0, "max_tokens": 16, """
-            """"messages": [{"role": "user", "content": "Why is the sky blue?"}]}'"""
-        ]
-    )
-
-
-def next_step(proxy_url: str, activate: str | None = None) -> str:
-    """The last lines: everything is stopped; the command that measures the user's own server."""
-    lines = [
-        f"stopped the proxy ({proxy_url}) and the reference upstream.",
-        "next: measure your own server by putting the proxy in front of it:",
-        f"  {SERVE_YOURS}",
-        "  (your server's base URL, ending in /v1, and the model it serves; 8000 is vLLM's "
-        "default port), then point your OpenAI client at http://127.0.0.1:8080/v1 and run "
-        "`tbg status` (docs/shadow.md).",
-    ]
-    if activate:
-        lines.insert(2, f"  in a new shell, first: {activate}")
-    return "\n".join(lines)
-
-
-SERVE_YOURS = "tbg serve --upstream http://127.0.0.1:8000/v1 --model MODEL"
-
-
 class DemoError(RuntimeError):
     """The demo cannot run; the message says what to change."""
 
@@ -536,54 +384,6 @@ def choose_port(requested: int | None) -> tuple[int, str]:
     if port_taken(DEFAULT_PORT) is None:
         return DEFAULT_PORT, ""
     return 0, f" ({DEFAULT_PORT} is taken, so a free port was chosen)"
-
-
-def summary(
-    final: dict[str, Any],
-    errors: list[str],
-    proxy_url: str,
-    timed_out: bool,
-    *,
-    truth: float | None = None,
-    ceiling: float = ModelPolicy().ceiling,
-) -> str:
-    acc = final["accounting"]
-    lines = ["", "summary"]
-    for e in final["estimates"]:
-        known = f" (the reference samples at T = {truth:g})" if truth is not None else ""
-        lines.append(
-            f"  T_bg({e['model_name']} via {e['upstream']}) = {_fmt(e['estimate'])}, 95% interval "
-            f"[{_fmt(e['lower'])}, {_fmt(e['upper'])}]{known}, method {e['method']}; "
-            f"{e['diverged']} of {e['pairs']} run pairs diverged"
-        )
-        if e["method"] == "likelihood":
-            said, todo = verdict(e, ceiling, "send more requests (--requests) to narrow it")
-            lines.append(f"    verdict: {said}; next: {todo}")
-    reasons = ", ".join(f"{k} {v}" for k, v in final.get("dropped_by_reason", {}).items())
-    lines.append(
-        f"  accounting: sampled {acc['sampled']} = replayed {acc['replayed']} + dropped "
-        f"{acc['dropped']} + failed {acc['failed']}" + (f" (dropped: {reasons})" if reasons else "")
-    )
-    shown = final["exemplars"][:3]
-    for ex in shown:
-        lines.append(
-            f"  divergence at token {ex['position']} (load {ex['load_bucket']}): "
-            f"{ex['token_a']!r} ({_fmt(ex['logprob_a'], '.3f')}) vs {ex['token_b']!r} "
-            f"({_fmt(ex['logprob_b'], '.3f')}), request {ex['request_hash']}"
-        )
-    if errors:
-        lines.append(f"  {len(errors)} client errors, first: {errors[0]}")
-    if timed_out:
-        lines.append("  stopped at the time limit")
-    lines.append(
-        "  T_bg is a sampling temperature on the model's own logit scale: 0 = bit-reproducible at"
-        " T=0; larger = more run-to-run variation (what the numbers mean: docs/science.md)."
-    )
-    lines.append(
-        f"  served: {proxy_url}/v1 (OpenAI API), {proxy_url}/tbg (the estimate), "
-        f"{proxy_url}/metrics (Prometheus), {proxy_url}/ui (the live page)"
-    )
-    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:

@@ -108,6 +108,7 @@ def test_status_of_a_running_proxy(tmp_path: Path) -> None:
     for r in (text, accept):
         assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
         assert "up / truth" in r.text and "verdict" in r.text
+        assert "p_identical is the share of compared" in r.text  # the served text explains it too
 
 
 def test_verdicts() -> None:

@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 
-from proxy.demo import Screen, explore, next_step, parse_args, progress_line, render, summary
+from proxy.demo import parse_args
+from proxy.demo_display import Screen, explore, next_step, progress_line, render, summary
 
 
 def test_options_are_validated() -> None:
@@ -63,6 +64,30 @@ def test_off_a_terminal_progress_is_one_line_and_the_full_block_comes_once() -> 
     assert lines[0] == "tbg demo    1s: primaries 0/20, replays 2 done, queue 1"
     assert sum(line.startswith("tbg demo —") for line in lines) == 1  # the final block only
     assert len(lines) == 1 + len(render(report, 20, 20, 2.0).splitlines())
+
+
+class _Terminal(io.StringIO):
+    """A terminal as far as the display can tell (its size comes from COLUMNS/LINES or 80 x 24)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_frame_is_redrawn_and_close_gives_the_terminal_back() -> None:
+    report = {"accounting": {"sampled": 3, "replayed": 2, "dropped": 0, "failed": 0},
+              "queue_depth": 1, "estimates": []}  # fmt: skip
+    out, stdout = _Terminal(), sys.stdout
+    with Screen(out) as screen:
+        for i in range(3):
+            screen.show(render(report, i, 3, float(i)), line=progress_line(report, i, 3, 1.0))
+        print("written meanwhile")  # printed above the frame, not through it
+        assert sys.stdout is not stdout
+    assert sys.stdout is stdout
+    text = out.getvalue()
+    assert "\x1b[?25l" in text and text.rstrip().endswith("\x1b[?25h")  # the cursor is back
+    assert text.count("primaries 2/3") >= 1 and "written meanwhile" in text
+    assert "tbg demo    " not in text  # a terminal gets frames, not progress lines
+    screen.close()  # closing twice is harmless
 
 
 def test_the_ending_says_what_to_explore_and_what_to_run_next() -> None:
