@@ -57,8 +57,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
     shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
-    The config's `upstream_client` picks the forwarding client: proxy/h1.py (`lean`) or aiohttp's
-    ClientSession.
+    Every upstream exchange goes through one client, proxy/h1.py (`app[UPSTREAMS].pool`).
     """
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
@@ -82,7 +81,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
         tap = install_shadow(app, config)
     if tap is None:
         app.router.add_get("/tbg", _tbg_off)
-    forward = Forwarder(config, metrics, in_flight, tap, lean=config.upstream_client == "lean")
+    forward = Forwarder(config, metrics, in_flight, tap)
     install_ui(app)  # the live page, /ui
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -128,7 +127,6 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[PROBE].close()
-        await app[UPSTREAMS].pool.close()
         await session.close()
 
 
