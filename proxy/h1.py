@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections import deque
 from collections.abc import Iterable
@@ -545,9 +546,11 @@ class Pool:
                 ssl=endpoint.ssl,
                 server_hostname=endpoint.server_hostname,
             )
-        except (OSError, ssl.SSLError) as exc:
-            reason = exc.strerror if isinstance(exc.strerror, str) else None
-            raise ConnectFailed(reason or type(exc).__name__) from exc
+        except ssl.SSLError as exc:
+            raise ConnectFailed(f"TLS: {exc.reason or type(exc).__name__}") from exc
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            raise ConnectFailed(reason) from exc
         return conn
 
     def _sweep(self) -> None:
