@@ -1,9 +1,10 @@
 """`make_app(config)`: the one place that wires the proxy together.
 
 Per app: a CollectorRegistry (`app[REGISTRY]`), the in-flight counter (`app[IN_FLIGHT]`), the
-config (`app[CONFIG]`), and, from startup to cleanup, the upstreams with their shared keep-alive
-`ClientSession` (`app[UPSTREAMS]`). Run it with `make_runner(app)` so a client disconnect cancels
-the handler (and with it the upstream request) and shutdown drains in-flight requests.
+config (`app[CONFIG]`), and, from startup to cleanup, the upstreams with their one keep-alive
+connection pool (`app[UPSTREAMS]`, proxy/h1.py). Run it with `make_runner(app)` so a client
+disconnect cancels the handler (and with it the upstream request) and shutdown drains in-flight
+requests.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ def make_runner(app: web.Application, *, keepalive_timeout: float | None = None)
 
 
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = new_session()
-    app[UPSTREAMS] = Upstreams(app[CONFIG], session)
+    pool = new_session()
+    app[UPSTREAMS] = Upstreams(app[CONFIG], pool)
     app[PROBE] = UpstreamProbe(app[UPSTREAMS])
     app[PROBE].start()  # warns about a wrong upstream; /readyz waits for its first answer
     app[LIFECYCLE].started = True
@@ -127,7 +128,7 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[PROBE].close()
-        await session.close()
+        await pool.close()
 
 
 async def _mark_draining(app: web.Application) -> None:

@@ -82,25 +82,35 @@ def _connection_named(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     )
 
 
-def end_to_end(
+def _dropping(
     raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
-) -> list[tuple[bytes, bytes]]:
-    """The header filter, requests and responses alike: `raw` pairs as on the wire, without
-    hop-by-hop ones (incl. those named in `Connection`) and without `drop` (lower-case names)."""
+) -> tuple[list[bytes], frozenset[bytes]]:
+    """The header filter's one rule, requests and responses alike: (each header's lower-case
+    name, the names that go) — hop-by-hop ones in `drop`, plus those named in `Connection`."""
     lowered = [name.lower() for name, _ in raw]
     if b"connection" in lowered:
         drop = drop | _connection_named(raw)
+    return lowered, drop
+
+
+def end_to_end(
+    raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """`raw` header pairs as on the wire, without those `_dropping` names."""
+    lowered, drop = _dropping(raw, drop)
     return [pair for lower, pair in zip(lowered, raw, strict=True) if lower not in drop]
 
 
 def end_to_end_raw(
     raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] = RESPONSE_DROP
 ) -> list[tuple[str, str]]:
-    """`end_to_end` for a response relayed by aiohttp's server: decoded like its parser does; a
-    list, which its Response turns into its header multidict in one go."""
+    """`end_to_end` for a response relayed by aiohttp's server, decoded like its parser does, in
+    the same pass; a list, which its Response turns into its header multidict in one go."""
+    lowered, drop = _dropping(raw, drop)
     return [
         (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        for name, value in end_to_end(raw, drop)
+        for lower, (name, value) in zip(lowered, raw, strict=True)
+        if lower not in drop
     ]
 
 

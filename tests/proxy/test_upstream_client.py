@@ -27,7 +27,7 @@ from proxy.h1 import (
 )
 from proxy.probe import PROBE_USER_AGENT, UpstreamProbe
 from proxy.shadow.transport import MetricsUnavailable, UpstreamTransport
-from proxy.upstreams import Upstreams, new_session
+from proxy.upstreams import RESPONSE_DROP, Upstreams, end_to_end, end_to_end_raw, new_session
 
 from .fakes import FakeUpstream, proxy_stack
 from .test_forwarding import sample
@@ -84,6 +84,30 @@ async def test_fetch_returns_the_whole_answer_and_pools_the_connection() -> None
         assert (await pool.fetch(endpoint, LIMITS, "GET", "/v1/y")).body == b'{"x":1}'
         assert conns == [1]
         await pool.close()
+
+
+def test_one_header_filter_for_requests_and_responses() -> None:
+    """Hop-by-hop headers and those a `Connection` header names go, in either direction; the
+    response form is the same filter, decoded as aiohttp's server decodes."""
+    raw = [
+        (b"Content-Type", b"application/json"),
+        (b"Connection", b"keep-alive, X-Hop"),
+        (b"x-hop", b"1"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Content-Length", b"2"),
+        (b"X-Name", "café".encode()),
+    ]
+    kept = end_to_end(raw, RESPONSE_DROP)
+    assert kept == [(b"Content-Type", b"application/json"), (b"X-Name", "café".encode())]
+    assert end_to_end_raw(raw) == [("Content-Type", "application/json"), ("X-Name", "café")]
+    config = build_config({"upstreams": [{"name": "up", "base_url": "http://h/v1"}]}, {})
+    request = [(b"Host", b"proxy"), (b"Expect", b"100-continue"), (b"X-Tbg-Replay", b"off"), *raw]
+    sent = Upstreams(config, Pool()).raw_request_headers(config.upstreams[0], request, True)
+    assert sent == [
+        (b"Content-Type", b"application/json"),
+        (b"X-Name", "café".encode()),
+        (b"Accept-Encoding", b"identity"),
+    ]
 
 
 def test_limits_capped_cut_every_limit_to_the_bound() -> None:
