@@ -56,7 +56,7 @@ class UpstreamTimeout(UpstreamError, TimeoutError):
 
 class ConnectFailed(UpstreamError):
     """No connection could be opened (refused, unreachable, TLS handshake failed); the message is
-    the operating system's reason (e.g. "Connection refused")."""
+    the reason (e.g. "Connection refused", "TLS: CERTIFICATE_VERIFY_FAILED")."""
 
     kind = "connect"
 
