@@ -5,7 +5,6 @@ One run, one machine, one fast deterministic upstream (bench/fake_upstream.py). 
   tbg           client -> `tbg serve` (shadow off) -> upstream
   tbg-shadow10  client -> `tbg serve` (shadow sampling 10 %, 2 replays) -> upstream
   tbg-accesslog `tbg serve` at the default log_level INFO (a JSON access-log line per request)
-  tbg-aiohttp   `tbg serve --upstream-client aiohttp` (shadow off): the aiohttp client it replaced
   nginx         plain reverse proxy (proxy_buffering off, upstream keepalive): the floor
   vllm-router   the Rust router (PyPI wheel `vllm-router`)
   litellm       LiteLLM proxy (PyPI `litellm[proxy]`)
@@ -55,8 +54,7 @@ BODY = orjson.dumps(
      "max_tokens": 16}
 )  # fmt: skip
 STREAM_BODY = orjson.dumps({**orjson.loads(BODY), "stream": True})
-ALL_ARMS = ("direct", "tbg", "tbg-shadow10", "tbg-accesslog", "tbg-aiohttp", "nginx", "vllm-router",
-            "litellm")  # fmt: skip
+ALL_ARMS = ("direct", "tbg", "tbg-shadow10", "tbg-accesslog", "nginx", "vllm-router", "litellm")
 
 
 @dataclass
@@ -107,7 +105,6 @@ def started(
 
 def _tbg(
     stack: contextlib.ExitStack, tmp: Path, upstream: str, rate: float | None, log: bool = False,
-    client: str = "lean",
 ) -> Arm:  # fmt: skip
     port = free_port()
     config: dict[str, Any] = {
@@ -119,10 +116,9 @@ def _tbg(
                             "replays_per_minute": 1e9, "tokens_per_minute": 1e12}  # fmt: skip
     path = tmp / f"tbg-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    args = ["tbg", "serve", "--config", str(path), "--upstream-client", client]
+    args = ["tbg", "serve", "--config", str(path)]
     proc = stack.enter_context(started(args, f"http://127.0.0.1:{port}/healthz", "tbg"))
     name = "tbg-accesslog" if log else "tbg" if rate is None else f"tbg-shadow{round(rate * 100)}"
-    name = name if client == "lean" else f"tbg-{client}"
     return Arm(name, f"http://127.0.0.1:{port}/v1", pid=proc.pid, cpu_pid=proc.pid)
 
 
@@ -387,8 +383,6 @@ def main() -> int:
                 arms.append(_tbg(stack, tmp, upstream, None))
             elif name == "tbg-accesslog":  # the default log_level INFO: one JSON line per request
                 arms.append(_tbg(stack, tmp, upstream, None, log=True))
-            elif name == "tbg-aiohttp":  # the aiohttp ClientSession the lean client replaced
-                arms.append(_tbg(stack, tmp, upstream, None, client="aiohttp"))
             elif name.startswith("tbg-shadow"):
                 arms.append(_tbg(stack, tmp, upstream, int(name[len("tbg-shadow") :]) / 100))
             elif name == "nginx":

@@ -138,9 +138,15 @@ async def measure(urls: dict[str, str], requests: int, concurrency: int, block_s
 def _serve_variant(config_path: str, replays_to: str) -> int:
     """`tbg serve` whose replays go to `replays_to` (a base URL ending in /v1) or nowhere ("null").
     A diagnostic only: it swaps the shadow transport's class before the app is built."""
+    from yarl import URL
+
     from bench.fake_upstream import _chat_logprobs, _tokens
     from proxy import serve
+    from proxy.h1 import Limits
     from proxy.shadow import wiring
+    from proxy.upstreams import endpoint_of
+
+    json = ((b"Content-Type", b"application/json"),)
 
     class Redirected(wiring.UpstreamTransport):
         async def post_json(self, upstream: str, path: str, body: bytes,
@@ -157,10 +163,11 @@ def _serve_variant(config_path: str, replays_to: str) -> int:
                 await asyncio.sleep(0)
                 return 200, orjson.dumps({"id": "null", "object": "chat.completion",
                                           "choices": [choice], "usage": usage})  # fmt: skip
-            session = self._upstreams().session
-            async with session.post(f"{replays_to}{path}", data=body,
-                                    headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
-                return resp.status, await resp.read()
+            pool = self._upstreams().pool
+            endpoint = endpoint_of(replays_to)
+            reply = await pool.fetch(endpoint, Limits(10.0, timeout_s, timeout_s), "POST",
+                                     URL(f"{replays_to}{path}").raw_path, json, body)  # fmt: skip
+            return reply.status, reply.body
 
     wiring.UpstreamTransport = Redirected  # type: ignore[misc]
     return serve.main(["--config", config_path])

@@ -1,9 +1,10 @@
 """`make_app(config)`: the one place that wires the proxy together.
 
 Per app: a CollectorRegistry (`app[REGISTRY]`), the in-flight counter (`app[IN_FLIGHT]`), the
-config (`app[CONFIG]`), and, from startup to cleanup, the upstreams with their shared keep-alive
-`ClientSession` (`app[UPSTREAMS]`). Run it with `make_runner(app)` so a client disconnect cancels
-the handler (and with it the upstream request) and shutdown drains in-flight requests.
+config (`app[CONFIG]`), and, from startup to cleanup, the upstreams with their one keep-alive
+connection pool (`app[UPSTREAMS]`, proxy/h1.py). Run it with `make_runner(app)` so a client
+disconnect cancels the handler (and with it the upstream request) and shutdown drains in-flight
+requests.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
     shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
-    The config's `upstream_client` picks the forwarding client: proxy/h1.py (`lean`) or aiohttp's
-    ClientSession.
+    Every upstream exchange goes through one client, proxy/h1.py (`app[UPSTREAMS].pool`).
     """
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
@@ -82,7 +82,7 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
         tap = install_shadow(app, config)
     if tap is None:
         app.router.add_get("/tbg", _tbg_off)
-    forward = Forwarder(config, metrics, in_flight, tap, lean=config.upstream_client == "lean")
+    forward = Forwarder(config, metrics, in_flight, tap)
     install_ui(app)  # the live page, /ui
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -119,8 +119,8 @@ def make_runner(app: web.Application, *, keepalive_timeout: float | None = None)
 
 
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
-    session = new_session()
-    app[UPSTREAMS] = Upstreams(app[CONFIG], session)
+    pool = new_session()
+    app[UPSTREAMS] = Upstreams(app[CONFIG], pool)
     app[PROBE] = UpstreamProbe(app[UPSTREAMS])
     app[PROBE].start()  # warns about a wrong upstream; /readyz waits for its first answer
     app[LIFECYCLE].started = True
@@ -128,8 +128,7 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[PROBE].close()
-        await app[UPSTREAMS].pool.close()
-        await session.close()
+        await pool.close()
 
 
 async def _mark_draining(app: web.Application) -> None:

@@ -17,22 +17,26 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from proxy import errors
 from proxy.config import Config, UpstreamConfig
 from proxy.errors import ProxyError
-from proxy.h1 import ConnectFailed, Reset, UpstreamError, request_head
+from proxy.h1 import Response, UpstreamError, request_head
 from proxy.inflight import InFlight
 from proxy.keys import UPSTREAMS
 from proxy.metrics import MERGED_UPSTREAM, NO_UPSTREAM, OTHER_MODEL, ProxyMetrics
 from proxy.probe import public_url
-from proxy.responses import AiohttpResponse, UpstreamResponse
 from proxy.sse import SSESplitter, event_json
 from proxy.tap import Exchange, RequestInfo, Tap, TapPlan
-from proxy.upstreams import PathEscape, Upstreams, end_to_end_raw, normalised_tail
+from proxy.upstreams import (
+    HEAD_RESPONSE_DROP,
+    PathEscape,
+    Upstreams,
+    end_to_end_raw,
+    normalised_tail,
+)
 
 log = logging.getLogger("tbg.proxy")
 access_log = logging.getLogger("tbg.access")
@@ -46,16 +50,6 @@ _ROUTES = {
 }
 _JSON_ROUTES = frozenset({"chat", "completions", "embeddings", "responses"})
 _TAP_ROUTES = frozenset({"chat", "completions"})
-# A payload error while relaying is a body cut short by the upstream closing the connection.
-_RESET_ERRORS = (
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientOSError,
-    aiohttp.ClientPayloadError,
-    Reset,
-)
-_UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError)
-# Methods the lean client (proxy/h1.py) sends; others (HEAD: a length but no body) go via aiohttp.
-_LEAN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
 # Writes up to this size into an empty socket buffer never wait for the client (the transport's
 # high-water mark is 64 KiB); others run under client_write_timeout_seconds.
@@ -116,22 +110,12 @@ class _Retry(Exception):
 
 
 class Forwarder:
-    """The /v1/{tail} handler. Stateless per request; holds only per-app collaborators.
-
-    `lean` (default True) sends through the lean HTTP/1.1 client (proxy/h1.py); False sends
-    everything through aiohttp's ClientSession as before (kept as a fallback and for comparison).
-    """
+    """The /v1/{tail} handler. Stateless per request; holds only per-app collaborators. Sends
+    through the app's one upstream client (proxy/h1.py, via `app[UPSTREAMS]`)."""
 
     def __init__(
-        self,
-        config: Config,
-        metrics: ProxyMetrics,
-        in_flight: InFlight,
-        tap: Tap | None,
-        *,
-        lean: bool = True,
+        self, config: Config, metrics: ProxyMetrics, in_flight: InFlight, tap: Tap | None
     ) -> None:
-        self._lean = lean
         self._config = config
         self._metrics = metrics
         self._in_flight = in_flight
@@ -254,31 +238,17 @@ class Forwarder:
         upstream: UpstreamConfig,
         body: bytes,
         identity: bool,
-    ) -> UpstreamResponse:
+    ) -> Response:
         """Send the request upstream; return once the response head is in."""
         tail = "/" + request.match_info.get("tail", "")
         method = request.method
-        if self._lean and method in _LEAN_METHODS:
-            endpoint = upstreams.endpoint(upstream)
-            target = upstreams.target(upstream, tail, _raw_query(request))
-            raw = upstreams.raw_request_headers(upstream, request.raw_headers, identity)
-            head = request_head(method, target, endpoint, raw, body)
-            return await upstreams.pool.request(
-                endpoint, upstreams.limits(upstream), head + body if body else head, method
-            )
-        headers = upstreams.request_headers(upstream, request.headers)
-        if identity:
-            headers["Accept-Encoding"] = "identity"  # the tee must be able to parse the bytes
-        async with asyncio.timeout(upstream.timeouts.first_byte):
-            resp = await upstreams.session.request(
-                method,
-                upstreams.request_url(upstream, tail, _raw_query(request)),
-                headers=headers,
-                data=body or None,  # aiohttp sets Content-Length from it
-                timeout=upstreams.client_timeout(upstream),
-                allow_redirects=False,
-            )
-        return AiohttpResponse(resp)
+        endpoint = upstreams.endpoint(upstream)
+        target = upstreams.target(upstream, tail, _raw_query(request))
+        raw = upstreams.raw_request_headers(upstream, request.raw_headers, identity)
+        head = request_head(method, target, endpoint, raw, body)
+        return await upstreams.pool.request(
+            endpoint, upstreams.limits(upstream), head + body if body else head, method
+        )
 
     async def _relay(
         self,
@@ -297,7 +267,7 @@ class Forwarder:
             sent = time.monotonic()
             try:
                 resp = await self._send(request, upstreams, upstream, body, tee is not None)
-            except _UPSTREAM_ERRORS as exc:
+            except UpstreamError as exc:
                 raise self._upstream_failure(upstream.name, exc) from None
             finally:
                 st.upstream_wait += time.monotonic() - sent
@@ -313,7 +283,7 @@ class Forwarder:
                 assert tee is not None and plan is not None and plan.plain is not None
                 self._fall_back(tee, plan.plain, resp, "too_large")
 
-    def _fall_back(self, tee: _Tee, plain: TapPlan, resp: UpstreamResponse, why: str) -> None:
+    def _fall_back(self, tee: _Tee, plain: TapPlan, resp: Response, why: str) -> None:
         log.info("augmented request resent plain", extra={"why": why, "status": resp.status})
         resp.close()
         resp.release()
@@ -325,7 +295,7 @@ class Forwarder:
         self,
         request: web.Request,
         st: _State,
-        resp: UpstreamResponse,
+        resp: Response,
         tee: _Tee | None,
         upstream: UpstreamConfig,
     ) -> web.StreamResponse:
@@ -343,6 +313,8 @@ class Forwarder:
                 # send head and body to the client in one write.
                 st.first_byte_at = time.monotonic()
                 data = resp.read_buffered()
+                if not data and request.method == "HEAD":  # the GET's length, and no body
+                    headers = end_to_end_raw(resp.raw_headers, HEAD_RESPONSE_DROP)
                 if tee is not None:
                     if tee.keep(len(data)):
                         tee.body = data
@@ -375,7 +347,7 @@ class Forwarder:
         self,
         request: web.Request,
         st: _State,
-        resp: UpstreamResponse,
+        resp: Response,
         out: web.StreamResponse,
         tee: _Tee | None,
         is_sse: bool,
@@ -388,7 +360,7 @@ class Forwarder:
             t = time.monotonic()
             try:
                 chunk = await resp.readany()
-            except _UPSTREAM_ERRORS as exc:
+            except UpstreamError as exc:
                 # Headers are already out: the only honest signal left is a truncated response.
                 self._upstream_failure(upstream.name, exc)
                 resp.close()
@@ -428,7 +400,7 @@ class Forwarder:
         self,
         request: web.Request,
         st: _State,
-        resp: UpstreamResponse,
+        resp: Response,
         headers: list[tuple[str, str]],
         plan: TapPlan,
         tee: _Tee,
@@ -444,7 +416,7 @@ class Forwarder:
                     raise _Retry
                 parts.append(chunk)
             data = b"".join(parts)
-        except _UPSTREAM_ERRORS as exc:
+        except UpstreamError as exc:
             raise self._upstream_failure(upstream.name, exc) from None
         finally:
             st.upstream_wait += time.monotonic() - t
@@ -528,24 +500,25 @@ class Forwarder:
         self, request: web.Request, upstreams: Upstreams, name: str
     ) -> list[Any] | None:
         upstream = upstreams.upstream_for(name)
-        headers = upstreams.request_headers(upstream, request.headers)
-        headers.pop("Accept-Encoding", None)
+        # The client's headers, asking for a body this side can parse; the whole listing within
+        # the first-byte limit (a merged answer waits for the slowest upstream).
+        headers = upstreams.raw_request_headers(upstream, request.raw_headers, identity=True)
         try:
             with self._in_flight.track(name):
-                async with asyncio.timeout(upstream.timeouts.first_byte):
-                    async with upstreams.session.get(
-                        upstreams.url(upstream, "/models"),
-                        headers=headers,
-                        timeout=upstreams.client_timeout(upstream),
-                    ) as resp:
-                        if resp.status != 200:
-                            log.warning(
-                                "models listing failed",
-                                extra={"upstream": name, "status": resp.status},
-                            )
-                            return None
-                        payload = orjson.loads(await resp.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                reply = await upstreams.fetch(
+                    upstream,
+                    "GET",
+                    upstreams.api_path(upstream, "/models"),
+                    headers,
+                    within=upstream.timeouts.first_byte,
+                )
+            if reply.status != 200:
+                log.warning(
+                    "models listing failed", extra={"upstream": name, "status": reply.status}
+                )
+                return None
+            payload = orjson.loads(reply.body)
+        except UpstreamError as exc:
             self._upstream_failure(name, exc)
             return None
         except orjson.JSONDecodeError:
@@ -556,16 +529,13 @@ class Forwarder:
 
     # -- errors, tap, metrics ------------------------------------------------------------------
 
-    def _upstream_failure(self, upstream: str, exc: BaseException) -> ProxyError:
-        """Count the failure by kind and translate it into the client's error."""
-        if isinstance(exc, TimeoutError):
-            kind, error = "timeout", errors.gateway_timeout(upstream)
-        elif isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailed)):
-            kind, error = "connect", errors.bad_gateway(upstream, "connect")
-        elif isinstance(exc, _RESET_ERRORS):
-            kind, error = "reset", errors.bad_gateway(upstream, "reset")
+    def _upstream_failure(self, upstream: str, exc: UpstreamError) -> ProxyError:
+        """Count the failure by its kind and translate it into the client's error."""
+        kind = exc.kind
+        if kind == "timeout":
+            error = errors.gateway_timeout(upstream)
         else:
-            kind, error = "protocol", errors.bad_gateway(upstream, "protocol")
+            error = errors.bad_gateway(upstream, kind)
         self._metrics.upstream_errors.labels(upstream, kind).inc()
         log.warning(
             "upstream failure",
@@ -683,7 +653,7 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
     return response
 
 
-def _refused(resp: UpstreamResponse) -> bool:
+def _refused(resp: Response) -> bool:
     """An augmented request's response the client must not get: an error status, or a sized
     non-streaming body too large to rewrite."""
     if not 200 <= resp.status < 300:

@@ -1,30 +1,37 @@
-"""A lean HTTP/1.1 keep-alive client for the forwarding hot path (asyncio Protocol + httptools).
+"""The proxy's one upstream HTTP/1.1 client: a keep-alive pool (asyncio Protocol + httptools).
 
-Why not aiohttp's ClientSession here: per proxied request its machinery (ClientRequest, payload
+Every exchange with an upstream goes through it: forwarding, HEAD included (streamed,
+`Pool.request`), and the callers that want a whole answer (`Pool.fetch`: the merged /v1/models,
+the readiness probes, shadow replays, the upstream /metrics poller).
+
+Why not aiohttp's ClientSession: per proxied request its machinery (ClientRequest, payload
 registry, connector bookkeeping, timer contexts, the StreamReader) cost about a quarter of the
 proxy's CPU (docs/benchmarks.md). This client does only what the relay needs: the request head and
 body go out in one `transport.write`, the response is parsed by httptools (llhttp, in C), and the
 decoded body is handed over chunk by chunk as it arrives, with read-side flow control.
 
-Semantics kept from the aiohttp path (proxy/forward.py relies on them):
-- timeouts: `connect` bounds opening a connection, `first_byte` the wait for the response head
-  (connect included), `total` the whole exchange; each raises TimeoutError.
-- failures: ConnectFailed (could not connect), Reset (connection lost before the response ended),
-  ProtocolError (unparsable response); all subclass UpstreamError.
+Semantics (proxy/forward.py relies on them):
+- timeouts (`Limits`): `connect` bounds opening a connection, `first_byte` the wait for the
+  response head (connect included), `total` the whole exchange; each raises UpstreamTimeout.
+- failures: one tree, UpstreamError, whose `kind` is the `kind` label of
+  tbg_upstream_errors_total: UpstreamTimeout ("timeout", also a TimeoutError), ConnectFailed
+  ("connect": could not connect), Reset ("reset": connection lost before the response ended),
+  ProtocolError ("protocol": unparsable response).
 - a response that is not read to its end, or is closed, never returns its connection to the pool:
   the upstream sees the connection close and stops generating.
-The shadow path and the probes keep using aiohttp (proxy/upstreams.py); HEAD goes there too (a HEAD
-response has a length but no body, which this parser cannot know).
+- a response to HEAD has a length but no body: it ends with its head.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import httptools
 from multidict import CIMultiDict
@@ -36,19 +43,34 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class UpstreamError(Exception):
-    """The upstream exchange failed (kind in the subclass)."""
+    """The upstream exchange failed; `kind` names how (the metric's `kind` label)."""
+
+    kind: ClassVar[str] = "protocol"
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """A limit of `Limits` ran out (connect, first byte or total)."""
+
+    kind = "timeout"
 
 
 class ConnectFailed(UpstreamError):
-    """No connection could be opened (refused, unreachable, TLS handshake failed)."""
+    """No connection could be opened (refused, unreachable, TLS handshake failed); the message is
+    the reason (e.g. "Connection refused", "TLS: CERTIFICATE_VERIFY_FAILED")."""
+
+    kind = "connect"
 
 
 class Reset(UpstreamError):
     """The connection was lost before the response was complete."""
 
+    kind = "reset"
+
 
 class ProtocolError(UpstreamError):
     """The upstream's bytes are not a valid HTTP/1.1 response."""
+
+    kind = "protocol"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +91,27 @@ class Limits:
     connect: float
     first_byte: float
     total: float | None
+
+    def capped(self, seconds: float) -> Limits:
+        """These limits, none longer than `seconds` (the whole exchange within it)."""
+        total = seconds if self.total is None else min(self.total, seconds)
+        return Limits(min(self.connect, seconds), min(self.first_byte, seconds), total)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole response, as `Pool.fetch` returns it."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]  # as received
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower case), None when absent."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
 
 
 def request_head(
@@ -212,6 +255,7 @@ class _Connection(asyncio.Protocol):
         self._deadline: float | None = None
         self._keep_alive = False
         self._paused = False
+        self._bodiless = False  # the request was HEAD: the response ends with its head
         self.closed = False
         self.received = False  # any byte of the current response arrived
         self.idle_since = 0.0
@@ -280,6 +324,11 @@ class _Connection(asyncio.Protocol):
         if chunked:
             resp.content_length = None
         head, self._head = self._head, None
+        if self._bodiless:
+            # The parser would wait for a body of content_length bytes. None comes: the message
+            # ends here, and `finish` gives the connection a fresh parser for the next one.
+            resp._end()
+            self._cancel_timer()
         if head is not None and not head.done():
             head.set_result(resp)
         # From here on only the total limit applies; the timer still armed for the head is moved
@@ -287,11 +336,14 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         assert self._resp is not None
+        if self._bodiless:  # bytes after a HEAD response: the connection cannot be reused
+            self._keep_alive = False
+            return
         self._resp._feed(body)
 
     def on_message_complete(self) -> None:
         resp = self._resp
-        if resp is None or resp.status == 0:  # end of an interim response
+        if resp is None or resp.status == 0 or resp._done:  # interim, or a HEAD's already ended
             return
         resp._end()
         self._cancel_timer()
@@ -301,10 +353,13 @@ class _Connection(asyncio.Protocol):
     def carries(self, resp: Response) -> bool:
         return self._resp is resp
 
-    async def send(self, data: bytes, head_deadline: float, deadline: float | None) -> Response:
+    async def send(
+        self, data: bytes, head_deadline: float, deadline: float | None, bodiless: bool
+    ) -> Response:
         """Write the request; wait for the response head until `head_deadline` (loop time)."""
         assert self._transport is not None
         self._deadline = deadline
+        self._bodiless = bodiless
         self._resp = Response(self)
         self._head = self.loop.create_future()
         self.received = False
@@ -356,7 +411,7 @@ class _Connection(asyncio.Protocol):
             for n, v in resp.raw_headers
         )
 
-    def _error(self, exc: UpstreamError | TimeoutError) -> None:
+    def _error(self, exc: UpstreamError) -> None:
         head, self._head = self._head, None
         if head is not None and not head.done():
             head.set_exception(exc)
@@ -376,7 +431,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._head is None and self._deadline is None:
             return  # the head came in time and there is no total limit
-        self._error(TimeoutError())
+        self._error(UpstreamTimeout("first byte" if self._head is not None else "total"))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -406,18 +461,43 @@ class Pool:
         now = loop.time()
         head_deadline = now + limits.first_byte
         deadline = None if limits.total is None else now + limits.total
+        bodiless = method == "HEAD"
         conn = self._take(endpoint)
         if conn is not None:
             try:
-                return await conn.send(data, head_deadline, deadline)
+                return await conn.send(data, head_deadline, deadline, bodiless)
             except Reset:
                 # The upstream closed an idle connection as we reused it; like aiohttp, retry
                 # idempotent requests once on a fresh connection.
                 if conn.received or method not in _IDEMPOTENT:
                     raise
-        async with asyncio.timeout(min(limits.connect, head_deadline - loop.time())):
-            conn = await self._open(endpoint, loop)
-        return await conn.send(data, head_deadline, deadline)
+        try:
+            async with asyncio.timeout(min(limits.connect, head_deadline - loop.time())):
+                conn = await self._open(endpoint, loop)
+        except TimeoutError:
+            raise UpstreamTimeout("connect") from None
+        return await conn.send(data, head_deadline, deadline, bodiless)
+
+    async def fetch(
+        self,
+        endpoint: Endpoint,
+        limits: Limits,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+    ) -> Reply:
+        """One whole exchange: send the request, read the whole response body within `limits`.
+        The buffered form of `request`, for every caller that needs the body whole."""
+        head = request_head(method, target, endpoint, headers, body)
+        resp = await self.request(endpoint, limits, head + body if body else head, method)
+        try:
+            data = await resp.read()
+        except BaseException:
+            resp.close()  # cut short (failed, cancelled): the upstream must see us leave
+            raise
+        resp.release()
+        return Reply(resp.status, tuple(resp.raw_headers), data)
 
     def put_back(self, conn: _Connection) -> None:
         if self._closed:
@@ -466,8 +546,11 @@ class Pool:
                 ssl=endpoint.ssl,
                 server_hostname=endpoint.server_hostname,
             )
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(f"{type(exc).__name__}") from exc
+        except ssl.SSLError as exc:
+            raise ConnectFailed(f"TLS: {exc.reason or type(exc).__name__}") from exc
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            raise ConnectFailed(reason) from exc
         return conn
 
     def _sweep(self) -> None:

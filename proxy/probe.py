@@ -11,7 +11,9 @@ without `/v1`). `/readyz` then reflects reachability, with this policy (docs/con
 - probe results are cached for `max_age` seconds; a readiness request never waits for the network:
   it reads the cache and, when the cache is stale, starts one refresh in the background (at most one
   in flight, so a burst of readiness checks makes no probe storm);
-- the probe carries the upstream's injected key if one is configured, never a client's.
+- the probe carries the upstream's injected key if one is configured, never a client's;
+- it goes through the proxy's one upstream client, under the upstream's limits cut to the probe
+  timeout (connect, first byte and the whole answer each within it).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 from aiohttp import web
 
 from proxy.config import UpstreamConfig
+from proxy.h1 import ConnectFailed, UpstreamError, UpstreamTimeout
 from proxy.upstreams import Upstreams
 
 log = logging.getLogger("tbg.probe")
@@ -35,6 +37,7 @@ log = logging.getLogger("tbg.probe")
 PROBE_TIMEOUT_S = 2.0
 MAX_AGE_S = 10.0
 PROBE_USER_AGENT = "tbg-proxy-probe"  # so upstream logs (and test fakes) can tell probes apart
+_USER_AGENT = PROBE_USER_AGENT.encode()
 
 
 def public_url(url: str) -> str:
@@ -105,7 +108,7 @@ class UpstreamProbe:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._upstreams = upstreams
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)
+        self._timeout = timeout
         self._max_age = max_age
         self._clock = clock
         self._results: dict[str, ProbeResult] = {}
@@ -160,19 +163,24 @@ class UpstreamProbe:
                 log.warning(result.detail, extra={"upstream": result.name, "url": result.url})
 
     async def _probe(self, upstream: UpstreamConfig) -> ProbeResult:
-        headers = {**self._upstreams.auth_headers(upstream, {}), "User-Agent": PROBE_USER_AGENT}
+        upstreams = self._upstreams
+        headers = [*upstreams.auth_headers(upstream, {}), (b"User-Agent", _USER_AGENT)]
         status: int | None = None
         error: str | None = None
         try:
-            async with self._upstreams.session.get(
-                self._upstreams.url(upstream, "/models"), headers=headers, timeout=self._timeout
-            ) as resp:
-                status = resp.status
-        except TimeoutError:
+            reply = await upstreams.fetch(
+                upstream,
+                "GET",
+                upstreams.api_path(upstream, "/models"),
+                headers,
+                within=self._timeout,
+            )
+            status = reply.status
+        except UpstreamTimeout:
             error = "no answer to GET /models within the probe timeout"
-        except aiohttp.ClientConnectorError as exc:
-            error = f"nothing listens ({exc.os_error.strerror or type(exc.os_error).__name__})"
-        except aiohttp.ClientError as exc:
+        except ConnectFailed as exc:
+            error = f"nothing listens ({exc})"
+        except UpstreamError as exc:
             error = f"GET /models failed ({type(exc).__name__})"
         return ProbeResult(
             name=upstream.name,

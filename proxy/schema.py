@@ -37,7 +37,7 @@ from proxy.validation import Int, Number, Section, Text, field_error
 
 AuthMode = Literal["passthrough", "inject"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-UpstreamClient = Literal["lean", "aiohttp"]
+UpstreamClient = Literal["lean"]  # the one upstream client; the field stays only to refuse it
 
 
 def _name(value: str) -> str:
@@ -55,6 +55,13 @@ def _url(value: str) -> str:
     except ValueError:
         raise ValueError(f"bad port in {value!r}") from None
     return value.rstrip("/")
+
+
+def _client_removed(value: Any) -> Any:
+    raise ValueError(
+        "removed: the proxy has one upstream client; delete the setting "
+        "(file key, TBG_UPSTREAM_CLIENT or --upstream-client)"
+    )
 
 
 def _upper(value: Any) -> Any:
@@ -181,11 +188,12 @@ class Config(Section):
     max_connections: Annotated[Int, Field(ge=1), Env()] = Field(
         1024, description="open client connections; one more is answered 503 and closed"
     )
-    upstream_client: Annotated[UpstreamClient, Env(), Flag("--upstream-client")] = Field(
+    upstream_client: Annotated[
+        UpstreamClient, BeforeValidator(_client_removed), Env(), Flag("--upstream-client")
+    ] = Field(
         "lean",
-        description="HTTP client that forwards `/v1` requests: `lean` (proxy/h1.py, a keep-alive "
-        "HTTP/1.1 pool with a C parser) or `aiohttp` (its ClientSession: slower, a fallback); "
-        "HEAD, `/v1/models`, probes and replays always use aiohttp",
+        description="removed (any value is an error at start): every upstream request goes "
+        "through the one keep-alive HTTP/1.1 client",
     )
     log_level: Annotated[LogLevel, BeforeValidator(_upper), Env(), Flag("--log-level")] = Field(
         "INFO", description="JSON log level (any case)"

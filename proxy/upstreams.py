@@ -1,8 +1,9 @@
-"""Upstreams: routing by model, header hygiene, auth, and the shared keep-alive client session.
+"""Upstreams: routing by model, header hygiene, auth, and the one keep-alive pool (proxy/h1.py).
 
-One `Upstreams` per app (`app[UPSTREAMS]`), created in the app's cleanup context. The forwarding
-handler and the shadow path both send through it, so replays reuse the same connection pool,
-timeouts and auth rules as the primary traffic.
+One `Upstreams` per process (`app[UPSTREAMS]` in the proxy, created in the app's cleanup context;
+its own in the shadow worker process). Forwarding, HEAD, the merged /v1/models, the readiness
+probes, replays and the /metrics poller all send through its `pool`, with the same connection
+reuse, time limits (`Limits`: connect / first byte / total), header filter and auth rules.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Config, UpstreamConfig
-from proxy.h1 import Endpoint, Limits, Pool
+from proxy.h1 import Endpoint, Limits, Pool, Reply
 from proxy.metrics import OTHER_MODEL
 
-# RFC 9110 §7.6.1 hop-by-hop headers, plus the ones aiohttp must compute itself.
+# RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the client or server computes itself.
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -35,10 +34,12 @@ HOP_BY_HOP = frozenset(
     }
 )
 # x-tbg-replay: the client's replay choice is for the proxy alone (proxy/shadow/optout.py).
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", "x-tbg-replay"}
-RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
-_RAW_REQUEST_DROP = frozenset(h.encode() for h in _REQUEST_DROP)
-_RAW_RESPONSE_DROP = frozenset(h.encode() for h in RESPONSE_DROP)
+_REQUEST_DROP = frozenset(
+    h.encode() for h in HOP_BY_HOP | {"host", "content-length", "expect", "x-tbg-replay"}
+)
+RESPONSE_DROP = frozenset(h.encode() for h in HOP_BY_HOP | {"content-length"})
+# A HEAD response keeps its Content-Length: the length the GET would have, with no body here.
+HEAD_RESPONSE_DROP = frozenset(h.encode() for h in HOP_BY_HOP)
 _TARGET_CACHE = 1024  # request targets remembered per app (paths are client-chosen: bounded)
 # RFC 3986 pchar minus the percent sign: a decoded segment is re-encoded so the upstream sees it as
 # one segment, never a separator, query, fragment or a second round of percent-decoding.
@@ -71,23 +72,6 @@ class Route:
     model_name: str
 
 
-def end_to_end(headers: Mapping[str, str], drop: frozenset[str] = HOP_BY_HOP) -> CIMultiDict[str]:
-    """Copy `headers` without hop-by-hop ones (incl. those named in `Connection`) and `drop`."""
-    named = {
-        token.strip().lower()
-        for value in _all(headers, "connection")
-        for token in value.split(",")
-        if token.strip()
-    }
-    out: CIMultiDict[str] = CIMultiDict()
-    items = headers.items()
-    for key, value in items:
-        lower = key.lower()
-        if lower not in drop and lower not in named:
-            out.add(key, value)
-    return out
-
-
 def _connection_named(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(
         token.strip().lower()
@@ -98,14 +82,31 @@ def _connection_named(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     )
 
 
-def end_to_end_raw(
-    raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] = _RAW_RESPONSE_DROP
-) -> list[tuple[str, str]]:
-    """`end_to_end` over raw header pairs (as parsed off the wire), decoded like aiohttp does;
-    a list, which aiohttp's Response turns into its header multidict in one go."""
+def _dropping(
+    raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> tuple[list[bytes], frozenset[bytes]]:
+    """The header filter's one rule, requests and responses alike: (each header's lower-case
+    name, the names that go) — hop-by-hop ones in `drop`, plus those named in `Connection`."""
     lowered = [name.lower() for name, _ in raw]
     if b"connection" in lowered:
         drop = drop | _connection_named(raw)
+    return lowered, drop
+
+
+def end_to_end(
+    raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """`raw` header pairs as on the wire, without those `_dropping` names."""
+    lowered, drop = _dropping(raw, drop)
+    return [pair for lower, pair in zip(lowered, raw, strict=True) if lower not in drop]
+
+
+def end_to_end_raw(
+    raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] = RESPONSE_DROP
+) -> list[tuple[str, str]]:
+    """`end_to_end` for a response relayed by aiohttp's server, decoded like its parser does, in
+    the same pass; a list, which its Response turns into its header multidict in one go."""
+    lowered, drop = _dropping(raw, drop)
     return [
         (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         for lower, (name, value) in zip(lowered, raw, strict=True)
@@ -113,26 +114,22 @@ def end_to_end_raw(
     ]
 
 
-def _all(headers: Mapping[str, str], key: str) -> list[str]:
-    getall = getattr(headers, "getall", None)
-    if getall is not None:
-        values: list[str] = getall(key, [])
-        return values
-    value = headers.get(key)
-    return [value] if value is not None else []
+def _wire(value: str) -> bytes:
+    """A header value aiohttp's server decoded, back to its bytes."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 class Upstreams:
-    """The configured upstreams, their routing table and the shared `aiohttp.ClientSession`."""
+    """The configured upstreams, their routing table and the process's one connection pool.
 
-    def __init__(
-        self, config: Config, session: aiohttp.ClientSession, pool: Pool | None = None
-    ) -> None:
+    `pool` is what `new_session()` returns; closing it (`await pool.close()`) is the owner's job.
+    """
+
+    def __init__(self, config: Config, pool: Pool) -> None:
         self._config = config
         self._by_name = {u.name: u for u in config.upstreams}
         self._by_model = {m: u for u in config.upstreams for m in u.models}
-        self.session = session
-        self.pool = pool if pool is not None else Pool()  # the forwarding hot path's client
+        self.pool = pool
         self._endpoints = {u.name: endpoint_of(u.base_url) for u in config.upstreams}
         self._limits = {
             u.name: Limits(u.timeouts.connect, u.timeouts.first_byte, u.timeouts.total)
@@ -144,12 +141,11 @@ class Upstreams:
             if u.auth == "inject" and u.api_key is not None
         }
         self._drop = {  # request headers never forwarded as the client sent them, per upstream
-            u.name: _RAW_REQUEST_DROP | ({b"authorization"} if u.name in self._auth else set())
+            u.name: _REQUEST_DROP | ({b"authorization"} if u.name in self._auth else set())
             for u in config.upstreams
         }
         self._targets: dict[tuple[str, str], str] = {}
         self._base_paths = {u.name: URL(u.base_url).raw_path.rstrip("/") for u in config.upstreams}
-        self._origins = {u.name: str(URL(u.base_url).origin()) for u in config.upstreams}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -171,23 +167,31 @@ class Upstreams:
                 return Route(upstream, model)
         return Route(self.default, OTHER_MODEL)
 
-    def url(self, upstream: UpstreamConfig, path: str, query: str = "") -> str:
-        """`path` is the part after /v1 (e.g. "/chat/completions"); query without '?'."""
-        return f"{upstream.base_url}{path}" + (f"?{query}" if query else "")
+    def api_path(self, upstream: UpstreamConfig, path: str) -> str:
+        """The request target of a path of the proxy's own below base_url (e.g. "/models")."""
+        return self._base_paths[upstream.name] + path
 
-    def request_headers(
-        self, upstream: UpstreamConfig, client_headers: Mapping[str, str]
-    ) -> CIMultiDict[str]:
-        """Headers to send upstream: the client's end-to-end headers with the upstream's auth.
+    def root_path(self, upstream: UpstreamConfig, path: str) -> str:
+        """The request target of `path` beside base_url's `/v1` (e.g. "/metrics")."""
+        return self._base_paths[upstream.name].removesuffix("/v1") + path
 
-        `inject` replaces Authorization with the configured key; `passthrough` keeps the client's.
-        Use this for replays too, with the primary request's headers.
-        """
-        headers = end_to_end(client_headers, _REQUEST_DROP)
-        if upstream.auth == "inject" and upstream.api_key is not None:
-            headers.popall("Authorization", None)
-            headers["Authorization"] = f"Bearer {upstream.api_key}"
-        return headers
+    async def fetch(
+        self,
+        upstream: UpstreamConfig,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        *,
+        within: float | None = None,
+    ) -> Reply:
+        """One whole exchange with `upstream` through the pool, under its time limits, each cut
+        to `within` seconds when given. Raises proxy.h1.UpstreamError (its `kind` says how)."""
+        limits = self._limits[upstream.name]
+        if within is not None:
+            limits = limits.capped(within)
+        endpoint = self._endpoints[upstream.name]
+        return await self.pool.fetch(endpoint, limits, method, target, headers, body)
 
     def endpoint(self, upstream: UpstreamConfig) -> Endpoint:
         return self._endpoints[upstream.name]
@@ -208,28 +212,20 @@ class Upstreams:
             self._targets[key] = target
         return f"{target}?{raw_query}" if raw_query else target
 
-    def request_url(self, upstream: UpstreamConfig, tail: str, raw_query: str = "") -> URL:
-        """`target` as an absolute URL for aiohttp's client, sent exactly as built."""
-        return URL(
-            self._origins[upstream.name] + self.target(upstream, tail, raw_query), encoded=True
-        )
-
     def raw_request_headers(
         self,
         upstream: UpstreamConfig,
         client_headers: Iterable[tuple[bytes, bytes]],
         identity: bool = False,
     ) -> list[tuple[bytes, bytes]]:
-        """`request_headers` over the client's raw header pairs; with `identity`, asks the upstream
-        for an unencoded body (Accept-Encoding: identity) as the tap needs."""
-        raw = tuple(client_headers)
-        lowered = [name.lower() for name, _ in raw]
+        """Headers to send upstream: the client's end-to-end headers (`end_to_end`) with the
+        upstream's auth (`inject` replaces Authorization with the configured key; `passthrough`
+        keeps the client's); with `identity`, asks the upstream for an unencoded body
+        (Accept-Encoding: identity) as the tap needs."""
         drop = self._drop[upstream.name]
-        if b"connection" in lowered:
-            drop = drop | _connection_named(raw)
         if identity:
             drop = drop | {b"accept-encoding"}
-        out = [pair for lower, pair in zip(lowered, raw, strict=True) if lower not in drop]
+        out = end_to_end(tuple(client_headers), drop)
         auth = self._auth.get(upstream.name)
         if identity:
             out.append((b"Accept-Encoding", b"identity"))
@@ -239,17 +235,14 @@ class Upstreams:
 
     def auth_headers(
         self, upstream: UpstreamConfig, client_headers: Mapping[str, str]
-    ) -> dict[str, str]:
-        """Only the Authorization header a replay should carry (may be empty)."""
-        if upstream.auth == "inject" and upstream.api_key is not None:
-            return {"Authorization": f"Bearer {upstream.api_key}"}
+    ) -> list[tuple[bytes, bytes]]:
+        """Only the Authorization header a replay or probe should carry (may be none): the
+        injected key, else the client's (as aiohttp's server decoded it)."""
+        auth = self._auth.get(upstream.name)
+        if auth is not None:
+            return [(b"Authorization", auth)]
         value = client_headers.get("Authorization") or client_headers.get("authorization")
-        return {"Authorization": value} if value else {}
-
-    def client_timeout(self, upstream: UpstreamConfig) -> aiohttp.ClientTimeout:
-        """connect and total; the first-byte limit is enforced by the caller around the headers."""
-        t = upstream.timeouts
-        return aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
+        return [(b"Authorization", _wire(value))] if value else []
 
 
 def endpoint_of(base_url: str) -> Endpoint:
@@ -269,16 +262,8 @@ def endpoint_of(base_url: str) -> Endpoint:
     )
 
 
-def new_session() -> aiohttp.ClientSession:
-    """The keep-alive pool shared by all upstreams of one app.
-
-    Bytes are forwarded as received: no automatic decompression, no default User-Agent/Accept
-    headers added on top of the client's.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60.0),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        read_bufsize=2**16,
-    )
+def new_session() -> Pool:
+    """The keep-alive pool shared by all upstreams of one process (`Upstreams(config, pool)`;
+    the owner closes it). Bytes are forwarded as received: no decompression, no headers added
+    beyond Host and Content-Length."""
+    return Pool()

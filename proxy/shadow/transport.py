@@ -1,23 +1,35 @@
-"""How replays reach an upstream: a pooled aiohttp session with each upstream's auth and timeouts.
+"""How replays reach an upstream: the process's one upstream client (proxy/h1.py), with each
+upstream's auth and time limits.
 
-Used in the proxy process (the proxy's own session) and in the shadow worker process (its own).
+Used in the proxy process (the proxy's own pool) and in the shadow worker process (its own). A
+replay runs under the upstream's connect / first-byte / total limits, each cut to the replay
+timeout; the /metrics poll under the same limits cut to METRICS_TIMEOUT_S. Failures raise
+proxy.h1.UpstreamError (timeout, connect, reset, protocol), a /metrics answer that is not 2xx
+MetricsUnavailable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import aiohttp
-
 from proxy.upstreams import Upstreams
+
+METRICS_TIMEOUT_S = 5.0
+_JSON = (b"Content-Type", b"application/json")
+
+
+class MetricsUnavailable(Exception):
+    """The upstream answered GET /metrics with a status other than 2xx."""
 
 
 class UpstreamTransport:
-    """Replays through the proxy's own pooled session, with each upstream's auth and timeouts."""
+    """Replays through the process's pooled client, with each upstream's auth and limits."""
 
     def __init__(self, upstreams: Callable[[], Upstreams], replay_keys: Mapping[str, str]) -> None:
         self._upstreams = upstreams  # in the proxy, Upstreams exists only once the app started
-        self._replay_keys = replay_keys  # upstream name -> dedicated replay key
+        self._keys = {  # upstream name -> the Authorization of its dedicated replay key
+            name: b"Bearer " + key.encode("latin-1") for name, key in replay_keys.items()
+        }
 
     async def post_json(
         self,
@@ -29,25 +41,22 @@ class UpstreamTransport:
     ) -> tuple[int, bytes]:
         upstreams = self._upstreams()
         target = upstreams.upstream_for(upstream)
-        key = self._replay_keys.get(upstream)
+        key = self._keys.get(upstream)
         if key is not None:
-            headers = {"Authorization": f"Bearer {key}"}
+            headers = [(b"Authorization", key), _JSON]
         else:
-            headers = upstreams.auth_headers(target, client_headers)
-        headers["Content-Type"] = "application/json"
-        limit = min(timeout_s, target.timeouts.total or timeout_s)
-        client_timeout = aiohttp.ClientTimeout(total=limit, connect=target.timeouts.connect)
-        async with upstreams.session.post(
-            upstreams.url(target, path), data=body, headers=headers, timeout=client_timeout
-        ) as response:
-            return response.status, await response.read()
+            headers = [*upstreams.auth_headers(target, client_headers), _JSON]
+        reply = await upstreams.fetch(
+            target, "POST", upstreams.api_path(target, path), headers, body, within=timeout_s
+        )
+        return reply.status, reply.body
 
     async def fetch_metrics(self, upstream: str) -> str:
         upstreams = self._upstreams()
         target = upstreams.upstream_for(upstream)
-        root = target.base_url.removesuffix("/v1")
-        async with upstreams.session.get(
-            f"{root}/metrics", timeout=aiohttp.ClientTimeout(total=5.0)
-        ) as response:
-            response.raise_for_status()
-            return await response.text()
+        reply = await upstreams.fetch(
+            target, "GET", upstreams.root_path(target, "/metrics"), within=METRICS_TIMEOUT_S
+        )
+        if not 200 <= reply.status < 300:
+            raise MetricsUnavailable(f"GET /metrics answered {reply.status}")
+        return reply.body.decode("utf-8", "replace")

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from proxy.app import make_app, make_runner
-from proxy.config import Config, UpstreamClient
+from proxy.config import Config
 from proxy.probe import PROBE_USER_AGENT
 from proxy.tap import Tap
 
@@ -213,17 +213,11 @@ async def proxy_stack(
     make_config: Callable[[list[str]], Config],
     fakes: list[FakeUpstream] | None = None,
     tap: Tap | None = None,
-    *,
-    lean_client: bool | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start the fake upstreams and the proxy (configured from their URLs) on 127.0.0.1.
-    `lean_client` overrides the config's `upstream_client` when given."""
+    """Start the fake upstreams and the proxy (configured from their URLs) on 127.0.0.1."""
     fakes = fakes if fakes is not None else [FakeUpstream()]
     fake_runners = [await _serve_fake(f) for f in fakes]
     config = make_config([f.url for f in fakes])
-    if lean_client is not None:
-        client: UpstreamClient = "lean" if lean_client else "aiohttp"
-        config = config.model_copy(update={"upstream_client": client})
     app = make_app(config, tap=tap)
     runner = make_runner(app)
     await runner.setup()

@@ -324,11 +324,15 @@ def test_client_keepalive_is_a_config_field(source: str, value: dict[str, Any]) 
         build_config({**BASE, "client_keepalive_seconds": 0}, ENV)
 
 
-def test_upstream_client_is_a_config_field() -> None:
+def test_the_removed_upstream_client_setting_is_refused_wherever_it_is_set() -> None:
+    """One upstream client: a file, variable or flag that still picks one fails at start, saying
+    what to do, whatever value it names."""
     assert build_config(BASE, ENV).upstream_client == "lean"
-    env = {**ENV, "TBG_UPSTREAM_CLIENT": "aiohttp"}
-    assert build_config(BASE, env).upstream_client == "aiohttp"
-    flag = Overrides(upstream_client="aiohttp")
-    assert build_config({**BASE, "upstream_client": "lean"}, ENV, flag).upstream_client == "aiohttp"
-    with pytest.raises(ConfigError, match=r"^upstream_client: must be one of 'lean' or 'aiohttp'"):
-        build_config({**BASE, "upstream_client": "curl"}, ENV)
+    removed = r"^upstream_client: removed: the proxy has one upstream client; delete the setting"
+    for value in ("lean", "aiohttp", "curl"):
+        with pytest.raises(ConfigError, match=removed):
+            build_config({**BASE, "upstream_client": value}, ENV)
+        with pytest.raises(ConfigError, match=removed):
+            build_config(BASE, {**ENV, "TBG_UPSTREAM_CLIENT": value})
+        with pytest.raises(ConfigError, match=removed):
+            build_config(BASE, ENV, Overrides(upstream_client=value))

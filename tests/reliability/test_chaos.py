@@ -158,11 +158,11 @@ CASES: list[tuple[str, Script, bool]] = [
 ]
 
 
-async def test_refused_connection_is_a_502_and_nothing_leaks(upstream_client: str) -> None:
+async def test_refused_connection_is_a_502_and_nothing_leaks() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    config = single(upstream={"timeouts": TIMEOUTS}, upstream_client=upstream_client)
+    config = single(upstream={"timeouts": TIMEOUTS})
     async with proxy_stack(lambda _: config([f"http://127.0.0.1:{port}/v1"])) as stack:
         client = openai.AsyncOpenAI(base_url=stack.proxy_url + "/v1", api_key="k", max_retries=0)
         for _ in range(3):
@@ -183,10 +183,8 @@ UPSTREAM_BYTES: dict[str, bytes] = {
 
 
 @pytest.mark.parametrize(("name", "script", "stream"), CASES, ids=[c[0] for c in CASES])
-async def test_chaos_upstream(
-    name: str, script: Script, stream: bool, upstream_client: str
-) -> None:
-    config = single(upstream={"timeouts": TIMEOUTS}, upstream_client=upstream_client)
+async def test_chaos_upstream(name: str, script: Script, stream: bool) -> None:
+    config = single(upstream={"timeouts": TIMEOUTS})
     async with chaos(script) as (url, live), proxy_stack(lambda _: config([url]), []) as stack:
         await _exchange(stack.proxy_url, stream)  # warm-up: pools, lazy imports
         await asyncio.sleep(0.1)

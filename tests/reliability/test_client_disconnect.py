@@ -76,11 +76,9 @@ async def _port(stack: Stack) -> int:
     return int(stack.proxy_url.rsplit(":", 1)[1])
 
 
-async def test_disconnect_before_the_response_head_cancels_the_upstream(
-    upstream_client: str,
-) -> None:
+async def test_disconnect_before_the_response_head_cancels_the_upstream() -> None:
     fake = FakeUpstream()
-    async with proxy_stack(single(upstream_client=upstream_client), [fake]) as stack:
+    async with proxy_stack(single(), [fake]) as stack:
         fds, tasks = await _baseline(stack)
         fake.started.clear()
         _, writer = await asyncio.open_connection("127.0.0.1", await _port(stack))
@@ -94,9 +92,9 @@ async def test_disconnect_before_the_response_head_cancels_the_upstream(
         await _nothing_leaked(stack, fds, tasks)
 
 
-async def test_disconnect_mid_stream_cancels_the_upstream(upstream_client: str) -> None:
+async def test_disconnect_mid_stream_cancels_the_upstream() -> None:
     fake = FakeUpstream(gate=asyncio.Event())  # holds the stream after its first event
-    async with proxy_stack(single(upstream_client=upstream_client), [fake]) as stack:
+    async with proxy_stack(single(), [fake]) as stack:
         fds, tasks = await _baseline(stack)
         reader, writer = await asyncio.open_connection("127.0.0.1", await _port(stack))
         writer.write(_request(stream=True))
