@@ -45,10 +45,10 @@ def compare(trials: list[Trial], resamples: int) -> dict[str, Any]:
         "before": [lo, hi],
         "after": [after.lower, after.upper],
         "design_effect": after.diagnostics.design_effect,
-        "bootstrap": [boot["lower"], boot["upper"]],
-        "bootstrap_sd_log": boot["sd_log"],
-        "ratio_before": boot["sd_log"] / sd_b if sd_b > 0 else math.nan,
-        "ratio_after": boot["sd_log"] / sd_after if sd_after > 0 else math.nan,
+        "bootstrap": [boot.lower, boot.upper],
+        "bootstrap_sd_log": boot.sd_log,
+        "ratio_before": boot.sd_log / sd_b if sd_b > 0 else math.nan,
+        "ratio_after": boot.sd_log / sd_after if sd_after > 0 else math.nan,
     }
 
 

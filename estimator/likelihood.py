@@ -25,7 +25,7 @@ from estimator.compare import compare_trial
 from estimator.model import Trial
 from estimator.nodes import Nodes
 from estimator.profile import upper_drop
-from estimator.result import Counts, EstimateResult
+from estimator.result import ConfidenceInterval, Counts, EstimateResult, interval_at
 
 # exp(-_CUT) is below double precision relative to 1: gaps beyond _CUT·T do not move ℓ(T).
 _CUT = 40.0
@@ -331,13 +331,39 @@ def estimate_likelihood(
     return replace(r, diagnostics=diag)
 
 
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """The percentile interval (``lower``, ``upper`` at ``level``) of T̂ over ``resamples``
+    resamples of the trials, ``sd_log`` the SD of log T̂ over the resamples with T̂ > 0 (NaN with
+    fewer than three) and ``zero_share`` the share of resamples with nothing diverged."""
+
+    lower: float
+    upper: float
+    level: float
+    sd_log: float
+    zero_share: float
+    resamples: int
+
+    def confidence_interval(self, level: float | None = None) -> ConfidenceInterval:
+        return interval_at(self.lower, self.upper, self.level, level, "bootstrap")
+
+    def to_dict(self) -> dict[str, float]:
+        """The keys `tbg measure` writes (level beside them)."""
+        return {
+            "lower": self.lower,
+            "upper": self.upper,
+            "sd_log": self.sd_log,
+            "zero_share": self.zero_share,
+            "resamples": float(self.resamples),
+        }
+
+
 def bootstrap_prompts(
     parts: list[Nodes], *, resamples: int = 400, seed: int = 0, level: float = 0.95
-) -> dict[str, float]:
-    """Bootstrap over trials (prompts): T̂ on `resamples` resamples of the trials with replacement.
-    Returns the percentile interval (`lower`, `upper`), `sd_log` (SD of log T̂ over resamples with
-    T̂ > 0) and `zero_share` (resamples with nothing diverged). It covers the variation of the
-    prompts as sampled, not a change of prompt mix."""
+) -> BootstrapInterval:
+    """Bootstrap over trials (prompts): T̂ on `resamples` resamples of the trials with
+    replacement (see `BootstrapInterval`). It covers the variation of the prompts as sampled, not
+    a change of prompt mix."""
     rng = np.random.default_rng(seed)
     n = len(parts)
     if n < 2:
@@ -347,10 +373,11 @@ def bootstrap_prompts(
     )
     pos = est[est > 0]
     a = (1 - level) / 2
-    return {
-        "lower": float(np.quantile(est, a)),
-        "upper": float(np.quantile(est, 1 - a)),
-        "sd_log": float(np.std(np.log(pos), ddof=1)) if pos.size > 2 else math.nan,
-        "zero_share": float(np.mean(est <= 0)),
-        "resamples": float(resamples),
-    }
+    return BootstrapInterval(
+        lower=float(np.quantile(est, a)),
+        upper=float(np.quantile(est, 1 - a)),
+        level=level,
+        sd_log=float(np.std(np.log(pos), ddof=1)) if pos.size > 2 else math.nan,
+        zero_share=float(np.mean(est <= 0)),
+        resamples=resamples,
+    )

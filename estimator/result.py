@@ -44,6 +44,22 @@ class Counts:
         }
 
 
+def interval_at(
+    lower: float, upper: float, computed: float, level: float | None, what: str
+) -> ConfidenceInterval:
+    """``lower``..``upper`` computed at level ``computed``, asked for at ``level`` (None: as
+    computed). An interval is computed at one level; asking for another one raises ValueError
+    rather than rescaling an interval that is not symmetric."""
+    if level is not None and not (
+        math.isnan(computed) or math.isclose(level, computed, rel_tol=1e-12)
+    ):
+        raise ValueError(
+            f"{what} interval was computed at level {computed:g}; compute it again with "
+            f"level={level:g}"
+        )
+    return ConfidenceInterval(lower, upper, computed)
+
+
 class Diagnostics(Protocol):
     """A method's diagnostics record: frozen, typed fields, written to JSON by ``to_dict``."""
 
@@ -69,17 +85,9 @@ class EstimateResult(Generic[D]):
     diagnostics: D
 
     def confidence_interval(self, level: float | None = None) -> ConfidenceInterval:
-        """The interval at ``level`` (None: the level it was computed at). An estimator computes
-        its interval at one level (its ``level`` argument); asking for another one raises
-        ValueError rather than rescaling an interval that is not symmetric."""
-        if level is not None and not (
-            math.isnan(self.level) or math.isclose(level, self.level, rel_tol=1e-12)
-        ):
-            raise ValueError(
-                f"{self.method} interval was computed at level {self.level:g}; "
-                f"estimate again with level={level:g}"
-            )
-        return ConfidenceInterval(self.lower, self.upper, self.level)
+        """The interval at ``level`` (None: the level it was computed at, the estimator's
+        ``level`` argument; another level raises ValueError, see `interval_at`)."""
+        return interval_at(self.lower, self.upper, self.level, level, self.method)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN still to be mapped to null): the shape of `tbg measure`'s report."""

@@ -14,6 +14,7 @@ from scipy import stats as st
 
 from estimator.comparison import pair_divergence
 from estimator.model import Run
+from estimator.result import ConfidenceInterval, interval_at
 
 
 def collision_rate(outputs: Sequence[Hashable]) -> float:
@@ -112,6 +113,9 @@ class HazardRate:
     diverged: float
     tokens_at_risk: float
     level: float
+
+    def confidence_interval(self, level: float | None = None) -> ConfidenceInterval:
+        return interval_at(self.lower, self.upper, self.level, level, "hazard")
 
     def p_diverge(self, k: int) -> float:
         """P(a k-token answer diverges) ≈ 1 − exp(−λk)."""

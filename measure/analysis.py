@@ -239,9 +239,9 @@ def bootstrap(
     return {
         "method": "bootstrap over prompts (percentile; T_hat of the likelihood per resample)",
         "level": level,
-        **b,
+        **b.to_dict(),
         "interval_sd_log": implied,
-        "sd_ratio": b["sd_log"] / implied if implied > 0 else math.nan,
+        "sd_ratio": b.sd_log / implied if implied > 0 else math.nan,
     }
 
 

@@ -141,3 +141,22 @@ def test_online_folds_a_plain_comparison_as_its_own() -> None:
     c = a.compare(trials[0])
     assert c.nodes is None and c.jitter_gaps.size == 0  # used up: not shipped on
     assert c.nll.size == OnlineConfig().grid_size and (c.nll >= 0).all()
+
+
+def test_every_interval_reads_the_same_way() -> None:
+    """The grid profile, the hazard and the bootstrap record their level like the estimators."""
+    from estimator.likelihood import GridLoglik, bootstrap_prompts, trial_nodes
+    from estimator.nodes import Nodes
+    from estimator.profile import grid_profile
+    from estimator.stats import divergence_hazard
+
+    grid = OnlineConfig().grid
+    nodes = list(trial_nodes(_trials(10, 0.03)).parts)
+    p = grid_profile(grid, GridLoglik(grid).nll(Nodes.concat(nodes)), events=5.0, level=0.9)
+    h = divergence_hazard(5, 1000, level=0.9)
+    b = bootstrap_prompts(nodes, resamples=30, level=0.9)
+    for r in (p, h, b):
+        assert r.confidence_interval() == ConfidenceInterval(r.lower, r.upper, 0.9)
+        with pytest.raises(ValueError, match=r"computed at level 0\.9"):
+            r.confidence_interval(0.95)
+    assert set(b.to_dict()) == {"lower", "upper", "sd_log", "zero_share", "resamples"}
