@@ -81,7 +81,8 @@ def checked_nll(nll: np.ndarray) -> np.ndarray:
     return nll
 
 
-# What one trial adds to the online state: a `Comparison` scored on the grid (`OnlineEstimator.score`).
+# What one trial adds to the online state: a `Comparison` scored on the grid
+# (`OnlineEstimator.score`). The older name, kept for the shadow path.
 TrialComparison = Comparison
 
 
