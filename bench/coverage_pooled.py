@@ -21,10 +21,9 @@ import math
 import numpy as np
 
 from bench.truth import TruthModel
-from estimator.compare import Nodes
+from estimator.compare import Nodes, compare_trial
 from estimator.likelihood import fit
 from estimator.online import OnlineConfig, OnlineEstimator, SufficientStats
-from estimator.pair import compare_fast
 from estimator.profile import grid_profile
 
 
@@ -56,12 +55,13 @@ def main() -> None:
         for p in range(a.trials * a.scale):
             trial = model.trial(rng, p, runs=a.runs, length=32, temperature=t)
             replicas[p % 3].update(trial)
-            nodes = compare_fast(trial).nodes
+            nodes = compare_trial(trial).nodes
             if nodes is not None:
                 parts.append(nodes)
         pooled: SufficientStats = replicas[0].stats() + replicas[1].stats() + replicas[2].stats()
         prof = grid_profile(grid, np.asarray(pooled.nll), events=pooled.scored_diverged)
-        _, lo, hi, _ = fit(Nodes.concat(parts))
+        exact = fit(Nodes.concat(parts))
+        lo, hi = exact.lower, exact.upper
         covered += prof.lower <= t <= prof.upper
         exact_covered += lo <= t <= hi
         if hi > lo:

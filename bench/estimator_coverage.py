@@ -38,9 +38,10 @@ def main() -> None:
             rng, pairs=a.pairs, length=128, temperature=temp, gaps=GapModel(vocab=8)
         )
         nodes = sim.ideal_nodes()
-        est, lo, hi, diag = fit(nodes)
-        if "loglik_max" in diag:
-            wilks.append(2 * (float(diag["loglik_max"]) - Likelihood(nodes).loglik(1 / temp)))
+        r = fit(nodes)
+        est, lo, hi = r.estimate, r.lower, r.upper
+        if not math.isnan(r.diagnostics.loglik_max):
+            wilks.append(2 * (r.diagnostics.loglik_max - Likelihood(nodes).loglik(1 / temp)))
         rows.append((int((sim.first < 128).sum()), est, lo, hi))
         low += temp < lo  # interval entirely above the truth
         high += temp > hi  # interval entirely below the truth

@@ -32,11 +32,7 @@ def run_paper(seed: int, prompts: int, true_t: float, length: int = 32) -> dict[
         for t in grid
     }
     r = estimate_paper(prompt_trials(sut), refs, max_tokens=length)
-    out = {
-        k[len("T_n[reference:") : -1]: float(v)
-        for k, v in r.diagnostics.items()
-        if k.startswith("T_n")
-    }
+    out = {k[len("reference:") :]: v for k, v in r.diagnostics.t_n}
     out["estimate"] = r.estimate
     return out
 

@@ -31,9 +31,11 @@ def _sd(lo: float, hi: float) -> float:
 
 
 def compare(trials: list[Trial], resamples: int) -> dict[str, Any]:
-    parts, counts = trial_nodes(trials)
+    tn = trial_nodes(trials)
+    parts = list(tn.parts)
     nodes = Nodes.concat(parts)
-    est, lo, hi, _ = fit(nodes, events=float(counts["diverged"]))  # before: pairs, k = 1
+    before = fit(nodes, events=float(tn.counts.diverged))  # before: pairs, k = 1
+    est, lo, hi = before.estimate, before.lower, before.upper
     after = estimate_likelihood(trials)
     boot = bootstrap_prompts(parts, resamples=resamples, seed=0)
     sd_b, sd_after = _sd(lo, hi), _sd(after.lower, after.upper)
@@ -42,11 +44,11 @@ def compare(trials: list[Trial], resamples: int) -> dict[str, Any]:
         "estimate": est,
         "before": [lo, hi],
         "after": [after.lower, after.upper],
-        "design_effect": after.diagnostics.get("design_effect"),
-        "bootstrap": [boot["lower"], boot["upper"]],
-        "bootstrap_sd_log": boot["sd_log"],
-        "ratio_before": boot["sd_log"] / sd_b if sd_b > 0 else math.nan,
-        "ratio_after": boot["sd_log"] / sd_after if sd_after > 0 else math.nan,
+        "design_effect": after.diagnostics.design_effect,
+        "bootstrap": [boot.lower, boot.upper],
+        "bootstrap_sd_log": boot.sd_log,
+        "ratio_before": boot.sd_log / sd_b if sd_b > 0 else math.nan,
+        "ratio_after": boot.sd_log / sd_after if sd_after > 0 else math.nan,
     }
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from estimator.compare import compare_trial
 from estimator.model import Trial
-from estimator.pair import compare_fast
-from estimator.result import EstimateResult
-from estimator.stats import divergence_hazard
+from estimator.result import Counts, EstimateResult
+from estimator.stats import HazardRate, divergence_hazard
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,31 @@ class ReferenceCurve:
         return float(np.exp(x[i] + slope * (v - y[i])))
 
 
-def _hazard_counts(trials: Iterable[Trial]) -> tuple[int, int, int, int]:
+@dataclass(frozen=True)
+class HazardDiagnostics:
+    """The ``reference`` curve the temperature is relative to and the per-token ``hazard`` λ̂
+    with its Garwood interval."""
+
+    counts: Counts
+    reference: str
+    hazard: HazardRate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts.to_dict(),
+            "reference": self.reference,
+            "hazard": self.hazard.estimate,
+            "hazard_lower": self.hazard.lower,
+            "hazard_upper": self.hazard.upper,
+        }
+
+
+def _hazard_counts(trials: Iterable[Trial]) -> Counts:
     n = pairs = div = risk = 0
     for t in trials:
-        c = compare_fast(t, with_nodes=False)
+        c = compare_trial(t, with_nodes=False)
         n, pairs, div, risk = n + 1, pairs + c.pairs, div + c.diverged, risk + c.tokens_at_risk
-    return n, pairs, div, risk
+    return Counts(n, pairs, div, risk)
 
 
 def reference_curve_from_trials(
@@ -65,7 +85,8 @@ def reference_curve_from_trials(
     pts = []
     for temp in sorted(trials_by_temperature):
         if temp > 0:
-            _, _, d, e = _hazard_counts(trials_by_temperature[temp])
+            c = _hazard_counts(trials_by_temperature[temp])
+            d, e = c.diverged, c.tokens_at_risk
             if d > 0:
                 pts.append((temp, d / e))
     t, h = zip(*pts, strict=True) if pts else ((), ())
@@ -74,18 +95,11 @@ def reference_curve_from_trials(
 
 def estimate_hazard(
     trials: Iterable[Trial], reference_curve: ReferenceCurve, *, level: float = 0.95
-) -> EstimateResult:
+) -> EstimateResult[HazardDiagnostics]:
     """T̂ = λ_ref⁻¹(λ̂) with the Garwood interval of λ̂ mapped through the same curve (the
     curve's own sampling error is not included)."""
-    n, pairs, div, risk = _hazard_counts(trials)
-    hz = divergence_hazard(div, risk, level)
-    diag: dict[str, float | int | str] = {
-        "reference": reference_curve.name,
-        "hazard": hz.estimate,
-        "hazard_lower": hz.lower,
-        "hazard_upper": hz.upper,
-    }
+    counts = _hazard_counts(trials)
+    hz = divergence_hazard(counts.diverged, counts.tokens_at_risk, level)
     inv = reference_curve.invert
-    return EstimateResult(
-        inv(hz.estimate), inv(hz.lower), inv(hz.upper), "hazard", level, n, pairs, div, risk, diag
-    )
+    diag = HazardDiagnostics(counts, reference_curve.name, hz)
+    return EstimateResult(inv(hz.estimate), inv(hz.lower), inv(hz.upper), level, "hazard", diag)

@@ -16,13 +16,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as st
 
+from estimator.compare import compare_trial
 from estimator.model import Trial
-from estimator.pair import compare_fast
-from estimator.result import EstimateResult
+from estimator.result import Counts, EstimateResult
+
+
+@dataclass(frozen=True)
+class JitterDiagnostics:
+    """σ̂_Δ and its interval (``sigma_gap*``), p₀ (``p_identical``), the positions compared and
+    their trial-level effective number, and the model check: predicted against observed pair
+    divergences, ``check_z`` = (observed − predicted)/√predicted (NaN when nothing is predicted).
+    """
+
+    counts: Counts
+    sigma_gap: float
+    sigma_gap_lower: float
+    sigma_gap_upper: float
+    p_identical: float
+    positions: int
+    effective_positions: float
+    predicted_divergences: float
+    observed_divergences: int
+    check_z: float
+    unit: str = "trial"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "counts": self.counts.to_dict()}
 
 
 def sigma_to_temperature(sigma_gap: float) -> float:
@@ -38,7 +63,9 @@ def predicted_divergences(gaps: np.ndarray, sigma_gap: float) -> float:
     return float((2 * q * (1 - q)).sum())
 
 
-def estimate_jitter(trials: Iterable[Trial], *, level: float = 0.95) -> EstimateResult:
+def estimate_jitter(
+    trials: Iterable[Trial], *, level: float = 0.95
+) -> EstimateResult[JitterDiagnostics]:
     """Jitter σ_Δ, p₀, the mapped temperature and the divergence model check. The interval has the
     trial as its unit: χ² on the effective number of positions N_eff = N·(χ² variance of σ̂²)/(robust
     variance of the ratio Σδ²/ΣN over trials), at most N (positions of one trial share a batch
@@ -48,7 +75,7 @@ def estimate_jitter(trials: Iterable[Trial], *, level: float = 0.95) -> Estimate
     gaps: list[np.ndarray] = []
     per_trial: list[tuple[float, int]] = []
     for t in trials:
-        c = compare_fast(t, with_nodes=False)
+        c = compare_trial(t, with_nodes=False)
         if c.jitter_positions:
             per_trial.append((c.jitter_sq_sum, c.jitter_positions))
         sq, pos, ident = (
@@ -75,27 +102,23 @@ def estimate_jitter(trials: Iterable[Trial], *, level: float = 0.95) -> Estimate
     s_lo = math.sqrt(sq / pos * n_eff / (2 * float(st.chi2.ppf(1 - a, n_eff))))
     s_hi = math.sqrt(sq / pos * n_eff / (2 * float(st.chi2.ppf(a, n_eff))))
     pred = predicted_divergences(np.concatenate(gaps), sigma)
-    diag: dict[str, float | int | str] = {
-        "sigma_gap": sigma,
-        "sigma_gap_lower": s_lo,
-        "sigma_gap_upper": s_hi,
-        "p_identical": ident / pos,
-        "positions": pos,
-        "effective_positions": n_eff,
-        "unit": "trial",
-        "predicted_divergences": pred,
-        "observed_divergences": div,
-        "check_z": (div - pred) / math.sqrt(pred) if pred > 0 else math.nan,
-    }
+    diag = JitterDiagnostics(
+        counts=Counts(n, pairs, div, risk),
+        sigma_gap=sigma,
+        sigma_gap_lower=s_lo,
+        sigma_gap_upper=s_hi,
+        p_identical=ident / pos,
+        positions=pos,
+        effective_positions=n_eff,
+        predicted_divergences=pred,
+        observed_divergences=div,
+        check_z=(div - pred) / math.sqrt(pred) if pred > 0 else math.nan,
+    )
     return EstimateResult(
         sigma_to_temperature(sigma),
         sigma_to_temperature(s_lo),
         sigma_to_temperature(s_hi),
-        "jitter",
         level,
-        n,
-        pairs,
-        div,
-        risk,
+        "jitter",
         diag,
     )

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
 
-from estimator.compare import Nodes
+from estimator.compare import compare_trial
 from estimator.model import Trial
-from estimator.pair import compare_fast
+from estimator.nodes import Nodes
 from estimator.profile import upper_drop
-from estimator.result import EstimateResult
+from estimator.result import ConfidenceInterval, Counts, EstimateResult, interval_at
 
 # exp(-_CUT) is below double precision relative to 1: gaps beyond _CUT·T do not move ℓ(T).
 _CUT = 40.0
@@ -166,6 +168,35 @@ def design_effect(parts: list[Nodes], beta: float) -> float:
     return max(1.0, k) if math.isfinite(k) else 1.0
 
 
+@dataclass(frozen=True)
+class LikelihoodDiagnostics:
+    """What a likelihood fit rests on. ``nodes``: scored trie nodes; ``tail_choices``: choices
+    outside the reported tokens (not scored); ``min_k``: the smallest number of reported tokens
+    at a node; ``loglik_max``: ℓ(T̂) (NaN when nothing diverged: then the interval is read from
+    ℓ(T -> 0)); ``estimate_at_t_max``/``upper_at_t_max``: the estimate or the upper end was
+    clipped to t_max; ``design_effect``: the trial-level multiplier of both drops (1: positions
+    treated as independent); ``events``: the divergences behind the small-count correction (NaN:
+    none applied, the asymptotic upper end). From trials (`estimate_likelihood`) also the
+    ``counts``, the scored trials, those of them that diverged, and ``unit`` "trial" (a fit on
+    bare nodes counts no trials: zeros, unit "position")."""
+
+    nodes: int
+    tail_choices: int
+    min_k: int
+    loglik_max: float
+    estimate_at_t_max: bool
+    upper_at_t_max: bool
+    design_effect: float
+    events: float
+    counts: Counts = field(default_factory=Counts)
+    diverged_trials: int = 0
+    scored_trials: int = 0
+    unit: str = "position"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "counts": self.counts.to_dict()}
+
+
 def mle(nodes: Nodes, *, t_min: float = 1e-6, t_max: float = 10.0) -> float:
     """T̂ alone (0 when nothing diverged, t_max when the score has no root below it)."""
     lk = Likelihood(nodes)
@@ -183,19 +214,34 @@ def fit(
     t_max: float = 10.0,
     events: float | None = None,
     design: float = 1.0,
-) -> tuple[float, float, float, dict[str, float | int | str]]:
-    """(T̂, lower, upper, diagnostics) by maximum likelihood with a profile-likelihood interval
-    {T : 2[ℓ(T̂) − ℓ(T)] <= χ²₁(level)}; with no scored divergence T̂ = 0 and lower 0. Given
-    `events` (the number of divergences behind the nodes), the upper end gets the small-count
-    correction of estimator.profile (as the live and pooled intervals do); without it the upper
-    end is the asymptotic one (one-sided χ²₁(2·level − 1) when nothing diverged): the textbook
-    interval the grid reading is checked against. `design` (the trial-level design effect, >= 1)
-    multiplies both drops. Ends beyond [t_min, t_max] are clipped (lower 0, upper t_max, flagged in
-    the diagnostics)."""
+) -> EstimateResult[LikelihoodDiagnostics]:
+    """T̂ by maximum likelihood with a profile-likelihood interval {T : 2[ℓ(T̂) − ℓ(T)] <=
+    χ²₁(level)}; with no scored divergence T̂ = 0 and lower 0. Given `events` (the number of
+    divergences behind the nodes), the upper end gets the small-count correction of
+    estimator.profile (as the live and pooled intervals do); without it the upper end is the
+    asymptotic one (one-sided χ²₁(2·level − 1) when nothing diverged): the textbook interval the
+    grid reading is checked against. `design` (the trial-level design effect, >= 1) multiplies
+    both drops. Ends beyond [t_min, t_max] are clipped (lower 0, upper t_max, flagged in the
+    diagnostics)."""
     lk = Likelihood(nodes)
     u_lo, u_hi = -np.log(t_max), -np.log(t_min)  # u = log β
     step = np.log(2.0)
-    diag: dict[str, float | int | str] = {"nodes": int(nodes.weights.size)}
+    diag = LikelihoodDiagnostics(
+        nodes=int(nodes.weights.size),
+        tail_choices=nodes.tail_choices,
+        min_k=nodes.min_k,
+        loglik_max=math.nan,
+        estimate_at_t_max=False,
+        upper_at_t_max=False,
+        design_effect=design,
+        events=math.nan if events is None else float(events),
+    )
+
+    def result(
+        est: float, lower: float, upper: float, d: LikelihoodDiagnostics
+    ) -> EstimateResult[LikelihoodDiagnostics]:
+        return EstimateResult(est, lower, upper, level, "likelihood", d)
+
     if lk.linear <= 0.0:
         crit = design * (
             float(stats.chi2.ppf(2 * level - 1, 1)) / 2
@@ -205,13 +251,12 @@ def fit(
         thr0 = lk.l_inf - crit
         r = _root(lambda u: lk.loglik(np.exp(u)) - thr0, u_hi, -step, u_lo)
         if r is None:
-            diag["upper_at_t_max"] = 1
-            return 0.0, 0.0, t_max, diag
-        return 0.0, 0.0, float(np.exp(-r)), diag
+            return result(0.0, 0.0, t_max, replace(diag, upper_at_t_max=True))
+        return result(0.0, 0.0, float(np.exp(-r)), diag)
     crit = design * float(stats.chi2.ppf(level, 1)) / 2
     r = _root(lambda u: lk.score(np.exp(u)), u_hi, -step, u_lo)
     if r is None:
-        diag["estimate_at_t_max"] = 1
+        diag = replace(diag, estimate_at_t_max=True)
         u_hat = u_lo
     else:
         u_hat = r
@@ -229,69 +274,96 @@ def fit(
     r_lo = _root(g, u_hat, step, u_hi)  # towards lower T
     upper = t_max if r_up is None else float(np.exp(-r_up))
     lower = 0.0 if r_lo is None else float(np.exp(-r_lo))
-    diag["loglik_max"] = thr + crit
-    return float(np.exp(-u_hat)), lower, upper, diag
+    return result(float(np.exp(-u_hat)), lower, upper, replace(diag, loglik_max=thr + crit))
 
 
-def trial_nodes(trials: Iterable[Trial]) -> tuple[list[Nodes], dict[str, int]]:
-    """Each trial's likelihood nodes (trials without top-k logprobs left out) and the counts
-    (trials, pairs, diverged pairs, diverged trials among the scored, tokens at risk)."""
+@dataclass(frozen=True)
+class TrialNodes:
+    """Each scored trial's likelihood nodes (trials without top-k logprobs left out), the counts
+    over all trials and the number of scored trials that diverged."""
+
+    parts: tuple[Nodes, ...]
+    counts: Counts
+    diverged_trials: int
+
+
+def trial_nodes(trials: Iterable[Trial]) -> TrialNodes:
+    """The likelihood nodes of each trial (see `TrialNodes`)."""
     parts: list[Nodes] = []
-    n = {"trials": 0, "pairs": 0, "diverged": 0, "diverged_trials": 0, "tokens_at_risk": 0}
+    n = pairs = diverged = risk = diverged_trials = 0
     for t in trials:
-        c = compare_fast(t)
-        n["trials"] += 1
-        n["pairs"] += c.pairs
-        n["diverged"] += c.diverged
-        n["tokens_at_risk"] += c.tokens_at_risk
+        c = compare_trial(t)
+        n, pairs, diverged, risk = (
+            n + 1,
+            pairs + c.pairs,
+            diverged + c.diverged,
+            risk + c.tokens_at_risk,
+        )
         if c.nodes is not None and c.nodes.weights.size:
             parts.append(c.nodes)
-            n["diverged_trials"] += c.diverged > 0
-    return parts, n
+            diverged_trials += c.diverged > 0
+    return TrialNodes(tuple(parts), Counts(n, pairs, diverged, risk), diverged_trials)
 
 
 def estimate_likelihood(
     trials: Iterable[Trial], *, level: float = 0.95, t_max: float = 10.0
-) -> EstimateResult:
+) -> EstimateResult[LikelihoodDiagnostics]:
     """Batch Boltzmann-likelihood estimate of T_bg from trials that carry top-k logprobs, with the
     trial as the unit of independence (module docstring): the interval is the profile's with both
     drops times the design effect (diagnostics `design_effect`), the small-count correction on
     the trials that diverged (`diverged_trials`)."""
-    parts, n = trial_nodes(trials)
+    tn = trial_nodes(trials)
+    parts = list(tn.parts)
     nodes = Nodes.concat(parts)
     if nodes.weights.size == 0:
         raise ValueError("no trie node is reached by two runs that report top-k logprobs")
-    events = float(n["diverged_trials"])
+    events = float(tn.diverged_trials)
     est = mle(nodes, t_max=t_max)
     k = design_effect(parts, 1.0 / est) if 0 < est < t_max else 1.0
-    est, lo, hi, diag = fit(nodes, level=level, t_max=t_max, events=events, design=k)
-    diag["tail_choices"] = nodes.tail_choices
-    diag["min_k"] = nodes.min_k
-    diag["design_effect"] = k
-    diag["diverged_trials"] = n["diverged_trials"]
-    diag["scored_trials"] = len(parts)
-    diag["unit"] = "trial"
-    return EstimateResult(
-        est,
-        lo,
-        hi,
-        "likelihood",
-        level,
-        n["trials"],
-        n["pairs"],
-        n["diverged"],
-        n["tokens_at_risk"],
-        diag,
+    r = fit(nodes, level=level, t_max=t_max, events=events, design=k)
+    diag = replace(
+        r.diagnostics,
+        counts=tn.counts,
+        diverged_trials=tn.diverged_trials,
+        scored_trials=len(parts),
+        unit="trial",
     )
+    return replace(r, diagnostics=diag)
+
+
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """The percentile interval (``lower``, ``upper`` at ``level``) of T̂ over ``resamples``
+    resamples of the trials, ``sd_log`` the SD of log T̂ over the resamples with T̂ > 0 (NaN with
+    fewer than three) and ``zero_share`` the share of resamples with nothing diverged."""
+
+    lower: float
+    upper: float
+    level: float
+    sd_log: float
+    zero_share: float
+    resamples: int
+
+    def confidence_interval(self, level: float | None = None) -> ConfidenceInterval:
+        return interval_at(self.lower, self.upper, self.level, level, "bootstrap")
+
+    def to_dict(self) -> dict[str, float]:
+        """The keys `tbg measure` writes (level beside them)."""
+        return {
+            "lower": self.lower,
+            "upper": self.upper,
+            "sd_log": self.sd_log,
+            "zero_share": self.zero_share,
+            "resamples": float(self.resamples),
+        }
 
 
 def bootstrap_prompts(
     parts: list[Nodes], *, resamples: int = 400, seed: int = 0, level: float = 0.95
-) -> dict[str, float]:
-    """Bootstrap over trials (prompts): T̂ on `resamples` resamples of the trials with replacement.
-    Returns the percentile interval (`lower`, `upper`), `sd_log` (SD of log T̂ over resamples with
-    T̂ > 0) and `zero_share` (resamples with nothing diverged). It covers the variation of the
-    prompts as sampled, not a change of prompt mix."""
+) -> BootstrapInterval:
+    """Bootstrap over trials (prompts): T̂ on `resamples` resamples of the trials with
+    replacement (see `BootstrapInterval`). It covers the variation of the prompts as sampled, not
+    a change of prompt mix."""
     rng = np.random.default_rng(seed)
     n = len(parts)
     if n < 2:
@@ -301,10 +373,11 @@ def bootstrap_prompts(
     )
     pos = est[est > 0]
     a = (1 - level) / 2
-    return {
-        "lower": float(np.quantile(est, a)),
-        "upper": float(np.quantile(est, 1 - a)),
-        "sd_log": float(np.std(np.log(pos), ddof=1)) if pos.size > 2 else math.nan,
-        "zero_share": float(np.mean(est <= 0)),
-        "resamples": float(resamples),
-    }
+    return BootstrapInterval(
+        lower=float(np.quantile(est, a)),
+        upper=float(np.quantile(est, 1 - a)),
+        level=level,
+        sd_log=float(np.std(np.log(pos), ddof=1)) if pos.size > 2 else math.nan,
+        zero_share=float(np.mean(est <= 0)),
+        resamples=resamples,
+    )

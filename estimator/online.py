@@ -17,23 +17,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from estimator.compare import Divergence
+from estimator.compare import Comparison, Divergence, compare_trial
 from estimator.jitter import sigma_to_temperature
 from estimator.likelihood import GridLoglik
 from estimator.model import Trial
-from estimator.pair import compare_fast
 from estimator.profile import grid_profile, scores
-from estimator.stats import clustered_hazard
+from estimator.result import Counts, EstimateResult
+from estimator.stats import HazardRate, clustered_hazard
 
 __all__ = [
+    "Comparison",
     "Divergence",
     "LikelihoodCheckError",
     "OnlineConfig",
+    "OnlineDiagnostics",
     "OnlineEstimator",
     "OnlineSnapshot",
     "SufficientStats",
@@ -79,50 +81,97 @@ def checked_nll(nll: np.ndarray) -> np.ndarray:
     return nll
 
 
-@dataclass(frozen=True)
-class TrialComparison:
-    """What one trial adds. ``nll`` is the undecayed per-grid negative log-likelihood increment
-    (>= 0, checked; zeros when the runs carry no top-k logprobs, ``scored`` False); ``score_sq``
-    the square of its slope in log T per grid point (zeros when not scored)."""
-
-    pairs: int
-    diverged: int
-    tokens_at_risk: int
-    exact_match_pairs: int
-    first_divergences: tuple[int, ...]
-    nll: np.ndarray
-    jitter_sq_sum: float
-    jitter_positions: int
-    jitter_identical_positions: int
-    exemplars: tuple[Divergence, ...]
-    scored: bool = False
-    score_sq: np.ndarray = field(default_factory=lambda: np.zeros(0))  # empty: read as zeros
+# What one trial adds to the online state: a `Comparison` scored on the grid
+# (`OnlineEstimator.score`). The older name, kept for the shadow path.
+TrialComparison = Comparison
 
 
 @dataclass(frozen=True)
-class OnlineSnapshot:
-    """Current estimate. ``method`` is "likelihood" once any trial carried top-k logprobs, else
-    "hazard-only" (estimate/lower/upper NaN: converting a hazard to T needs a reference curve,
-    see estimator.hazard)."""
+class OnlineDiagnostics:
+    """The rest of an online estimate. ``counts``: undecayed totals (rounded); ``effective_pairs``:
+    the decayed pair count the estimate rests on; ``hazard``: the per-token divergence hazard with
+    its trial-level interval; ``exact_match_rate``; the jitter σ̂_Δ, p₀ and their temperature
+    (NaN before a position with top-k logprobs was compared); ``design_effect``: the interval's
+    trial-level multiplier of the drops (>= 1); ``diverged_trials``: undecayed, rounded."""
 
-    estimate: float
-    lower: float
-    upper: float
-    method: str
-    pairs: int
-    diverged: int
-    tokens_at_risk: int
+    counts: Counts
     effective_pairs: float
-    hazard: float
-    hazard_lower: float
-    hazard_upper: float
+    hazard: HazardRate
     exact_match_rate: float
-    jitter_sigma: float | None
-    p_identical: float | None
-    jitter_temperature: float | None
-    design_effect: float = 1.0  # the interval's trial-level multiplier of the drops (>= 1)
-    trials: int = 0
+    jitter_sigma: float
+    p_identical: float
+    jitter_temperature: float
+    design_effect: float = 1.0
     diverged_trials: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "counts": self.counts.to_dict()}
+
+
+@dataclass(frozen=True)
+class OnlineSnapshot(EstimateResult[OnlineDiagnostics]):
+    """Current estimate: an `EstimateResult` at the configured level. ``method`` is "likelihood"
+    once any trial carried top-k logprobs, else "hazard-only" (estimate/lower/upper NaN:
+    converting a hazard to T needs a reference curve, see estimator.hazard).
+
+    The properties below read the diagnostics under the names the snapshot had before it was an
+    `EstimateResult` (the proxy's /tbg, metrics and history read them)."""
+
+    @property
+    def trials(self) -> int:
+        return self.diagnostics.counts.trials
+
+    @property
+    def pairs(self) -> int:
+        return self.diagnostics.counts.pairs
+
+    @property
+    def diverged(self) -> int:
+        return self.diagnostics.counts.diverged
+
+    @property
+    def tokens_at_risk(self) -> int:
+        return self.diagnostics.counts.tokens_at_risk
+
+    @property
+    def diverged_trials(self) -> int:
+        return self.diagnostics.diverged_trials
+
+    @property
+    def effective_pairs(self) -> float:
+        return self.diagnostics.effective_pairs
+
+    @property
+    def hazard(self) -> float:
+        return self.diagnostics.hazard.estimate
+
+    @property
+    def hazard_lower(self) -> float:
+        return self.diagnostics.hazard.lower
+
+    @property
+    def hazard_upper(self) -> float:
+        return self.diagnostics.hazard.upper
+
+    @property
+    def exact_match_rate(self) -> float:
+        return self.diagnostics.exact_match_rate
+
+    @property
+    def jitter_sigma(self) -> float:
+        return self.diagnostics.jitter_sigma
+
+    @property
+    def p_identical(self) -> float:
+        return self.diagnostics.p_identical
+
+    @property
+    def jitter_temperature(self) -> float:
+        return self.diagnostics.jitter_temperature
+
+    @property
+    def design_effect(self) -> float:
+        return self.diagnostics.design_effect
 
 
 _COUNTERS = (
@@ -255,27 +304,24 @@ def _snapshot(
         level=level,
     )
     jp = s["jitter_positions"]
-    sigma = math.sqrt(s["jitter_sq_sum"] / (2 * jp)) if jp > 0 else None
-    return OnlineSnapshot(
-        estimate=est,
-        lower=lo,
-        upper=hi,
-        method=method,
-        pairs=round(totals["pairs"]),
-        diverged=round(totals["diverged"]),
-        tokens_at_risk=round(totals["tokens_at_risk"]),
+    sigma = math.sqrt(s["jitter_sq_sum"] / (2 * jp)) if jp > 0 else math.nan
+    diag = OnlineDiagnostics(
+        counts=Counts(
+            round(totals["trials"]),
+            round(totals["pairs"]),
+            round(totals["diverged"]),
+            round(totals["tokens_at_risk"]),
+        ),
         effective_pairs=float(s["pairs"]),
-        hazard=hz.estimate,
-        hazard_lower=hz.lower,
-        hazard_upper=hz.upper,
+        hazard=hz,
         exact_match_rate=s["exact_match_pairs"] / s["pairs"] if s["pairs"] > 0 else math.nan,
         jitter_sigma=sigma,
-        p_identical=s["jitter_identical_positions"] / jp if jp > 0 else None,
-        jitter_temperature=sigma_to_temperature(sigma) if sigma is not None else None,
+        p_identical=s["jitter_identical_positions"] / jp if jp > 0 else math.nan,
+        jitter_temperature=sigma_to_temperature(sigma) if jp > 0 else math.nan,
         design_effect=k,
-        trials=round(totals["trials"]),
         diverged_trials=round(totals["diverged_trials"]),
     )
+    return OnlineSnapshot(est, lo, hi, level, method, diag)
 
 
 def estimate_from_stats(
@@ -306,39 +352,32 @@ class OnlineEstimator:
         self._tot_sq = np.zeros(self._grid.size)
         self._snap: OnlineSnapshot | None = None  # computed once per change, not per scrape
 
-    def compare(self, trial: Trial) -> TrialComparison:
-        """The comparison of one trial, without touching the state. Raises LikelihoodCheckError
-        when its −ℓ is negative or not finite (a bug, see checked_nll)."""
-        c = compare_fast(trial)
-        scored = c.nodes is not None and c.nodes.weights.size > 0
+    def score(self, c: Comparison) -> Comparison:
+        """``c`` scored on this estimator's grid: ``nll`` and ``score_sq`` filled in (zeros when
+        not scored), ``nodes`` and ``jitter_gaps`` dropped (used up). Raises
+        LikelihoodCheckError when its −ℓ is negative or not finite (a bug, see checked_nll)."""
         zeros = np.zeros(self._grid.size)
-        if c.nodes is not None and scored:
+        if c.nodes is not None and c.scored:
             nll = checked_nll(self._grid_nll.nll(c.nodes))
             sq = scores(self._grid, nll) ** 2
         else:
             nll, sq = zeros, zeros
-        return TrialComparison(
-            pairs=c.pairs,
-            diverged=c.diverged,
-            tokens_at_risk=c.tokens_at_risk,
-            exact_match_pairs=c.exact_match_pairs,
-            first_divergences=c.first_divergences,
-            nll=nll,
-            jitter_sq_sum=c.jitter_sq_sum,
-            jitter_positions=c.jitter_positions,
-            jitter_identical_positions=c.jitter_identical_positions,
-            exemplars=c.exemplars,
-            scored=scored,
-            score_sq=sq,
-        )
+        return replace(c, nodes=None, jitter_gaps=np.zeros(0), nll=nll, score_sq=sq)
 
-    def update(self, trial: Trial) -> TrialComparison:
+    def compare(self, trial: Trial) -> Comparison:
+        """``score(compare_trial(trial))``: what the trial would add, without touching the state."""
+        return self.score(compare_trial(trial))
+
+    def update(self, trial: Trial) -> Comparison:
         tc = self.compare(trial)
         self.add(tc)
         return tc
 
-    def add(self, tc: TrialComparison) -> None:
-        """Fold a comparison into the state (decaying the old state by λ, second moments by λ²)."""
+    def add(self, tc: Comparison) -> None:
+        """Fold a comparison into the state (decaying the old state by λ, second moments by λ²);
+        one not yet scored on the grid is scored first."""
+        if tc.nll.size != self._grid.size:
+            tc = self.score(tc)
         d, e = float(tc.diverged), float(tc.tokens_at_risk)
         row = np.array(
             [

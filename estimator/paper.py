@@ -4,7 +4,7 @@ Per prompt compute MEMF, AvgLev, AvgLCS for the system under test (SUT) and for 
 at each grid temperature; for each (reference, statistic) take the two-sample KS distance between
 the SUT's vector over prompts and the reference's vector at each T; T_n = argmin over T (ties
 averaged); T_bg = mean of the T_n over references × statistics. The protocol gives no
-confidence interval: lower/upper are NaN and the T_n are in the diagnostics.
+confidence interval: lower/upper/level are NaN and the T_n are in the diagnostics.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as st
 
 from estimator.model import Trial
 from estimator.result import EstimateResult
-from estimator.stats import _dp, _index_pairs
+from estimator.stats import edit_lengths, index_pairs
 
 # Θ: 0.00..0.19 step 0.01, 0.20..0.50 step 0.05, 0.6..1.0 step 0.1 (T = 0 as top-k 1).
 PAPER_GRID: tuple[float, ...] = tuple(
@@ -29,6 +31,26 @@ PAPER_GRID: tuple[float, ...] = tuple(
 STATISTICS = ("memf", "avglev", "avglcs")
 
 Outputs = Sequence[Sequence[Hashable]]
+
+
+@dataclass(frozen=True)
+class PaperDiagnostics:
+    """``t_n``: the matched temperature T_n of each (reference, statistic), named
+    "reference:statistic"; ``prompts`` and SUT run ``pairs`` compared (the protocol counts no
+    divergences: those counts are NaN in the report)."""
+
+    t_n: tuple[tuple[str, float], ...]
+    prompts: int
+    pairs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {
+            "n_trials": self.prompts,
+            "pairs": self.pairs,
+            "diverged": math.nan,
+            "tokens_at_risk": math.nan,
+        }
+        return {"counts": counts, **{f"T_n[{k}]": v for k, v in self.t_n}, "prompts": self.prompts}
 
 
 def prompt_statistics(groups: Sequence[Outputs], max_tokens: int) -> dict[str, np.ndarray]:
@@ -47,7 +69,7 @@ def prompt_statistics(groups: Sequence[Outputs], max_tokens: int) -> dict[str, n
         npairs[p] = n * (n - 1) / 2
         modal[p] = max(counts.values()) / n
         distinct = list(counts.items())
-        for i, j in _index_pairs(len(distinct)):
+        for i, j in index_pairs(len(distinct)):
             pairs.append((distinct[i][0], distinct[j][0]))
             owner.append(p)
             weight.append(float(distinct[i][1] * distinct[j][1]))
@@ -56,8 +78,8 @@ def prompt_statistics(groups: Sequence[Outputs], max_tokens: int) -> dict[str, n
     n_g = len(groups)
     if pairs:
         seqs = pairs
-        lev_d = _dp(seqs, lcs=False)
-        lcs = _dp(seqs, lcs=True)
+        lev_d = edit_lengths(seqs, lcs=False)
+        lcs = edit_lengths(seqs, lcs=True)
         mins = np.array([min(len(a), len(b)) for a, b in seqs], dtype=float)
         longest = np.array([max(len(a), len(b)) for a, b in seqs], dtype=float)
         d = np.where(mins > 0, 1 - lcs / np.maximum(mins, 1), (longest > 0) * 1.0)
@@ -90,7 +112,7 @@ def estimate_paper(
     more_references: Mapping[str, Mapping[float, Sequence[Trial]]] | None = None,
     statistics: Sequence[str] = STATISTICS,
     max_tokens: int | None = None,
-) -> EstimateResult:
+) -> EstimateResult[PaperDiagnostics]:
     """The paper's estimate. Each trial is one prompt with its runs (paper: SUT N = 100 at T = 0,
     references N = 32 per grid temperature ``PAPER_GRID``). ``max_tokens`` defaults to the
     longest output seen (the paper: the generation cap, 32)."""
@@ -107,17 +129,7 @@ def estimate_paper(
         ref_stats = {t: prompt_statistics(_outputs(ts), max_tokens) for t, ts in by_t.items()}
         for s in statistics:
             t_n[f"{name}:{s}"], _ = ks_argmin(sut_stats[s], {t: v[s] for t, v in ref_stats.items()})
-    diag: dict[str, float | int | str] = {f"T_n[{k}]": v for k, v in t_n.items()}
-    diag["prompts"] = len(sut_trials)
+    diag = PaperDiagnostics(tuple(t_n.items()), len(sut_trials), sum(t.n_pairs for t in sut_trials))
     return EstimateResult(
-        float(np.mean(list(t_n.values()))),
-        math.nan,
-        math.nan,
-        "paper",
-        math.nan,
-        len(sut_trials),
-        sum(t.n_pairs for t in sut_trials),
-        0,
-        0,
-        diag,
+        float(np.mean(list(t_n.values()))), math.nan, math.nan, math.nan, "paper", diag
     )

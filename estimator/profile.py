@@ -58,6 +58,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as st
 
+from estimator.result import ConfidenceInterval, interval_at
+
 __all__ = [
     "MIN_DESIGN_EFFECT",
     "ROOT_WINDOW",
@@ -107,10 +109,16 @@ def upper_drop(events: float, level: float = 0.95) -> float:
 
 @dataclass(frozen=True)
 class Profile:
+    """`grid_profile`'s reading: the estimate and its ``level`` interval on the grid."""
+
     estimate: float
     lower: float
     upper: float
     design_effect: float = 1.0  # k: the drops' multiplier (1: no trial-level statistics given)
+    level: float = 0.95
+
+    def confidence_interval(self, level: float | None = None) -> ConfidenceInterval:
+        return interval_at(self.lower, self.upper, self.level, level, "grid profile")
 
 
 def scores(grid: np.ndarray, nll: np.ndarray) -> np.ndarray:
@@ -212,7 +220,7 @@ def grid_profile(
 
     if i == 0 or events <= 0:
         right = _end(f, a, b, float(f[0]) + up, +1)
-        return Profile(0.0, 0.0, float(g[-1]) if right is None else temp(right), k)
+        return Profile(0.0, 0.0, float(g[-1]) if right is None else temp(right), k, level)
     pos, m = float(i), float(f[i])
     if i < f.size - 1 and a[i] > 0:
         pos, m = i - b[i] / (2 * a[i]), float(f[i] - b[i] * b[i] / (4 * a[i]))
@@ -221,4 +229,4 @@ def grid_profile(
     est = temp(pos)
     lower = 0.0 if left is None else min(temp(left), est)
     upper = float(g[-1]) if right is None else max(temp(right), est)
-    return Profile(est, lower, upper, k)
+    return Profile(est, lower, upper, k, level)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as st
 
-from estimator.compare import _pair_divergence
+from estimator.comparison import pair_divergence
 from estimator.model import Run
+from estimator.result import ConfidenceInterval, interval_at
 
 
 def collision_rate(outputs: Sequence[Hashable]) -> float:
@@ -70,9 +71,7 @@ class PairDivergences:
 def pairwise_first_divergences(runs: Sequence[Run]) -> PairDivergences:
     """All n(n−1)/2 pairs of one input (conventions of estimator.compare)."""
     out = [
-        _pair_divergence(runs[i], runs[j])
-        for i in range(len(runs))
-        for j in range(i + 1, len(runs))
+        pair_divergence(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))
     ]
     k, d, r = zip(*out, strict=True) if out else ((), (), ())
     return PairDivergences(np.array(k, int), np.array(d, bool), np.array(r, int))
@@ -114,6 +113,9 @@ class HazardRate:
     diverged: float
     tokens_at_risk: float
     level: float
+
+    def confidence_interval(self, level: float | None = None) -> ConfidenceInterval:
+        return interval_at(self.lower, self.upper, self.level, level, "hazard")
 
     def p_diverge(self, k: int) -> float:
         """P(a k-token answer diverges) ≈ 1 − exp(−λk)."""
@@ -186,8 +188,11 @@ def _encode(
     return A, B, la, lb
 
 
-def _dp(pairs: Sequence[tuple[Sequence[Hashable], Sequence[Hashable]]], lcs: bool) -> np.ndarray:
-    """Levenshtein distance (or LCS length) of many pairs at once, vectorised over the pairs."""
+def edit_lengths(
+    pairs: Sequence[tuple[Sequence[Hashable], Sequence[Hashable]]], lcs: bool
+) -> np.ndarray:
+    """Levenshtein distance (or, with ``lcs``, the longest common subsequence's length) of many
+    pairs at once, vectorised over the pairs."""
     A, B, la, lb = _encode(pairs)
     n, w = A.shape
     prev = np.zeros((n, w + 1)) if lcs else np.tile(np.arange(w + 1.0), (n, 1))
@@ -210,7 +215,8 @@ def _dp(pairs: Sequence[tuple[Sequence[Hashable], Sequence[Hashable]]], lcs: boo
     return out
 
 
-def _index_pairs(n: int) -> list[tuple[int, int]]:
+def index_pairs(n: int) -> list[tuple[int, int]]:
+    """(i, j) for 0 <= i < j < n."""
     return [(i, j) for i in range(n) for j in range(i + 1, n)]
 
 
@@ -218,18 +224,18 @@ Pair = tuple[Sequence[Hashable], Sequence[Hashable]]
 
 
 def _pairs(outputs: Sequence[Sequence[Hashable]]) -> list[Pair]:
-    return [(outputs[i], outputs[j]) for i, j in _index_pairs(len(outputs))]
+    return [(outputs[i], outputs[j]) for i, j in index_pairs(len(outputs))]
 
 
 def avg_lev(outputs: Sequence[Sequence[Hashable]], max_tokens: int) -> float:
     """The paper's AvgLev: mean pairwise token Levenshtein distance / max tokens."""
-    return float(_dp(_pairs(outputs), lcs=False).mean() / max_tokens)
+    return float(edit_lengths(_pairs(outputs), lcs=False).mean() / max_tokens)
 
 
 def avg_lcs(outputs: Sequence[Sequence[Hashable]]) -> float:
     """The paper's AvgLCS: mean pairwise 1 − LCS / min length (0 for two empty outputs)."""
     pairs = _pairs(outputs)
-    lcs = _dp(pairs, lcs=True)
+    lcs = edit_lengths(pairs, lcs=True)
     m = np.array([min(len(a), len(b)) for a, b in pairs], dtype=float)
     longest = np.array([max(len(a), len(b)) for a, b in pairs], dtype=float)
     # min length 0: identical (both empty) -> 0, else nothing in common -> 1

@@ -20,16 +20,18 @@ scalar search, and the profile interval ends are bracketed on the grid and found
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
 
-from estimator.compare import _pair_divergence
+from estimator.comparison import pair_divergence
 from estimator.model import Run, Trial
-from estimator.pair import _union_node
-from estimator.result import EstimateResult
+from estimator.nodes import union_node
+from estimator.result import Counts, EstimateResult
 
 _GRID_POINTS = 97  # log-spaced search grid over [t_min, t_max]
 
@@ -53,8 +55,23 @@ class SurvivalSteps:
         return surv + fail
 
 
+@dataclass(frozen=True)
+class SurvivalDiagnostics:
+    """``counts`` (tokens at risk and diverged: the scored positions and failures),
+    ``positions`` scored, ``loglik_max`` = ℓ(T̂) (NaN when nothing diverged) and whether the
+    upper end was clipped to t_max."""
+
+    counts: Counts
+    positions: int
+    loglik_max: float
+    upper_at_t_max: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "counts": self.counts.to_dict()}
+
+
 def _pair_steps(a: Run, b: Run) -> tuple[list[np.ndarray], list[bool]]:
-    pos, div, _ = _pair_divergence(a, b)
+    pos, div, _ = pair_divergence(a, b)
     ta, tb = a.top_logprobs, b.top_logprobs
     assert ta is not None and tb is not None
     n = min(len(a.tokens), len(b.tokens))
@@ -71,11 +88,11 @@ def _pair_steps(a: Run, b: Run) -> tuple[list[np.ndarray], list[bool]]:
         ]
         z = np.sort((la + lb) / 2, axis=1)[:, ::-1]
         rows = [
-            z[s] if same[s] else _union_node((ta[s], tb[s]), (a.tokens[s], b.tokens[s]))[0]
+            z[s] if same[s] else union_node((ta[s], tb[s]), (a.tokens[s], b.tokens[s]))[0]
             for s in range(stop)
         ]
     else:
-        rows = [_union_node((ta[s], tb[s]), (a.tokens[s], b.tokens[s]))[0] for s in range(stop)]
+        rows = [union_node((ta[s], tb[s]), (a.tokens[s], b.tokens[s]))[0] for s in range(stop)]
     failed = [False] * len(rows)
     if scored_fail:
         failed[-1] = True
@@ -102,7 +119,7 @@ def survival_steps(trials: Iterable[Trial]) -> SurvivalSteps:
 
 def estimate_survival(
     trials: Iterable[Trial], *, level: float = 0.95, t_min: float = 1e-6, t_max: float = 10.0
-) -> EstimateResult:
+) -> EstimateResult[SurvivalDiagnostics]:
     """Batch estimate of T_bg from the pair survival likelihood, with a profile-likelihood
     interval {T : 2[ℓ(T̂) − ℓ(T)] <= χ²₁(level)}; with no scored divergence T̂ = 0 and a one-sided
     upper bound at 2[ℓ(0) − ℓ(T)] = χ²₁(2·level − 1) (ℓ(0) = 0 without exact ties)."""
@@ -120,21 +137,23 @@ def estimate_survival(
     def f(x: float) -> float:
         return -steps.loglik(float(np.exp(x)))
 
-    diag: dict[str, float | int | str] = {"positions": risk}
+    counts = Counts(n_trials, pairs, diverged, risk)
+
+    def result(
+        est: float, lower: float, upper: float, loglik_max: float, clipped: bool = False
+    ) -> EstimateResult[SurvivalDiagnostics]:
+        diag = SurvivalDiagnostics(counts, risk, loglik_max, clipped)
+        return EstimateResult(est, lower, upper, level, "survival", diag)
+
     if diverged == 0:
         crit = float(stats.chi2.ppf(2 * level - 1, 1)) / 2
         top = float(ll[0]) - crit
         above = np.flatnonzero(ll < top)
         if above.size == 0:
-            diag["upper_at_t_max"] = 1
-            return EstimateResult(
-                0.0, 0.0, t_max, "survival", level, n_trials, pairs, 0, risk, diag
-            )
+            return result(0.0, 0.0, t_max, math.nan, clipped=True)
         j = int(above[0])
         r = optimize.brentq(lambda x: -f(x) - top, u[j - 1], u[j], xtol=1e-10)
-        return EstimateResult(
-            0.0, 0.0, float(np.exp(r)), "survival", level, n_trials, pairs, 0, risk, diag
-        )
+        return result(0.0, 0.0, float(np.exp(r)), math.nan)
     i = int(np.argmax(ll))
     lo_u, hi_u = u[max(i - 1, 0)], u[min(i + 1, u.size - 1)]
     res = optimize.minimize_scalar(
@@ -161,7 +180,4 @@ def estimate_survival(
     r_hi, r_lo = end(+1), end(-1)
     upper = t_max if r_hi is None else float(np.exp(r_hi))
     lower = 0.0 if r_lo is None else float(np.exp(r_lo))
-    diag["loglik_max"] = l_hat
-    return EstimateResult(
-        float(np.exp(u_hat)), lower, upper, "survival", level, n_trials, pairs, diverged, risk, diag
-    )
+    return result(float(np.exp(u_hat)), lower, upper, l_hat, clipped=r_hi is None)

@@ -92,7 +92,7 @@ def level_needs(
             result, curve = analysis.likelihood(analysis.trials_from(records), level=conf)
         except ValueError:
             continue
-        diverged = int(result.diagnostics.get("diverged_trials", result.diverged))
+        diverged = result.diagnostics.diverged_trials
         k = data_factor(curve, diverged, ceiling)
         if k is None or k == ABOVE:
             return None if k is None else ABOVE

@@ -17,25 +17,25 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as st
 
-from estimator.compare import Nodes
-from estimator.jitter import estimate_jitter
+from estimator.compare import Nodes, compare_trial
+from estimator.jitter import JitterDiagnostics, estimate_jitter
 from estimator.likelihood import (
     Likelihood,
+    LikelihoodDiagnostics,
     bootstrap_prompts,
     estimate_likelihood,
     loglik_grid,
     trial_nodes,
 )
 from estimator.model import Trial, TrialContext
-from estimator.pair import compare_fast
 from estimator.profile import critical_values, upper_drop
-from estimator.result import EstimateResult
+from estimator.result import Diagnostics, EstimateResult
 from estimator.stats import (
     clustered_hazard,
     exact_match_rate,
@@ -63,10 +63,8 @@ def trials_from(records: Iterable[Record], label: str = "") -> list[Trial]:
     ]
 
 
-def result_dict(r: EstimateResult) -> dict[str, Any]:
-    d = asdict(r)
-    d["diagnostics"] = dict(r.diagnostics)
-    return d
+def result_dict(r: EstimateResult[Diagnostics]) -> dict[str, Any]:
+    return r.to_dict()
 
 
 @dataclass(frozen=True)
@@ -185,17 +183,14 @@ def divergence_hazard_width(count: float, level: float) -> float:
     return (hi - lo) / count
 
 
-def _nodes(trials: Sequence[Trial]) -> Nodes:
-    parts = [c.nodes for c in (compare_fast(t) for t in trials if len(t.runs) >= 2) if c.nodes]
-    return Nodes.concat([p for p in parts if p is not None])
-
-
-def likelihood(trials: Sequence[Trial], *, level: float) -> tuple[EstimateResult, ProfileCurve]:
+def likelihood(
+    trials: Sequence[Trial], *, level: float
+) -> tuple[EstimateResult[LikelihoodDiagnostics], ProfileCurve]:
     """The Boltzmann likelihood estimate (estimator.likelihood.estimate_likelihood, unchanged) and
     its profile for the plot. Raises ValueError when no trie node carries logprobs from two runs."""
     paired = [t for t in trials if len(t.runs) >= 2]
     result = estimate_likelihood(paired, level=level, t_max=T_MAX)
-    nodes = Nodes.concat([n for n in (compare_fast(t).nodes for t in paired) if n is not None])
+    nodes = Nodes.concat([n for n in (compare_trial(t).nodes for t in paired) if n is not None])
     est, lo, hi = result.estimate, result.lower, result.upper
     one_sided = est == 0.0
     if one_sided:
@@ -206,16 +201,16 @@ def likelihood(trials: Sequence[Trial], *, level: float) -> tuple[EstimateResult
     ll = loglik_grid(nodes, grid)
     # Relative to ℓ(T̂) (fit's diagnostics), or to ℓ(T -> 0) when nothing diverged.
     d = result.diagnostics
-    ref = float(d["loglik_max"]) if "loglik_max" in d else Likelihood(nodes).l_inf
+    ref = Likelihood(nodes).l_inf if math.isnan(d.loglik_max) else d.loglik_max
     # The lower end uses χ²₁(level)/2; the upper end the small-count corrected drop on the trials
     # that diverged; both times the trial-level design effect (as estimate_likelihood does).
     two_sided, _ = critical_values(level)
-    k = float(d.get("design_effect", 1.0))
+    k = d.design_effect
     curve = ProfileCurve(
         grid.tolist(),
         (ll - ref).tolist(),
         -two_sided * k,
-        -k * upper_drop(float(d.get("diverged_trials", result.diverged)), level),
+        -k * upper_drop(float(d.diverged_trials), level),
         est,
         lo,
         hi,
@@ -226,12 +221,16 @@ def likelihood(trials: Sequence[Trial], *, level: float) -> tuple[EstimateResult
 
 
 def bootstrap(
-    trials: Sequence[Trial], result: EstimateResult, *, level: float, resamples: int = 400
+    trials: Sequence[Trial],
+    result: EstimateResult[LikelihoodDiagnostics],
+    *,
+    level: float,
+    resamples: int = 400,
 ) -> dict[str, Any]:
     """The bootstrap over prompts next to the likelihood interval: its percentile interval, the SD
     of log T̂ over resamples, the interval's implied SD ((log upper − log lower)/(2·z)) and their
     ratio (near 1 when the interval's spread is the one the prompts show)."""
-    parts, _ = trial_nodes([t for t in trials if len(t.runs) >= 2])
+    parts = list(trial_nodes([t for t in trials if len(t.runs) >= 2]).parts)
     b = bootstrap_prompts(parts, resamples=resamples, level=level, seed=0)
     z = float(st.norm.ppf(0.5 + level / 2))
     implied = math.nan
@@ -240,13 +239,13 @@ def bootstrap(
     return {
         "method": "bootstrap over prompts (percentile; T_hat of the likelihood per resample)",
         "level": level,
-        **b,
+        **b.to_dict(),
         "interval_sd_log": implied,
-        "sd_ratio": b["sd_log"] / implied if implied > 0 else math.nan,
+        "sd_ratio": b.sd_log / implied if implied > 0 else math.nan,
     }
 
 
-def jitter(trials: Sequence[Trial], *, level: float) -> EstimateResult:
+def jitter(trials: Sequence[Trial], *, level: float) -> EstimateResult[JitterDiagnostics]:
     return estimate_jitter([t for t in trials if len(t.runs) >= 2], level=level)
 
 

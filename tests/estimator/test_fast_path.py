@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from estimator._trie import trie_comparison
 from estimator.compare import compare_trial
 from estimator.likelihood import Likelihood, loglik_grid, loglik_grid_reference
 from estimator.model import Run, Trial
 from estimator.online import OnlineConfig
-from estimator.pair import compare_fast
 
 VOCAB = [f"w{i}" for i in range(7)]
 
@@ -90,7 +90,7 @@ def test_fast_path_equals_reference_on_random_trials() -> None:
     for i in range(150):
         trial = _random_trial(rng, i)
         ref = _reference_loglik(trial, grid)
-        nodes = compare_trial(trial).nodes
+        nodes = trie_comparison(trial).nodes
         if ref is None:
             assert nodes is None
             continue
@@ -98,7 +98,7 @@ def test_fast_path_equals_reference_on_random_trials() -> None:
         fast = loglik_grid(nodes, grid)
         np.testing.assert_allclose(fast, ref, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(loglik_grid_reference(nodes, grid), ref, rtol=1e-9, atol=1e-9)
-        fast_nodes = compare_fast(trial).nodes  # the path the estimators use
+        fast_nodes = compare_trial(trial).nodes  # the path the estimators use
         assert fast_nodes is not None
         np.testing.assert_allclose(loglik_grid(fast_nodes, grid), ref, rtol=1e-9, atol=1e-9)
         lk = Likelihood(nodes)
@@ -115,7 +115,7 @@ def test_loglik_grid_equals_reference_on_simulated_pairs(temp: float) -> None:
     sp = simulate_pairs(np.random.default_rng(9), pairs=20, length=128, temperature=temp)
     grid = OnlineConfig().grid
     for t in sp.trials():
-        nodes = compare_trial(t).nodes
+        nodes = trie_comparison(t).nodes
         assert nodes is not None
         np.testing.assert_allclose(
             loglik_grid(nodes, grid), loglik_grid_reference(nodes, grid), rtol=1e-12, atol=1e-9
@@ -164,11 +164,10 @@ def test_pair_fast_path_equals_general_path(
     vectorised: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Also with the row-by-row rule that is used when a token hash match is not confirmed."""
-    from estimator import pair
-    from estimator.pair import compare_fast, compare_pair
+    from estimator import _pair
 
     if not vectorised:
-        monkeypatch.setattr(pair, "_differing_rows_py", lambda *a: None)
+        monkeypatch.setattr(_pair, "_differing_rows_py", lambda *a: None)
 
     rng = np.random.default_rng(77)
     grid = OnlineConfig().grid
@@ -178,8 +177,8 @@ def test_pair_fast_path_equals_general_path(
     )
     for i in range(300):
         trial = _random_pair(rng, i, int(rng.integers(2, 6)))
-        fast = compare_pair(trial)
-        ref = compare_trial(trial)
+        fast = _pair.pair_comparison(trial)
+        ref = trie_comparison(trial)
         if fast is None:
             continue
         used += 1
@@ -202,7 +201,7 @@ def test_pair_fast_path_equals_general_path(
         np.testing.assert_allclose(  # and the definition of §3b itself
             loglik_grid(fast.nodes, grid), _reference_loglik(trial, grid), rtol=1e-9, atol=1e-9
         )
-        assert compare_fast(trial).jitter_sq_sum == fast.jitter_sq_sum  # dispatch
+        assert compare_trial(trial).jitter_sq_sum == fast.jitter_sq_sum  # dispatch
         seen["diverged"] += fast.diverged
         seen["tail"] += fast.nodes.tail_choices > 0
         seen["unsorted"] += any(

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from estimator._trie import trie_comparison
 from estimator.compare import Nodes, compare_trial
 from estimator.likelihood import Likelihood, estimate_likelihood, fit
 from estimator.model import Trial
@@ -15,20 +16,22 @@ def test_trial_path_equals_array_path(temp: float) -> None:
     fast array path below validates the estimator that the proxy runs."""
     sp = simulate_pairs(np.random.default_rng(10), pairs=40, length=128, temperature=temp)
     trials = sp.trials()
-    nodes = Nodes.concat([n for t in trials if (n := compare_trial(t).nodes) is not None])
-    a, b = Likelihood(nodes), Likelihood(sp.ideal_nodes())
-    for t in (temp / 3, temp, 3 * temp):
-        assert a.loglik(1 / t) == pytest.approx(b.loglik(1 / t), rel=1e-9)
+    b = Likelihood(sp.ideal_nodes())
+    for compare in (trie_comparison, compare_trial):  # the general trie walk, the public entry
+        nodes = Nodes.concat([n for t in trials if (n := compare(t).nodes) is not None])
+        a = Likelihood(nodes)
+        for t in (temp / 3, temp, 3 * temp):
+            assert a.loglik(1 / t) == pytest.approx(b.loglik(1 / t), rel=1e-9)
     r = estimate_likelihood(trials)
     assert r.method == "likelihood" and r.lower < r.estimate < r.upper
-    assert r.diverged == int((sp.first < 128).sum())
+    assert r.diagnostics.counts.diverged == int((sp.first < 128).sum())
 
 
 @pytest.mark.parametrize("temp", [0.005, 0.02, 0.1])
 def test_median_within_10_percent(temp: float) -> None:
     rng = np.random.default_rng(int(temp * 1e4))
     est = [
-        fit(simulate_pairs(rng, pairs=200, length=128, temperature=temp).ideal_nodes())[0]
+        fit(simulate_pairs(rng, pairs=200, length=128, temperature=temp).ideal_nodes()).estimate
         for _ in range(25)
     ]
     assert abs(np.median(est) / temp - 1) < 0.10
@@ -40,8 +43,8 @@ def test_interval_coverage_400_datasets() -> None:
     hits = 0
     for _ in range(400):
         sim = simulate_pairs(rng, pairs=200, length=128, temperature=temp, gaps=gaps)
-        _, lo, hi, _ = fit(sim.ideal_nodes())
-        hits += lo <= temp <= hi
+        r = fit(sim.ideal_nodes())
+        hits += r.lower <= temp <= r.upper
     assert 0.93 <= hits / 400 <= 0.97
 
 
@@ -55,7 +58,7 @@ def test_flat_tail_is_not_biased() -> None:
             simulate_pairs(
                 rng, pairs=200, length=64, temperature=temp, gaps=FLAT_TAIL
             ).ideal_nodes()
-        )[0]
+        ).estimate
         for _ in range(15)
     ]
     assert abs(np.median(res) / temp - 1) < 0.10
@@ -66,7 +69,7 @@ def test_noiseless_estimate_zero_upper_bound_shrinks() -> None:
     uppers = []
     for n in (25, 100, 400):  # nested data sets: more data can only lower the bound
         r = estimate_likelihood(trials[:n])
-        assert r.estimate == 0.0 and r.lower == 0.0 and r.diverged == 0
+        assert r.estimate == 0.0 and r.lower == 0.0 and r.diagnostics.counts.diverged == 0
         assert 0 < r.upper < 1
         uppers.append(r.upper)
     assert uppers[0] > uppers[1] > uppers[2]

@@ -22,7 +22,7 @@ def test_paper_lands_on_the_true_grid_point() -> None:
         if t <= 2 * true_t + 0.1
     }
     r = estimate_paper(prompt_trials(sut), refs, max_tokens=length)
-    t_n = [v for k, v in r.diagnostics.items() if k.startswith("T_n")]
+    t_n = [v for _, v in r.diagnostics.t_n]
     assert len(t_n) == 3 and all(v == true_t for v in t_n)
     assert r.estimate == pytest.approx(true_t, abs=1e-12)  # mean of three equal floats
 
@@ -58,6 +58,6 @@ def test_hazard_through_reference_curve() -> None:
     curve = reference_curve_from_trials("ideal-sim", ref)
     sut = simulate_pairs(rng, pairs=300, length=64, temperature=0.03).trials()
     r = estimate_hazard(sut, curve)
-    assert r.method == "hazard" and r.diagnostics["reference"] == "ideal-sim"
+    assert r.method == "hazard" and r.diagnostics.reference == "ideal-sim"
     assert r.lower <= 0.03 <= r.upper and abs(r.estimate / 0.03 - 1) < 0.25
     assert curve.invert(0.0) == 0.0

@@ -47,7 +47,8 @@ def test_grid_reading_matches_the_exact_profile_with_much_data(temperature: floa
         rng, pairs=4000, length=64, temperature=temperature, gaps=GapModel(vocab=16)
     )
     nodes = sim.ideal_nodes()
-    _, lo, hi, _ = fit(nodes)
+    r = fit(nodes)
+    lo, hi = r.lower, r.upper
     p = grid_profile(
         grid, GridLoglik(grid).nll(nodes), events=float((sim.first < sim.tokens.shape[2]).sum())
     )

@@ -27,8 +27,12 @@ def test_vectorised_edit_distances_match_brute_force() -> None:
     rng = np.random.default_rng(0)
     outs = ["".join(rng.choice(list("abc"), rng.integers(0, 7))) for _ in range(12)]
     pairs = [(a, b) for a, b in itertools.combinations(outs, 2)]
-    np.testing.assert_array_equal(stats._dp(pairs, lcs=False), [_lev(a, b) for a, b in pairs])
-    np.testing.assert_array_equal(stats._dp(pairs, lcs=True), [_lcs(a, b) for a, b in pairs])
+    np.testing.assert_array_equal(
+        stats.edit_lengths(pairs, lcs=False), [_lev(a, b) for a, b in pairs]
+    )
+    np.testing.assert_array_equal(
+        stats.edit_lengths(pairs, lcs=True), [_lcs(a, b) for a, b in pairs]
+    )
     want = np.mean([_lev(a, b) for a, b in pairs]) / 7
     assert stats.avg_lev(outs, 7) == pytest.approx(want)
 

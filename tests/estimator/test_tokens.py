@@ -17,9 +17,9 @@ from estimator.builders import (
     run_from_chat_stream,
     run_from_completion_response,
 )
+from estimator.compare import compare_trial
 from estimator.likelihood import estimate_likelihood
 from estimator.model import Run, Trial
-from estimator.pair import compare_fast
 from estimator.tokens import (
     BYTES_MARK,
     DUP_MARK,
@@ -225,7 +225,7 @@ def test_completions_object_merged_by_string() -> None:
     assert run.top_logprobs[2] == ((R, -0.02), ("s", -4.0))
     assert run.token_collisions == 1
     # Two such runs: nothing diverged and the unscored choice adds no evidence for a high T.
-    c = compare_fast(Trial("fp", (run, run)))
+    c = compare_trial(Trial("fp", (run, run)))
     assert c.nodes is not None and c.nodes.linear == 0.0 and c.nodes.tail_choices == 2
 
 
@@ -258,14 +258,14 @@ def test_identical_runs_with_colliding_pieces_do_not_raise_t() -> None:
     for body in bodies:
         run = run_from_chat_response(body)
         for n in (2, 3):  # the two-run fast path and the general trie walk
-            c = compare_fast(_trial(run, n))
+            c = compare_trial(_trial(run, n))
             assert c.nodes is not None and c.nodes.linear == 0.0
             assert c.token_collisions == n * run.token_collisions
         res = estimate_likelihood([_trial(run, 2), _trial(run, 3)])
         assert res.estimate == 0.0
     # The same runs keyed by text: the defect this guards against (so the test can fail).
     old = _by_text(_dia(with_bytes=False))
-    c = compare_fast(_trial(old))
+    c = compare_trial(_trial(old))
     assert c.nodes is not None and c.nodes.linear > 6.0
     assert estimate_likelihood([_trial(old)]).estimate > 0.5
     # `resolve_run` repairs such a run (stored records written before keys existed).
@@ -282,7 +282,7 @@ def test_runs_choosing_different_pieces_diverge_with_bytes() -> None:
     piece["bytes"], piece["logprob"] = [0xE2], -1.9
     ra, rb = run_from_chat_response(a), run_from_chat_response(b)
     assert ra.tokens[1] != rb.tokens[1]
-    c = compare_fast(Trial("fp", (ra, rb)))
+    c = compare_trial(Trial("fp", (ra, rb)))
     assert c.diverged == 1 and c.first_divergences == (1,)
     assert {c.exemplars[0].token_a, c.exemplars[0].token_b} == {
         BYTES_MARK + "c3",

@@ -144,7 +144,7 @@ def test_the_projection_decides_a_noisy_stack_about_3_times_in_4() -> None:
 
 
 def _diverged(r: Any) -> int:
-    return int(r.diagnostics.get("diverged_trials", r.diverged))
+    return int(r.diagnostics.diverged_trials)
 
 
 def _sim(rng: np.random.Generator, pairs: int, temperature: float) -> list[Any]:

@@ -1,14 +1,14 @@
-"""Fast path of `compare_trial` for the proxy's common trial: exactly two runs (primary + one
-replay) that both report top-k logprobs with one k at every position.
+"""Fast path of `estimator.compare.compare_trial` for the proxy's common trial: exactly two
+runs (primary + one replay) that both report top-k logprobs with one k at every position.
 
 The trie of two runs is their shared prefix plus at most one split node, so no trie walk is
 needed: the first m positions (m = positions at risk, capped at the common length) are turned into
 arrays once (nothing after the first divergence), and one vectorised pass over them gives the
 jitter sums and the trie nodes together. Positions whose two top-k token lists differ (a few per
 pair on a noisy server) are handled in plain Python: the same tokens reordered are aligned into
-the block, other token sets take the node-by-node union rule of `compare.py`. Results equal
-`compare.compare_trial` (tests/estimator/test_fast_path.py); `None` means "not applicable, use
-the general path"."""
+the block, other token sets take the node-by-node union rule of `estimator.nodes`. Results equal
+the general path's (estimator._trie; tests/estimator/test_fast_path.py); `None` means "not
+applicable, use the general path". Package-private: call `compare_trial`."""
 
 from __future__ import annotations
 
@@ -19,16 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from estimator.compare import (
-    Comparison,
-    Divergence,
-    _lp_at,
-    _NodeBuilder,
-    _pair_divergence,
-    compare_trial,
-    rank_choices,
-)
+from estimator.comparison import Comparison, Divergence, pair_divergence
 from estimator.model import TopLogprobs, Trial
+from estimator.nodes import NodeBuilder, union_node
 
 _TOKEN = itemgetter(0)
 _LOGPROB = itemgetter(1)
@@ -45,29 +38,9 @@ def _uniform_k(top: tuple[TopLogprobs, ...]) -> int:
     return k if k >= 2 else 0
 
 
-def _union_node(
-    tops: tuple[TopLogprobs, TopLogprobs], chosen: tuple[str, str]
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Reference logits over the union of the two runs' tokens at one node (a token missing from
-    a run's top-k takes that run's smallest reported logprob): (ẑ sorted descending, counts,
-    tail choices). Same rule and order as compare._slow_node."""
-    union: dict[str, list[float]] = {}
-    for top in tops:
-        for t, _ in top:
-            union.setdefault(t, [])
-    for top in tops:
-        have = dict(top)
-        floor = min(have.values())
-        for t, xs in union.items():
-            xs.append(have.get(t, floor))
-    names = list(union)
-    z = np.array([(xs[0] + xs[1]) / 2 for xs in union.values()])  # = np.mean of the two
-    return rank_choices(names, z, chosen)
-
-
 def _jitter_union(a_top: TopLogprobs, b_top: TopLogprobs) -> tuple[float, float] | None:
     """(δ, reference gap) at a position whose top-k token lists differ: the top two tokens by
-    mean logprob among those both runs report (as compare._jitter)."""
+    mean logprob among those both runs report (as the general path's jitter)."""
     a, b = dict(a_top), dict(b_top)
     u = sorted(set(a) & set(b), key=lambda t: -(a[t] + b[t]))
     if len(u) < 2:
@@ -92,7 +65,7 @@ def _differing_rows_py(
     A row whose two lists hold the same k distinct tokens in another order is *aligned*: run b's
     logprobs are put in run a's token order, and the row then joins the block of rows with the
     same tokens (its ẑ is the same per-token mean as the union rule's; the block sorts rows that
-    are not most likely first). Other rows take the union rule of `_union_node` here (same ẑ
+    are not most likely first). Other rows take the union rule of `union_node` here (same ẑ
     arithmetic; only the sorted values matter, tied entries having equal gaps). Jitter of every
     row: the rule of `_jitter_union` (the two common tokens with the largest summed logprob, ties
     in run a's order), in row order as the general path appends them.
@@ -204,7 +177,7 @@ def _slot(top: TopLogprobs, c: str) -> int:
 
 
 def _same_rows(
-    nb: _NodeBuilder,
+    nb: NodeBuilder,
     z: np.ndarray,
     keep: np.ndarray | None,
     slots_a: dict[int, int],
@@ -216,7 +189,7 @@ def _same_rows(
     With finite logprobs (the usual case) the block is added directly: gaps ẑ_max − ẑ_j in
     descending order of ẑ (rows that are not most likely first are sorted, one np.sort for the
     block), weight = scored choices, linear term Σ (ẑ_max − ẑ_chosen): exactly what
-    _NodeBuilder.add computes; otherwise the block goes through it."""
+    NodeBuilder.add computes; otherwise the block goes through it."""
     tails = [r for r, j in chain(slots_a.items(), slots_b.items()) if j < 0]
     w = None
     if tails:
@@ -263,7 +236,7 @@ def _same_rows(
     nb.min_k = min(nb.min_k, z.shape[1])
 
 
-def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
+def pair_comparison(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     """`compare_trial` for two runs with uniform top-k (same k in both), else None."""
     if len(trial.runs) != 2:
         return None
@@ -274,7 +247,7 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     k = _uniform_k(top_a)
     if k == 0 or _uniform_k(top_b) != k:
         return None
-    pos, div, at_risk = _pair_divergence(ra, rb)
+    pos, div, at_risk = pair_divergence(ra, rb)
     n = min(len(ra.tokens), len(rb.tokens))
     m = min(at_risk, n)  # positions that feed jitter and nodes
     split = div and pos < n  # the pair's split node sits at pos = m − 1
@@ -331,7 +304,7 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
 
     nodes = None
     if with_nodes:
-        nb = _NodeBuilder()
+        nb = NodeBuilder()
         # One block: rows with the same top-k tokens (the shared prefix and, usually, the split
         # node) and aligned rows; the rest with the union rule. Run a chose entry 0 (the
         # argmax) except at the positions found here; run b chose as run a before the split.
@@ -368,7 +341,7 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
                 nb.min_k = min(nb.min_k, dr.min_u)
         elif diff:
             for s in diff:
-                zs, cs, tail = _union_node((top_a[s], top_b[s]), (ra.tokens[s], rb.tokens[s]))
+                zs, cs, tail = union_node((top_a[s], top_b[s]), (ra.tokens[s], rb.tokens[s]))
                 nb.tail += tail
                 nb.add(zs[None, :], cs[None, :])
         nodes = nb.nodes()
@@ -377,9 +350,7 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
     ex: tuple[Divergence, ...] = ()
     if div:
         first = (pos,)
-        ta = ra.tokens[pos] if pos < len(ra.tokens) else ""
-        tb = rb.tokens[pos] if pos < len(rb.tokens) else ""
-        ex = (Divergence(pos, ta, tb, _lp_at(ra, pos), _lp_at(rb, pos), 0, 1),)
+        ex = (Divergence.of_pair(ra, rb, pos, 0, 1),)
     return Comparison(
         pairs=1,
         diverged=int(div),
@@ -393,10 +364,5 @@ def compare_pair(trial: Trial, *, with_nodes: bool = True) -> Comparison | None:
         jitter_gaps=jgaps,
         nodes=nodes,
         token_collisions=ra.token_collisions + rb.token_collisions,
+        scored=nodes is not None and nodes.weights.size > 0,
     )
-
-
-def compare_fast(trial: Trial, *, with_nodes: bool = True) -> Comparison:
-    """`compare.compare_trial`, through the two-run fast path when it applies."""
-    c = compare_pair(trial, with_nodes=with_nodes) if len(trial.runs) == 2 else None
-    return c if c is not None else compare_trial(trial, with_nodes=with_nodes)
