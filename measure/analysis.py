@@ -119,8 +119,8 @@ def model_free(trials: Sequence[Trial], *, level: float, max_tokens: int) -> dic
             "prompts_with_more_than_one": sum(u > 1 for u in uniq),
         },
         "hazard": {
-            "method": "pairs' first divergences per token at risk; Garwood on the trial-level "
-            "effective count",
+            "method": "pairs' first divergences per token compared (up to and including the "
+            "divergence); exact Poisson (Garwood) interval on the trial-level effective count",
             "per_token": hz.estimate,
             "lower": hz.lower,
             "upper": hz.upper,

@@ -172,7 +172,7 @@ def paper_estimates(
     ref_trials = {t: _word_trials(rs) for t, rs in sorted(by_t.items())}
     sut_trials = _word_trials(sut)
     if len(ref_trials) < 2 or not sut_trials:
-        notes.append("paper: needs SUT runs and reference runs at >= 2 temperatures")
+        notes.append("paper: needs endpoint runs and reference runs at >= 2 temperatures")
         return out, notes
     res = estimate_paper(sut_trials, ref_trials)
     out["paper"] = analysis.result_dict(res)
@@ -204,7 +204,7 @@ def analyse(
         },
         "logprobs": with_lp,
         "counts": {
-            "sut_runs": len(sut),
+            "endpoint_runs": len(sut),
             "reference_runs": len(store.select("ref")),
             "this_session": {k: asdict(v) for k, v in outcomes.items()},
         },
@@ -346,12 +346,12 @@ async def _run(args: argparse.Namespace) -> int:
     if stop.is_set():
         print(
             f"tbg measure: interrupted; wrote what was measured to {d} "
-            f"({data['counts']['sut_runs']} runs); rerun the same command to continue",
+            f"({data['counts']['endpoint_runs']} runs); rerun the same command to continue",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
     stopped = [o.stopped for o in outcomes.values() if o.stopped]
-    if not data["counts"]["sut_runs"]:
+    if not data["counts"]["endpoint_runs"]:
         why = nothing_measured({"sut": outcomes["sut"]}, args.base_url)
         print(f"tbg measure: nothing measured: {why}", file=sys.stderr)
         return 1

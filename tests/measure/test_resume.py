@@ -31,7 +31,7 @@ def test_bounded_then_resumed_without_duplicates(
     assert "--max-requests reached" in first.stderr
     assert len(runs_keys(out)) == 2
     partial = load_json(out / "report.json")
-    assert partial["complete"] is False and partial["counts"]["sut_runs"] == 2
+    assert partial["complete"] is False and partial["counts"]["endpoint_runs"] == 2
     second = tbg(*_measure_args(serial_ref, out))
     assert second.returncode == 0, second.stderr
     assert "2 of 6 runs already in" in second.stderr
