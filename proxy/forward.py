@@ -51,6 +51,8 @@ _ROUTES = {
 _JSON_ROUTES = frozenset({"chat", "completions", "embeddings", "responses"})
 _TAP_ROUTES = frozenset({"chat", "completions"})
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
+# How an event stream's last event ends (SSE allows \n, \r\n and \r line ends).
+_DONE_ENDINGS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data: [DONE]\r\r")
 # Writes up to this size into an empty socket buffer never wait for the client (the transport's
 # high-water mark is 64 KiB); others run under client_write_timeout_seconds.
 _SMALL_WRITE = 16 * 1024
@@ -77,6 +79,9 @@ class _State:
     status: int = 0
     first_byte_at: float | None = None
     upstream_wait: float = 0.0
+    # An event stream's `data: [DONE]` reached the client: a disconnect after it (SDKs close once
+    # they read it, before the upstream's chunked terminator) is a delivered response, not a 499.
+    delivered: bool = False
 
 
 @dataclass(slots=True)
@@ -148,7 +153,8 @@ class Forwarder:
                 return await _answer_and_close(request, errors.error_response(exc))
             return errors.error_response(exc)
         except (asyncio.CancelledError, ConnectionResetError):
-            st.status = CLIENT_CLOSED
+            if not st.delivered:
+                st.status = CLIENT_CLOSED
             raise
         finally:
             # After the response is written (aiohttp writes a returned Response once this handler
@@ -229,6 +235,8 @@ class Forwarder:
         finally:
             in_flight.leave(upstream.name)
             if info is not None and tee is not None:
+                if st.delivered and not tee.completed:
+                    tee.completed, tee.parts = True, []  # the events are all in the tee
                 self._complete(info, tee, st.started)
 
     async def _send(
@@ -330,8 +338,9 @@ class Forwarder:
             try:
                 await out.prepare(request)
                 await self._pump(request, st, resp, out, tee, is_sse, rewrite, upstream)
-            except ConnectionResetError:  # the client went away mid-response
-                st.status = CLIENT_CLOSED
+            except ConnectionResetError:  # the client went away mid-response (or after [DONE])
+                if not st.delivered:
+                    st.status = CLIENT_CLOSED
                 resp.close()
             return out
         except _Retry:
@@ -375,6 +384,8 @@ class Forwarder:
                 if tee is not None and tee.keep(len(chunk)):
                     tee.parts.append(chunk)
                 await self._write(request, out, st, chunk)
+                if is_sse and chunk.endswith(_DONE_ENDINGS):
+                    st.delivered = True
                 continue
             raws = splitter.feed(chunk)
             if rewrite is None:
@@ -385,6 +396,8 @@ class Forwarder:
                     await self._write(
                         request, out, st, self._rewrite(rewrite, raw, "rewrite_event")
                     )
+                if raw.endswith(_DONE_ENDINGS):
+                    st.delivered = True
         if splitter is not None and (rest := splitter.flush()):
             self._tee_event(tee, rest)
             if rewrite is not None:

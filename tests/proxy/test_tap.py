@@ -155,3 +155,44 @@ async def test_no_plan_means_no_complete_and_other_routes_are_not_tapped() -> No
         )
     assert [i.model_name for i in tap.planned] == ["other"]
     assert tap.completed == []
+
+
+async def _stream_then_close(url: str, stop_after: bytes) -> list[bytes]:
+    """Read an event stream line by line and close the connection once `stop_after` arrives,
+    as SDKs do once they read `[DONE]` (before the upstream's chunked terminator)."""
+    lines: list[bytes] = []
+    body = {"model": "m", "messages": MESSAGES, "stream": True}
+    async with httpx.AsyncClient() as http, http.stream("POST", url, json=body) as r:
+        async for line in r.aiter_lines():
+            lines.append(line.encode())
+            if line.startswith(stop_after.decode()):
+                break
+    return lines
+
+
+@pytest.mark.parametrize("stop_after", [b"data: [DONE]", b"data: {"])
+async def test_a_client_that_closes_after_done_got_the_whole_stream(stop_after: bytes) -> None:
+    """A client that closes right after `[DONE]` received everything: the exchange is complete
+    (the shadow path may replay it) and the request counts as 200, not as a 499 cancellation.
+    One that closes before `[DONE]` is still a cancelled, incomplete primary."""
+    # The upstream waits before ending the chunked body, so the client's close comes first.
+    fake = FakeUpstream(pieces=[b"".join(CHAT_EVENTS[:-1]), CHAT_EVENTS[-1]], piece_delay=0.5)
+    tap = RecordingTap()
+    async with proxy_stack(single(), [fake], tap=tap) as stack:
+        await _stream_then_close(stack.proxy_url + "/v1/chat/completions", stop_after)
+        await asyncio.wait_for(tap.done.wait(), 5)
+        registry = stack.app[REGISTRY]
+        labels = {"route": "chat", "model_name": "m", "upstream": "up"}
+        await asyncio.sleep(0.05)  # metrics are observed in a loop callback after the handler
+        statuses = {
+            s: registry.get_sample_value("tbg_requests_total", {**labels, "status": s})
+            for s in ("200", "499")
+        }
+    (ex,) = tap.completed
+    if stop_after == b"data: [DONE]":
+        assert ex.completed and ex.status == 200
+        assert list(ex.events) == STREAM_PAYLOADS
+        assert statuses == {"200": 1.0, "499": None}
+    else:
+        assert not ex.completed
+        assert statuses == {"200": None, "499": 1.0}
