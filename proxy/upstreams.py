@@ -1,7 +1,7 @@
 """Upstreams: routing by model, header hygiene, auth, and the shared keep-alive client session.
 
 One `Upstreams` per app (`app[UPSTREAMS]`), created in the app's cleanup context. The forwarding
-handler and the shadow path both send through it, so replays reuse the same connection pool,
+handler and the shadow path both send through it (replays by its aiohttp session) with the same
 timeouts and auth rules as the primary traffic.
 """
 

@@ -1,159 +1,426 @@
-"""The shadow worker process, child side: `python -m proxy.shadow.worker FD`.
+"""The Worker stage: replays each Job against the same upstream and compares the runs.
 
-Started by proxy.shadow.process.ProcessReplayer with one end of a socket pair as FD. It runs the
-same Replayer as the in-process mode, on its own event loop with its own HTTP session, and reports
-through the socket: replay outcomes, one terminal message per job (a comparison, failed or a drop
-with its reason), failures as internal errors (logged here with their stack, as JSON on stderr), and
-the logprobs detection. The load a replay meets is asked of the proxy, which alone knows its
-in-flight requests. The child exits when told to stop or when the proxy's end closes.
+The same code in both modes (proxy.shadow.executor picks where it runs): `max_concurrent` tasks take
+Jobs off an unbounded queue (the proxy side bounds what it sends), replay them (timeouts, the
+per-upstream logprobs detection, the token budget and delays), compare primary and replays, and
+send Outcomes back, exactly one terminal outcome per Job. The load a replay meets is asked of the
+proxy (`Acquire` → `Loaded`), which alone knows its primaries in flight.
+
+Run as `python -m proxy.shadow.worker FD`, it is the shadow worker process: FD is its end of the
+socket pair to the proxy; it exits when told to stop or when the proxy's end closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import itertools
+import logging
 import os
 import signal
 import socket
 import sys
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from estimator.model import Run
-from estimator.online import OnlineEstimator
+import orjson
+
+from estimator.builders import (
+    BuildError,
+    run_from_chat_response,
+    run_from_chat_stream,
+    run_from_completion_response,
+    run_from_completion_stream,
+    text_tokens,
+)
+from estimator.model import Run, Trial, TrialContext
+from estimator.online import OnlineEstimator, TrialComparison
 from proxy.logs import configure_logging
-from proxy.shadow.aggregator import compare_trial, online_config
+from proxy.shadow.capability import Capabilities, logprobs_key
+from proxy.shadow.channel import Channel
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.process import Channel, JobSpec, WorkerInit
-from proxy.shadow.replayer import Replayer
-from proxy.shadow.sampling import Sampler
+from proxy.shadow.load import MetricsFetcher, load_bucket
+from proxy.shadow.messages import (
+    Acquire,
+    Compared,
+    Dropped,
+    Failed,
+    FromWorker,
+    Init,
+    InternalError,
+    Job,
+    Loaded,
+    LogprobsLearned,
+    Ready,
+    Release,
+    ReplaySent,
+    Stop,
+    Stopped,
+    ToWorker,
+)
+from proxy.shadow.sampling import ReplayBudget
+from proxy.shadow.state import online_config
 from proxy.shadow.transport import UpstreamTransport
-from proxy.shadow.view import Key
+from proxy.shadow.view import Exemplar
+from proxy.shadow.wire import replay_body
 from proxy.tap import RequestInfo
+from proxy.tracing import shadow_tracing
 from proxy.upstreams import Upstreams, new_session
 
+log = logging.getLogger("tbg.shadow")
 
-class RemoteSink:
-    """proxy.shadow.replayer.TrialSink: compares here, reports to the proxy's Aggregator."""
-
-    def __init__(self, channel: Channel, config: ShadowConfig, hash_key: bytes) -> None:
-        self._channel = channel
-        self._config = config
-        self._hash_key = hash_key
-        self._comparer = OnlineEstimator(online_config(config))  # only compare(): never updated
-
-    def count(self, key: Key, what: str) -> None:
-        self._channel.send(("count", key, what))
-
-    def drop(self, key: Key, reason: str) -> None:
-        self._channel.send(("drop", key, reason))
-
-    def replay_request(self, key: Key, outcome: str, tokens: int = 0) -> None:
-        self._channel.send(("replay", key, outcome, tokens))
-
-    async def fold(self, request: RequestInfo, runs: tuple[Run, ...], load: int) -> None:
-        # This loop serves replays only: comparing on it (≈ 0.6 ms) holds up nothing of the proxy's.
-        compared = compare_trial(
-            self._comparer.compare, self._config, self._hash_key, request, runs, load
-        )
-        self._channel.send(("fold", compared))
-
-    def on_internal_error(self) -> None:
-        self._channel.send(("error",))
+ROUTE_PATHS: Mapping[str, str] = {"chat": "/chat/completions", "completions": "/completions"}
+Send = Callable[[FromWorker], None]
 
 
-class RemoteLoad:
-    """proxy.shadow.replayer.ReplayLoad: the proxy's LoadTracker, one round trip per replay."""
+class ReplayTransport(MetricsFetcher, Protocol):
+    """How replays reach an upstream: a pooled session, timeouts and per-upstream auth."""
 
-    def __init__(self, channel: Channel) -> None:
-        self._channel = channel
+    async def post_json(
+        self,
+        upstream: str,
+        path: str,
+        body: bytes,
+        client_headers: Mapping[str, str],
+        timeout_s: float,
+    ) -> tuple[int, bytes]:
+        """POST `body` to <base_url><path>; returns (status, body). Raises on I/O errors."""
+        ...
+
+
+def compare_trial(
+    compare: Callable[[Trial], TrialComparison],
+    config: ShadowConfig,
+    hash_key: bytes,
+    request: RequestInfo,
+    runs: tuple[Run, ...],
+    load: int,
+) -> Compared:
+    """Compare one trial and pick its exemplars; touches no state (safe in a thread or process)."""
+    digest = hashlib.blake2b(request.raw_body, key=hash_key, digest_size=8).hexdigest()
+    context = TrialContext(request.upstream, request.model_name, load_bucket(load))
+    comparison = compare(Trial(digest, runs, context))
+    now = time.time()
+    seen: set[tuple[int, str, str]] = set()
+    exemplars: list[Exemplar] = []
+    for div in comparison.exemplars:
+        # One exemplar per distinct split: with k replays the same fork shows up in many pairs.
+        low, high = sorted((div.token_a, div.token_b))
+        split = (div.position, low, high)
+        if split in seen:
+            continue
+        seen.add(split)
+        text = None
+        if config.record_text:
+            text = {
+                "input": request.body.get("messages", request.body.get("prompt")),
+                "run_a": runs[div.run_a].text,
+                "run_b": runs[div.run_b].text,
+            }
+        exemplars.append(
+            Exemplar(now, request.upstream, request.model_name, context.load_bucket, digest,
+                     div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text)
+        )  # fmt: skip
+    key = (request.upstream, request.model_name)
+    return Compared(key, context, comparison, tuple(exemplars))
+
+
+def _primary_run(job: Job) -> Run:
+    if job.stream:
+        build_stream = run_from_chat_stream if job.route == "chat" else run_from_completion_stream
+        return build_stream(list(job.events))
+    if job.response_body is None:
+        raise BuildError("no response body captured")
+    body = orjson.loads(job.response_body)
+    build = run_from_chat_response if job.route == "chat" else run_from_completion_response
+    return build(body)
+
+
+def _usage_tokens(job: Job) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) from the primary's usage, when the upstream sent one."""
+    usage: Any = None
+    if job.stream:
+        for event in reversed(job.events):
+            if event.get("usage"):
+                usage = event["usage"]
+                break
+    elif job.response_body is not None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            usage = orjson.loads(job.response_body).get("usage")
+    if not isinstance(usage, Mapping):
+        return None, None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
+    )
+
+
+def comparable_runs(runs: tuple[Run, ...]) -> tuple[Run, ...]:
+    """Runs that can be compared position by position.
+
+    A run without logprobs is tokenised from its text (the builders' fallback), which does not line
+    up with real tokens. When the two kinds are mixed (a primary captured before logprobs support
+    was detected, or with augment_logprobs off), keep the runs with real tokens if there are two or
+    more of them, else compare every run by its text tokens.
+    """
+    real = tuple(r for r in runs if r.logprobs is not None)
+    if len(real) == len(runs) or not real:
+        return runs
+    if len(real) >= 2:
+        return real
+    return tuple(
+        Run(tokens=text_tokens(r.text), logprobs=None, top_logprobs=None, text=r.text,
+            finish_reason=r.finish_reason)
+        for r in runs
+    )  # fmt: skip
+
+
+class _Load:
+    """The load a replay meets, asked of the proxy through the boundary (`Acquire` → `Loaded`)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
         self._ids = itertools.count()
         self._waiting: dict[int, asyncio.Future[int]] = {}
 
     async def acquire(self, upstream: str) -> int:
         rid = next(self._ids)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = future
-        self._channel.send(("acquire", rid, upstream))
+        self._waiting[rid] = future  # before sending: inline, the answer comes back at once
+        self._send(Acquire(rid, upstream))
         try:
             return await future
         except asyncio.CancelledError:
-            self._channel.send(("release", upstream))  # the proxy counted it in flight
+            self._send(Release(upstream))  # the proxy counted it in flight
             raise
         finally:
             self._waiting.pop(rid, None)
 
-    def release(self, upstream: str) -> None:
-        self._channel.send(("release", upstream))
-
-    def answer(self, rid: int, load: int) -> None:
-        future = self._waiting.get(rid)
+    def answer(self, message: Loaded) -> None:
+        future = self._waiting.get(message.rid)
         if future is not None and not future.done():
-            future.set_result(load)
+            future.set_result(message.load)
 
 
-class _Child:
-    """The child's side of the channel: jobs in, the proxy's load answers in, stop."""
+class Worker:
+    """Replays and compares; takes `Job` and `Loaded` through `handle`, sends outcomes to `send`.
 
-    def __init__(self) -> None:
-        self.init: asyncio.Future[WorkerInit] = asyncio.get_running_loop().create_future()
-        self.stop = asyncio.Event()
-        self.replayer: Replayer | None = None
-        self.load: RemoteLoad | None = None
-        self.channel: Channel | None = None
+    `compare_in_thread`: inline (on the proxy's loop) the comparison, the heavy part (trie walk and
+    grid likelihood), runs in a worker thread; in the worker process its loop serves replays only.
+    """
 
-    def failed(self) -> None:  # a message this side failed to handle (logged with its stack)
-        if self.channel is not None:
-            self.channel.send(("error",))
+    def __init__(
+        self,
+        config: ShadowConfig,
+        transport: ReplayTransport,
+        send: Send,
+        hash_key: bytes,
+        *,
+        compare_in_thread: bool,
+    ) -> None:
+        self._config = config
+        # OpenTelemetry spans of trials, replays and comparisons (no-op unless shadow.tracing).
+        self._tracing = shadow_tracing(config)
+        self._transport = self._tracing.transport(transport)
+        self._send = send
+        self._hash_key = hash_key
+        self._in_thread = compare_in_thread
+        self._comparer = OnlineEstimator(online_config(config))  # only compare(): never updated
+        self._budget = ReplayBudget(config)
+        self._capabilities = Capabilities(config)
+        self._load = _Load(send)
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "job" and self.replayer is not None:
-            spec: JobSpec = message[1]
-            self.replayer.submit(spec.job())
-        elif kind == "load" and self.load is not None:
-            self.load.answer(message[1], message[2])
-        elif kind == "init" and not self.init.done():
-            self.init.set_result(message[1])
-        elif kind == "stop":
-            self.stop.set()
+    def handle(self, message: ToWorker) -> None:
+        if isinstance(message, Job):
+            self._queue.put_nowait(message)
+        elif isinstance(message, Loaded):
+            self._load.answer(message)
+
+    def _emit(self, outcome: Dropped | Failed | ReplaySent | LogprobsLearned) -> None:
+        self._tracing.outcome(outcome)
+        self._send(outcome)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"tbg-shadow-worker-{i}")
+            for i in range(self._config.max_concurrent)
+        ]
+
+    async def stop(self) -> None:
+        """Cancel the tasks (a trial in progress ends failed), then end the jobs still queued:
+        sampled, never replayed (`shutdown`)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        while not self._queue.empty():
+            self._emit(Dropped(self._queue.get_nowait().key, "shutdown"))
+
+    async def _run(self) -> None:
+        while True:
+            job = await self._queue.get()
+            request = job.request()
+            try:
+                with self._tracing.trial(request):
+                    await self._trial(job, request)
+            except asyncio.CancelledError:
+                self._emit(Failed(job.key))
+                raise
+            except Exception:  # a bug here must cost one trial, never the worker
+                log.exception("shadow trial failed")  # with its stack (proxy.logs)
+                self._emit(Failed(job.key))
+                self._send(InternalError())
+
+    async def _trial(self, job: Job, request: RequestInfo) -> None:
+        try:
+            primary = _primary_run(job)
+        except (BuildError, orjson.JSONDecodeError, ValueError) as exc:
+            log.info("primary not comparable: %s", type(exc).__name__)
+            self._emit(Dropped(job.key, "primary_incomplete"))
+            return
+        prompt_tokens, completion_tokens = _usage_tokens(job)
+        # An empty primary (EOS first) is still worth one token of replay: a replay that does not
+        # stop at once is a divergence at position 0.
+        length = max(1, completion_tokens if completion_tokens is not None else len(primary.tokens))
+        cost = self._config.replays * (length + (prompt_tokens or 0))
+        if not self._budget.spend_tokens(request.model_name, cost):
+            self._emit(Dropped(job.key, "budget"))
+            return
+        replays: list[Run] = []
+        loads = [job.load_at_start]
+        for _ in range(self._config.replays):
+            delay = self._budget.delay()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result = await self._replay(request, length)
+            if result is not None:
+                run, load = result
+                replays.append(run)
+                loads.append(load)
+        if not replays:
+            self._emit(Failed(job.key))
+            return
+        runs = comparable_runs((primary, *replays))
+        with self._tracing.compare(runs, max(loads)):
+            args = (self._comparer.compare, self._config, self._hash_key, request, runs, max(loads))
+            if self._in_thread:
+                compared = await asyncio.to_thread(compare_trial, *args)
+            else:
+                compared = compare_trial(*args)
+            self._send(compared)
+        self._tracing.outcome(compared)
+
+    async def _replay(
+        self, request: RequestInfo, length: int, logprobs: bool | None = None
+    ) -> tuple[Run, int] | None:
+        upstream = request.upstream
+        key = (upstream, request.model_name)
+        lkey = logprobs_key(request)
+        detecting = self._capabilities.unknown(lkey)
+        ask = self._capabilities.logprobs(lkey) is not False if logprobs is None else logprobs
+        body = replay_body(
+            request.route,
+            request.body,
+            max_tokens=length,
+            logprobs_k=self._config.top_logprobs if ask else None,
+        )
+        load = await self._load.acquire(upstream)
+        try:
+            status, payload = await self._transport.post_json(
+                upstream,
+                ROUTE_PATHS[request.route],
+                body,
+                request.headers,
+                self._config.replay_timeout_seconds,
+            )
+        except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
+            log.warning("replay to %s failed: %s", upstream, type(exc).__name__, exc_info=exc)
+            self._emit(ReplaySent(key, "error"))
+            return None
+        finally:
+            self._send(Release(upstream))
+        if status != 200 and ask and detecting:
+            # Refused (400) or failed (500, ...) asking for logprobs: try once without. If that
+            # works, this upstream and model do not do logprobs: ask without from now on.
+            result = await self._replay(request, length, logprobs=False)
+            if result is not None:
+                self._learned(lkey, False)
+            return result
+        if status != 200:
+            self._emit(ReplaySent(key, "error"))
+            return None
+        try:
+            data = orjson.loads(payload)
+            build = (
+                run_from_chat_response if request.route == "chat" else run_from_completion_response
+            )
+            run = build(data)
+        except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
+            self._emit(ReplaySent(key, "error"))
+            return None
+        if ask and detecting:
+            self._learned(lkey, run.top_logprobs is not None)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
+        self._emit(ReplaySent(key, "ok", tokens if isinstance(tokens, int) else 0))
+        return run, load
+
+    def _learned(self, key: tuple[str, str], supported: bool) -> None:
+        self._capabilities.learn(key, supported)
+        self._emit(LogprobsLearned(key[0], key[1], supported))
 
 
+# -- the worker process ----------------------------------------------------------------------------
 async def serve(sock: socket.socket) -> None:
-    child = _Child()
-    _, channel = await asyncio.get_running_loop().create_connection(
-        lambda: Channel(child.handle, child.failed), sock=sock
-    )
-    child.channel = channel
-    done, _ = await asyncio.wait((child.init, channel.closed), return_when=asyncio.FIRST_COMPLETED)
-    if child.init not in done:
+    """The worker process's side of the boundary: `Init`, then Jobs until `Stop`."""
+    loop = asyncio.get_running_loop()
+    init: asyncio.Future[Init] = loop.create_future()
+    stop = asyncio.Event()
+    worker: Worker | None = None
+
+    def handle(message: ToWorker) -> None:
+        if isinstance(message, Init):
+            if not init.done():
+                init.set_result(message)
+        elif isinstance(message, Stop):
+            stop.set()
+        elif worker is not None:
+            worker.handle(message)
+
+    def failed() -> None:  # a message this side failed to handle (logged with its stack)
+        channel.send(InternalError())
+
+    _, channel = await loop.create_connection(lambda: Channel[ToWorker](handle, failed), sock=sock)
+    done, _ = await asyncio.wait((init, channel.closed), return_when=asyncio.FIRST_COMPLETED)
+    if init not in done:
         return  # the proxy went away before saying anything
-    init = child.init.result()
-    configure_logging(init.config.log_level)
-    if init.nice:
-        os.nice(init.nice)  # background work: the kernel serves the proxy's primaries first
-    shadow = init.config.shadow_config
+    config, hash_key, nice = init.result().config, init.result().hash_key, init.result().nice
+    configure_logging(config.log_level)
+    if nice:
+        os.nice(nice)  # background work: the kernel serves the proxy's primaries first
     session = new_session()
-    upstreams = Upstreams(init.config, session)
-    child.load = RemoteLoad(channel)
-    child.replayer = replayer = Replayer(
-        shadow,
-        UpstreamTransport(lambda: upstreams, init.config.replay_keys),
-        Sampler(shadow),  # the token budget and replay delays live here; the coin flip does not
-        child.load,
-        RemoteSink(channel, shadow, init.hash_key),
-        queue_size=0,  # unbounded here: the proxy bounds what it sends
+    upstreams = Upstreams(config, session)
+    transport = UpstreamTransport(lambda: upstreams, config.replay_keys)
+    worker = Worker(
+        config.shadow_config, transport, channel.send, hash_key, compare_in_thread=False
     )
-    replayer.on_logprobs_detected = lambda upstream, ok: channel.send(("logprobs", upstream, ok))
-    await replayer.start()
-    channel.send(("ready",))
-    stop = asyncio.ensure_future(child.stop.wait())
+    await worker.start()
+    channel.send(Ready())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
         # Until told to stop, or until the proxy's end closes (nobody left to report to).
-        await asyncio.wait((stop, channel.closed), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((stopping, channel.closed), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop.cancel()
-        await replayer.stop()  # trials in progress: failed; still queued: dropped as shutdown
-        channel.send(("stopped",))
+        stopping.cancel()
+        await worker.stop()  # trials in progress: failed; still queued: dropped as shutdown
+        channel.send(Stopped())
         await session.close()
         await channel.aclose()
 
