@@ -247,6 +247,8 @@ class Executor:
 
     async def idle(self, within_s: float) -> bool:
         """Wait until every job sent has ended; False if that takes longer than `within_s`."""
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), within_s)
         except TimeoutError:
