@@ -19,7 +19,9 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
+from estimator.model import TrialContext
 from proxy.shadow.capability import Capabilities
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import LOAD_BUCKETS
@@ -29,8 +31,7 @@ from proxy.shadow.messages import (
     Failed,
     InternalError,
     LogprobsLearned,
-    Outcome,
-    ReplaySent,
+    ReplayDone,
 )
 from proxy.shadow.state import ShadowState, online_config
 from proxy.shadow.view import Key, ShadowView
@@ -82,15 +83,14 @@ class Aggregator:
         self._state.count(key, "sampled")
         self._changed.set()
 
-    def apply(self, outcome: Outcome) -> None:
-        """Fold one outcome of a sampled primary (from the Tap or the Worker)."""
-        if isinstance(outcome, ReplaySent):
+    def apply(
+        self, outcome: Dropped | Failed | ReplayDone | LogprobsLearned | InternalError
+    ) -> None:
+        """Count one outcome of a sampled primary (from the Tap or the Worker)."""
+        if isinstance(outcome, ReplayDone):
+            if outcome.outcome is None:
+                return  # an attempt sent again: not a replay request
             self._state.replay_request(outcome.key, outcome.outcome, outcome.tokens)
-        elif isinstance(outcome, Compared):
-            self._state.record_comparison(outcome.context, outcome.comparison)
-            self._state.count(outcome.key, "replayed")
-            for exemplar in outcome.exemplars:
-                self._state.add_exemplar(exemplar)
         elif isinstance(outcome, Dropped):
             self._state.drop(outcome.key, outcome.reason)
         elif isinstance(outcome, Failed):
@@ -101,6 +101,16 @@ class Aggregator:
         elif isinstance(outcome, InternalError):
             self.on_internal_error()
             return
+        self._changed.set()
+
+    def fold(self, compared: Compared, bucket: str) -> None:
+        """Fold a trial compared by the Worker into the overall and the `bucket` estimators (the
+        bucket of the largest load its primary and replays met, which only the proxy knows)."""
+        upstream, model = compared.key
+        self._state.record_comparison(TrialContext(upstream, model, bucket), compared.comparison)
+        self._state.count(compared.key, "replayed")
+        for exemplar in compared.exemplars:
+            self._state.add_exemplar(replace(exemplar, load_bucket=bucket))
         self._changed.set()
 
     # -- readers --------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The executor boundary: where the Worker runs, and the one place Jobs leave and Outcomes return.
 
 `Executor` is the proxy's side, the same in both modes: it bounds what it sends (`queue_size`
-waiting plus `max_concurrent` in progress), counts each Job until its terminal outcome (`pending`,
-`idle`), answers the Worker's load questions from the LoadTracker, and hands every outcome to the
-Aggregator. The mode chooses only the `Link` the messages travel by:
+waiting plus `max_concurrent` in progress), follows each Job until its terminal outcome (`pending`,
+`idle`), counts its replays in flight in the LoadTracker (the load each one meets, the largest of
+which files the trial under its load bucket), and hands every outcome to the Aggregator. Nothing
+goes back to the Worker but Jobs. The mode chooses only the `Link` the messages travel by:
 
 - `InlineLink`: the Worker runs on the proxy's event loop (its comparisons in a worker thread);
   messages are handed over as objects;
@@ -24,7 +25,6 @@ import logging
 import os
 import socket
 import sys
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +34,17 @@ from proxy.config import Config
 from proxy.shadow.aggregator import Aggregator
 from proxy.shadow.channel import Channel
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.load import LoadTracker
+from proxy.shadow.load import LoadTracker, load_bucket
 from proxy.shadow.messages import (
-    Acquire,
     Compared,
     Dropped,
     Failed,
     FromWorker,
     Init,
     Job,
-    Loaded,
     Ready,
-    Release,
+    ReplayDone,
+    ReplayStarted,
     Stop,
     Stopped,
     ToWorker,
@@ -101,11 +100,10 @@ class InlineLink:
     def send(self, message: ToWorker) -> None:
         if self._worker is None:
             return
-        if isinstance(message, Stop):
-            if self._stopping is None:
-                self._stopping = asyncio.create_task(self._stop(), name="tbg-shadow-worker-stop")
-            return
-        self._worker.handle(message)
+        if isinstance(message, Job):
+            self._worker.handle(message)
+        elif isinstance(message, Stop) and self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop(), name="tbg-shadow-worker-stop")
 
     async def _stop(self) -> None:
         if self._worker is not None:
@@ -200,6 +198,18 @@ class ProcessLink:
         return f"returncode {proc.returncode}"
 
 
+class _Pending:
+    """A Job sent, until its terminal outcome: the largest load its replays met, and the
+    replays it has in flight (attempt -> upstream, load)."""
+
+    __slots__ = ("key", "load", "replays")
+
+    def __init__(self, key: Key, load: int) -> None:
+        self.key = key
+        self.load = load
+        self.replays: dict[int, tuple[str, int]] = {}
+
+
 class Executor:
     """Sends Jobs to the Worker through a Link and applies what comes back (event loop only)."""
 
@@ -213,11 +223,9 @@ class Executor:
         # beyond those are the ones waiting.
         self._workers = config.max_concurrent
         self._limit = config.queue_size + config.max_concurrent
-        self._outstanding: Counter[Key] = Counter()  # jobs sent, not yet ended, per key
-        self._total = 0
+        self._jobs: dict[int, _Pending] = {}  # sent, not yet ended
         self._idle = asyncio.Event()
         self._idle.set()
-        self._replays: Counter[str] = Counter()  # replays the Worker has in flight, per upstream
         self._ready: asyncio.Future[None] | None = None
         self._stopped = asyncio.Event()  # the Worker said so, or it is gone
         self._open = False
@@ -226,24 +234,23 @@ class Executor:
 
     # -- the Tap's side (event loop only) --------------------------------------------------------
     def full(self) -> bool:
-        return self._broken or not self._open or self._total >= self._limit
+        return self._broken or not self._open or len(self._jobs) >= self._limit
 
     def submit(self, job: Job) -> bool:
         """Send a finished primary without waiting; False when there is no room."""
         if self.full():
             return False
-        self._outstanding[job.key] += 1
-        self._total += 1
+        self._jobs[job.id] = _Pending(job.key, job.load_at_start)
         self._idle.clear()
         self.link.send(job)
         return True
 
     def queue_depth(self) -> int:
-        return max(0, self._total - self._workers)
+        return max(0, len(self._jobs) - self._workers)
 
     def pending(self) -> int:
         """Jobs sent whose terminal outcome has not come back."""
-        return self._total
+        return len(self._jobs)
 
     async def idle(self, within_s: float) -> bool:
         """Wait until every job sent has ended; False if that takes longer than `within_s`."""
@@ -257,18 +264,27 @@ class Executor:
 
     # -- what comes back -------------------------------------------------------------------------
     def handle(self, message: FromWorker) -> None:
-        if isinstance(message, Acquire):  # a replay is about to be sent: the load it meets
-            self._replays[message.upstream] += 1
-            self.link.send(Loaded(message.rid, self._load.replay_started(message.upstream)))
-        elif isinstance(message, Release):
-            if self._replays[message.upstream] > 0:
-                self._replays[message.upstream] -= 1
-                self._load.replay_finished(message.upstream)
-        elif isinstance(message, Compared | Dropped | Failed):  # terminal
-            if self._outstanding[message.key] > 0:
-                self._outstanding[message.key] -= 1
-                self._ended(1)
-            self._agg.apply(message)
+        if isinstance(message, ReplayStarted):
+            job = self._jobs.get(message.job)
+            if job is not None:  # the load it meets, itself included
+                load = self._load.replay_started(message.upstream)
+                job.replays[message.attempt] = (message.upstream, load)
+        elif isinstance(message, ReplayDone):
+            job = self._jobs.get(message.job)
+            started = job.replays.pop(message.attempt, None) if job is not None else None
+            if job is not None and started is not None:
+                self._load.replay_finished(started[0])
+                if message.outcome == "ok":
+                    job.load = max(job.load, started[1])
+            if message.outcome is not None:
+                self._agg.apply(message)
+        elif isinstance(message, Compared):
+            job = self._end(message.job)
+            if job is not None:
+                self._agg.fold(message, load_bucket(job.load))
+        elif isinstance(message, Dropped | Failed):
+            if message.job is None or self._end(message.job) is not None:
+                self._agg.apply(message)
         elif isinstance(message, Ready):
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -277,10 +293,15 @@ class Executor:
         else:
             self._agg.apply(message)
 
-    def _ended(self, n: int) -> None:
-        self._total -= n
-        if self._total == 0:
+    def _end(self, job_id: int) -> _Pending | None:
+        """A job's terminal outcome came back (None: it was already counted, as lost)."""
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            for upstream, _ in job.replays.values():
+                self._load.replay_finished(upstream)
+        if not self._jobs:
             self._idle.set()
+        return job
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -333,12 +354,7 @@ class Executor:
 
     def _account_lost(self) -> None:
         """Jobs the Worker will never report (it died or did not stop in time): failed."""
-        for key, n in self._outstanding.items():
-            for _ in range(n):
-                self._agg.apply(Failed(key))
-        self._outstanding.clear()
-        self._ended(self._total)
-        for upstream, n in self._replays.items():
-            for _ in range(n):
-                self._load.replay_finished(upstream)
-        self._replays.clear()
+        for job_id in list(self._jobs):
+            job = self._end(job_id)
+            if job is not None:
+                self._agg.apply(Failed(job.key, job_id))

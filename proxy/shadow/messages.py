@@ -2,8 +2,9 @@
 
 Every value that crosses the executor boundary is one of these frozen dataclasses, in both modes:
 inline they are handed over as objects, with the worker process they are pickled frames on a
-socket pair (proxy.shadow.executor). Each Job ends in exactly one terminal outcome (`Compared`,
-`Dropped` or `Failed`), which is what keeps sampled = replayed + dropped + failed exact.
+socket pair (proxy.shadow.executor). The stream is one way: Jobs go to the Worker, outcomes come
+back, and the Worker never waits for an answer. Each Job ends in exactly one terminal outcome
+(`Compared`, `Dropped` or `Failed`), which keeps sampled = replayed + dropped + failed exact.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import orjson
 
-from estimator.model import TrialContext
 from estimator.online import TrialComparison
 from proxy.config import Config
 from proxy.shadow.view import Exemplar, Key
@@ -30,6 +30,7 @@ _KEPT_HEADERS = {"authorization": "Authorization", "traceparent": "traceparent",
 class Job:
     """A finished, sampled primary waiting for its replays: bytes and plain values only."""
 
+    id: int  # unique per proxy process: the outcomes name it
     key: Key  # (upstream, model_name)
     load_at_start: int  # the load the primary met (itself included)
     route: str
@@ -40,7 +41,7 @@ class Job:
     events: tuple[Mapping[str, Any], ...]  # streaming primary: its SSE data payloads
 
     @classmethod
-    def of(cls, exchange: Exchange, key: Key, load_at_start: int) -> Job:
+    def of(cls, job_id: int, exchange: Exchange, key: Key, load_at_start: int) -> Job:
         req = exchange.request
         headers = tuple(
             (_KEPT_HEADERS[name.lower()], value)
@@ -48,7 +49,7 @@ class Job:
             if name.lower() in _KEPT_HEADERS
         )
         events = tuple(exchange.events) if req.stream else ()
-        return cls(key, load_at_start, req.route, req.raw_body, headers, req.stream,
+        return cls(job_id, key, load_at_start, req.route, req.raw_body, headers, req.stream,
                    exchange.response_body, events)  # fmt: skip
 
     def request(self) -> RequestInfo:
@@ -65,14 +66,6 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
-class Loaded:
-    """The answer to `Acquire`: the load the replay meets (itself included)."""
-
-    rid: int
-    load: int
-
-
-@dataclass(frozen=True, slots=True)
 class Init:
     """The first message to a worker process: the proxy's config and its request-hash key."""
 
@@ -86,26 +79,30 @@ class Stop:
     """Drop what is queued (`shutdown`), cancel what is in progress (failed), then `Stopped`."""
 
 
-ToWorker = Job | Loaded | Init | Stop
+ToWorker = Job | Init | Stop
 
 
 # -- from the worker: outcomes ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Compared:
-    """Terminal: the trial was replayed and compared (all the Aggregator needs to fold it)."""
+    """Terminal: the trial was replayed and compared (all the Aggregator needs to fold it). The
+    load bucket is the proxy's to fill in (it alone knows the load the replays met): the
+    exemplars carry an empty one."""
 
+    job: int
     key: Key
-    context: TrialContext
     comparison: TrialComparison
     exemplars: tuple[Exemplar, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Terminal: sampled, never replayed, for `reason` (proxy.shadow.view.DROP_REASONS)."""
+    """Terminal: sampled, never replayed, for `reason` (proxy.shadow.view.DROP_REASONS). The Tap's
+    own drops (before any Job) have no job."""
 
     key: Key
     reason: str
+    job: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +110,28 @@ class Failed:
     """Terminal: every replay failed, or the trial raised."""
 
     key: Key
+    job: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ReplaySent:
-    """One replay request's outcome (`ok` or `error`) and the tokens its usage reported."""
+class ReplayStarted:
+    """Attempt `attempt` of a replay of `job` is being sent: it is in flight from now on, and the
+    load it meets (the proxy's requests in flight to `upstream`, itself included) is taken now."""
 
+    job: int
+    attempt: int
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayDone:
+    """That attempt ended: `ok` or `error` (a replay request, counted, with the tokens its usage
+    reported), or None (refused while asking for logprobs: sent again without, not counted)."""
+
+    job: int
+    attempt: int
     key: Key
-    outcome: str
+    outcome: str | None
     tokens: int = 0
 
 
@@ -138,26 +149,11 @@ class InternalError:
     """A bug in the worker (logged there with its stack): counted as an internal error."""
 
 
-Outcome = Compared | Dropped | Failed | ReplaySent | LogprobsLearned | InternalError
+Outcome = Compared | Dropped | Failed | ReplayDone | LogprobsLearned | InternalError
 Terminal = Compared | Dropped | Failed
 
 
 # -- from the worker: control ----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Acquire:
-    """A replay is about to be sent to `upstream`: count it in flight, answer with `Loaded`."""
-
-    rid: int
-    upstream: str
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """A replay to `upstream` is done (or was cancelled after `Acquire`)."""
-
-    upstream: str
-
-
 @dataclass(frozen=True, slots=True)
 class Ready:
     """The worker runs and takes jobs."""
@@ -168,4 +164,4 @@ class Stopped:
     """The worker reported every job it held; nothing follows."""
 
 
-FromWorker = Outcome | Acquire | Release | Ready | Stopped
+FromWorker = Outcome | ReplayStarted | Ready | Stopped

@@ -12,6 +12,7 @@ Accounting per sampled primary, exact once idle: sampled = replayed + dropped + 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -89,6 +90,7 @@ class ShadowTap:
         else:
             link = ProcessLink(worker, self.aggregator.hash_key)
         self.executor = Executor(config, link, self.load, self.aggregator)
+        self._job_ids = itertools.count()
         # Per shape, learned from plain primaries the upstream answered 200: whether its answer
         # carries `logprobs` keys (null) at all, so stripping restores exactly those bytes. A
         # shape is augmented only once known here, and never again once the upstream refused an
@@ -201,7 +203,9 @@ class ShadowTap:
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "primary_incomplete"))
             return
-        if not self.executor.submit(Job.of(exchange, ticket.key, ticket.load_at_start)):
+        if not self.executor.submit(
+            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start)
+        ):
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "queue_full"))
 

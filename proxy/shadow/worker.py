@@ -3,8 +3,9 @@
 The same code in both modes (proxy.shadow.executor picks where it runs): `max_concurrent` tasks take
 Jobs off an unbounded queue (the proxy side bounds what it sends), replay them (timeouts, the
 per-upstream logprobs detection, the token budget and delays), compare primary and replays, and
-send Outcomes back, exactly one terminal outcome per Job. The load a replay meets is asked of the
-proxy (`Acquire` → `Loaded`), which alone knows its primaries in flight.
+send Outcomes back, exactly one terminal outcome per Job. It never waits for the proxy: each replay
+says when it starts and ends (`ReplayStarted`, `ReplayDone`), and the proxy, which alone knows its
+primaries in flight, takes the load the replay meets and files the trial under its load bucket.
 
 Run as `python -m proxy.shadow.worker FD`, it is the shadow worker process: FD is its end of the
 socket pair to the proxy; it exits when told to stop or when the proxy's end closes.
@@ -22,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -41,9 +42,8 @@ from proxy.logs import configure_logging
 from proxy.shadow.capability import Capabilities, logprobs_key
 from proxy.shadow.channel import Channel
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.load import MetricsFetcher, load_bucket
+from proxy.shadow.load import MetricsFetcher
 from proxy.shadow.messages import (
-    Acquire,
     Compared,
     Dropped,
     Failed,
@@ -51,11 +51,10 @@ from proxy.shadow.messages import (
     Init,
     InternalError,
     Job,
-    Loaded,
     LogprobsLearned,
     Ready,
-    Release,
-    ReplaySent,
+    ReplayDone,
+    ReplayStarted,
     Stop,
     Stopped,
     ToWorker,
@@ -94,13 +93,14 @@ def compare_trial(
     compare: Callable[[Trial], TrialComparison],
     config: ShadowConfig,
     hash_key: bytes,
+    job: int,
     request: RequestInfo,
     runs: tuple[Run, ...],
-    load: int,
 ) -> Compared:
-    """Compare one trial and pick its exemplars; touches no state (safe in a thread or process)."""
+    """Compare one trial and pick its exemplars; touches no state (safe in a thread or process).
+    The load bucket is left empty: the Aggregator files the trial under the proxy's."""
     digest = hashlib.blake2b(request.raw_body, key=hash_key, digest_size=8).hexdigest()
-    context = TrialContext(request.upstream, request.model_name, load_bucket(load))
+    context = TrialContext(request.upstream, request.model_name, "")
     comparison = compare(Trial(digest, runs, context))
     now = time.time()
     seen: set[tuple[int, str, str]] = set()
@@ -124,7 +124,7 @@ def compare_trial(
                      div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text)
         )  # fmt: skip
     key = (request.upstream, request.model_name)
-    return Compared(key, context, comparison, tuple(exemplars))
+    return Compared(job, key, comparison, tuple(exemplars))
 
 
 def _primary_run(job: Job) -> Run:
@@ -178,35 +178,9 @@ def comparable_runs(runs: tuple[Run, ...]) -> tuple[Run, ...]:
     )  # fmt: skip
 
 
-class _Load:
-    """The load a replay meets, asked of the proxy through the boundary (`Acquire` → `Loaded`)."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self._ids = itertools.count()
-        self._waiting: dict[int, asyncio.Future[int]] = {}
-
-    async def acquire(self, upstream: str) -> int:
-        rid = next(self._ids)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = future  # before sending: inline, the answer comes back at once
-        self._send(Acquire(rid, upstream))
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self._send(Release(upstream))  # the proxy counted it in flight
-            raise
-        finally:
-            self._waiting.pop(rid, None)
-
-    def answer(self, message: Loaded) -> None:
-        future = self._waiting.get(message.rid)
-        if future is not None and not future.done():
-            future.set_result(message.load)
-
-
 class Worker:
-    """Replays and compares; takes `Job` and `Loaded` through `handle`, sends outcomes to `send`.
+    """Replays and compares: takes Jobs through `handle`, sends outcomes to `send`, never waits for
+    an answer.
 
     `compare_in_thread`: inline (on the proxy's loop) the comparison, the heavy part (trie walk and
     grid likelihood), runs in a worker thread; in the worker process its loop serves replays only.
@@ -231,17 +205,13 @@ class Worker:
         self._comparer = OnlineEstimator(online_config(config))  # only compare(): never updated
         self._budget = ReplayBudget(config)
         self._capabilities = Capabilities(config)
-        self._load = _Load(send)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def handle(self, message: ToWorker) -> None:
-        if isinstance(message, Job):
-            self._queue.put_nowait(message)
-        elif isinstance(message, Loaded):
-            self._load.answer(message)
+    def handle(self, job: Job) -> None:
+        self._queue.put_nowait(job)
 
-    def _emit(self, outcome: Dropped | Failed | ReplaySent | LogprobsLearned) -> None:
+    def _emit(self, outcome: Dropped | Failed | LogprobsLearned) -> None:
         self._tracing.outcome(outcome)
         self._send(outcome)
 
@@ -261,21 +231,22 @@ class Worker:
                 await task
         self._tasks = []
         while not self._queue.empty():
-            self._emit(Dropped(self._queue.get_nowait().key, "shutdown"))
+            job = self._queue.get_nowait()
+            self._emit(Dropped(job.key, "shutdown", job.id))
 
     async def _run(self) -> None:
         while True:
             job = await self._queue.get()
-            request = job.request()
             try:
+                request = job.request()
                 with self._tracing.trial(request):
                     await self._trial(job, request)
             except asyncio.CancelledError:
-                self._emit(Failed(job.key))
+                self._emit(Failed(job.key, job.id))
                 raise
             except Exception:  # a bug here must cost one trial, never the worker
                 log.exception("shadow trial failed")  # with its stack (proxy.logs)
-                self._emit(Failed(job.key))
+                self._emit(Failed(job.key, job.id))
                 self._send(InternalError())
 
     async def _trial(self, job: Job, request: RequestInfo) -> None:
@@ -283,7 +254,7 @@ class Worker:
             primary = _primary_run(job)
         except (BuildError, orjson.JSONDecodeError, ValueError) as exc:
             log.info("primary not comparable: %s", type(exc).__name__)
-            self._emit(Dropped(job.key, "primary_incomplete"))
+            self._emit(Dropped(job.key, "primary_incomplete", job.id))
             return
         prompt_tokens, completion_tokens = _usage_tokens(job)
         # An empty primary (EOS first) is still worth one token of replay: a replay that does not
@@ -291,25 +262,23 @@ class Worker:
         length = max(1, completion_tokens if completion_tokens is not None else len(primary.tokens))
         cost = self._config.replays * (length + (prompt_tokens or 0))
         if not self._budget.spend_tokens(request.model_name, cost):
-            self._emit(Dropped(job.key, "budget"))
+            self._emit(Dropped(job.key, "budget", job.id))
             return
         replays: list[Run] = []
-        loads = [job.load_at_start]
+        attempts = itertools.count()
         for _ in range(self._config.replays):
             delay = self._budget.delay()
             if delay > 0:
                 await asyncio.sleep(delay)
-            result = await self._replay(request, length)
-            if result is not None:
-                run, load = result
+            run = await self._replay(job, request, length, attempts)
+            if run is not None:
                 replays.append(run)
-                loads.append(load)
         if not replays:
-            self._emit(Failed(job.key))
+            self._emit(Failed(job.key, job.id))
             return
         runs = comparable_runs((primary, *replays))
-        with self._tracing.compare(runs, max(loads)):
-            args = (self._comparer.compare, self._config, self._hash_key, request, runs, max(loads))
+        with self._tracing.compare(runs, job.load_at_start):
+            args = (self._comparer.compare, self._config, self._hash_key, job.id, request, runs)
             if self._in_thread:
                 compared = await asyncio.to_thread(compare_trial, *args)
             else:
@@ -318,10 +287,14 @@ class Worker:
         self._tracing.outcome(compared)
 
     async def _replay(
-        self, request: RequestInfo, length: int, logprobs: bool | None = None
-    ) -> tuple[Run, int] | None:
+        self,
+        job: Job,
+        request: RequestInfo,
+        length: int,
+        attempts: Iterator[int],
+        logprobs: bool | None = None,
+    ) -> Run | None:
         upstream = request.upstream
-        key = (upstream, request.model_name)
         lkey = logprobs_key(request)
         detecting = self._capabilities.unknown(lkey)
         ask = self._capabilities.logprobs(lkey) is not False if logprobs is None else logprobs
@@ -331,7 +304,8 @@ class Worker:
             max_tokens=length,
             logprobs_k=self._config.top_logprobs if ask else None,
         )
-        load = await self._load.acquire(upstream)
+        attempt = next(attempts)
+        self._send(ReplayStarted(job.id, attempt, upstream))
         try:
             status, payload = await self._transport.post_json(
                 upstream,
@@ -342,19 +316,21 @@ class Worker:
             )
         except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
             log.warning("replay to %s failed: %s", upstream, type(exc).__name__, exc_info=exc)
-            self._emit(ReplaySent(key, "error"))
+            self._send(ReplayDone(job.id, attempt, job.key, "error"))
             return None
-        finally:
-            self._send(Release(upstream))
+        except BaseException:  # cancelled: no longer in flight, and no replay request counted
+            self._send(ReplayDone(job.id, attempt, job.key, None))
+            raise
         if status != 200 and ask and detecting:
             # Refused (400) or failed (500, ...) asking for logprobs: try once without. If that
             # works, this upstream and model do not do logprobs: ask without from now on.
-            result = await self._replay(request, length, logprobs=False)
-            if result is not None:
+            self._send(ReplayDone(job.id, attempt, job.key, None))
+            run = await self._replay(job, request, length, attempts, logprobs=False)
+            if run is not None:
                 self._learned(lkey, False)
-            return result
+            return run
         if status != 200:
-            self._emit(ReplaySent(key, "error"))
+            self._send(ReplayDone(job.id, attempt, job.key, "error"))
             return None
         try:
             data = orjson.loads(payload)
@@ -363,14 +339,16 @@ class Worker:
             )
             run = build(data)
         except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
-            self._emit(ReplaySent(key, "error"))
+            self._send(ReplayDone(job.id, attempt, job.key, "error"))
             return None
         if ask and detecting:
             self._learned(lkey, run.top_logprobs is not None)
         usage = data.get("usage") if isinstance(data, dict) else None
         tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
-        self._emit(ReplaySent(key, "ok", tokens if isinstance(tokens, int) else 0))
-        return run, load
+        self._send(
+            ReplayDone(job.id, attempt, job.key, "ok", tokens if isinstance(tokens, int) else 0)
+        )
+        return run
 
     def _learned(self, key: tuple[str, str], supported: bool) -> None:
         self._capabilities.learn(key, supported)

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from estimator.model import Run, Trial, TrialContext
+from estimator.online import OnlineConfig, OnlineEstimator
 from proxy.config import build_config
 from proxy.shadow import messages
 from proxy.shadow.aggregator import Aggregator
@@ -20,16 +22,15 @@ from proxy.shadow.config import ShadowConfig
 from proxy.shadow.executor import Executor, OnMessage
 from proxy.shadow.load import LoadTracker
 from proxy.shadow.messages import (
-    Acquire,
+    Compared,
     Dropped,
     Failed,
     Init,
     Job,
-    Loaded,
     LogprobsLearned,
     Ready,
-    Release,
-    ReplaySent,
+    ReplayDone,
+    ReplayStarted,
     Stop,
     Stopped,
     ToWorker,
@@ -60,7 +61,7 @@ def test_a_job_keeps_only_what_a_replay_needs_and_crosses_the_boundary_intact() 
     request = RequestInfo("chat", "u", "m", {"model": "m"}, raw, headers, stream=True)
     events = ({"choices": [{"delta": {"content": "A"}}]},)
     exchange = Exchange(request, TapPlan(), 200, None, events, True, 1.0, 2.0)
-    job = Job.of(exchange, KEY, 3)
+    job = Job.of(7, exchange, KEY, 3)
     assert dict(job.headers) == {"Authorization": "Bearer sk", "traceparent": "00-ab-cd-01"}
     again = unframe(frame(job))
     assert again == job
@@ -115,8 +116,8 @@ class Probe:
         return self.n
 
 
-def job() -> Job:
-    return Job(KEY, 1, "chat", b"{}", (), False, b"{}", ())
+def job(job_id: int) -> Job:
+    return Job(job_id, KEY, 1, "chat", b"{}", (), False, b"{}", ())
 
 
 async def started(config: ShadowConfig) -> tuple[Executor, FakeLink, Aggregator, LoadTracker]:
@@ -128,29 +129,58 @@ async def started(config: ShadowConfig) -> tuple[Executor, FakeLink, Aggregator,
     return executor, link, agg, load
 
 
-async def test_the_executor_counts_each_job_until_its_terminal_outcome() -> None:
+async def test_the_executor_follows_each_job_until_its_terminal_outcome() -> None:
     config = ShadowConfig(enabled=True, queue_size=1, max_concurrent=1)
     executor, link, agg, load = await started(config)
     assert await executor.idle(0.0)
-    assert executor.submit(job()) and executor.submit(job())
-    assert executor.full() and not executor.submit(job())  # 1 waiting + 1 in progress
+    assert executor.submit(job(0)) and executor.submit(job(1))
+    assert executor.full() and not executor.submit(job(2))  # 1 waiting + 1 in progress
     assert (executor.pending(), executor.queue_depth()) == (2, 1)
+    assert [m for m in link.sent if isinstance(m, Job)] == [job(0), job(1)]
     waiting = asyncio.ensure_future(executor.idle(30.0))
-    # the Worker asks the load its replay meets: the proxy's 2 in flight + this replay
-    link.on_message(Acquire(7, "u"))
-    assert link.sent[-1] == Loaded(7, 3) and load.replays_in_flight() == 1
-    link.on_message(Release("u"))
-    assert load.replays_in_flight() == 0
-    link.on_message(ReplaySent(KEY, "ok", 12))
+    # job 0: its replay is in flight, and then done; then the budget drops job 1
+    link.on_message(ReplayStarted(0, 0, "u"))
+    assert load.replays_in_flight() == 1
+    link.on_message(ReplayDone(0, 0, KEY, "ok", 12))
     link.on_message(LogprobsLearned("u", "m", True))
-    link.on_message(Dropped(KEY, "budget"))
+    link.on_message(Dropped(KEY, "budget", 1))
+    assert load.replays_in_flight() == 0
     await asyncio.sleep(0)
     assert not waiting.done() and executor.pending() == 1
-    link.on_message(Failed(KEY))
+    link.on_message(Failed(KEY, 0))
     assert await waiting  # woken by the last terminal outcome, no polling
+    link.on_message(Failed(KEY, 0))  # a second end of the same job is not counted again
     view = await agg.flush()
     assert view.totals() == {"sampled": 0, "replayed": 0, "failed": 1, "dropped": 1}
     assert view.replay_tokens[KEY] == 12 and agg.supports_logprobs("u", "m") is True
+    assert link.sent[2:] == []  # nothing goes back to the Worker but Jobs
+    await executor.stop()
+
+
+async def test_a_trial_is_filed_under_the_largest_load_its_replays_met() -> None:
+    config = ShadowConfig(enabled=True, replays=3)
+    executor, link, agg, load = await started(config)
+    probe = load._in_flight
+    assert isinstance(probe, Probe)
+    executor.submit(job(5))  # its primary met a load of 1
+    probe.n = 6
+    link.on_message(ReplayStarted(5, 0, "u"))  # 6 + itself: 7, but refused asking for logprobs
+    link.on_message(ReplayDone(5, 0, KEY, None))
+    probe.n = 2
+    link.on_message(ReplayStarted(5, 1, "u"))  # 3: ok
+    link.on_message(ReplayDone(5, 1, KEY, "ok"))
+    probe.n = 30
+    link.on_message(ReplayStarted(5, 2, "u"))  # 31: failed
+    link.on_message(ReplayDone(5, 2, KEY, "error"))
+    comparer = OnlineEstimator(OnlineConfig())
+    runs = (Run(("a", "b"), None, None, "ab", "stop"), Run(("a", "c"), None, None, "ac", "stop"))
+    comparison = comparer.compare(Trial("h", runs, TrialContext("u", "m", "")))
+    link.on_message(Compared(5, KEY, comparison, ()))
+    view = await agg.flush()
+    assert [lkey for lkey, _ in view.load_snapshots()] == [("u", "m", "4")]
+    assert view.replay_requests[("u", "m", "ok")] == 1
+    assert view.replay_requests[("u", "m", "error")] == 1  # the refused attempt is not counted
+    assert load.replays_in_flight() == 0 and executor.pending() == 0
     await executor.stop()
 
 
@@ -158,13 +188,13 @@ async def test_jobs_of_a_worker_that_is_gone_are_counted_failed() -> None:
     errors: list[int] = []
     executor, link, agg, load = await started(ShadowConfig(enabled=True))
     agg.on_internal_error = lambda: errors.append(1)
-    for _ in range(3):
-        assert executor.submit(job())
-    link.on_message(Acquire(0, "u"))  # one replay in flight when it dies
+    for i in range(3):
+        assert executor.submit(job(i))
+    link.on_message(ReplayStarted(0, 0, "u"))  # one replay in flight when it dies
     await link.close()
     assert await executor.idle(5.0)
     assert load.replays_in_flight() == 0 and errors == [1]
-    assert executor.full() and not executor.submit(job())  # no room until the proxy restarts
+    assert executor.full() and not executor.submit(job(3))  # no room until the proxy restarts
     assert (await agg.flush()).totals()["failed"] == 3
     await executor.stop()
 
