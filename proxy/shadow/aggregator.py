@@ -47,7 +47,6 @@ class Aggregator:
         config: ShadowConfig,
         *,
         render: Render | None = None,
-        hash_key: bytes | None = None,
         publish_interval_s: float = 1.0,
         eligible_refresh_s: float = 10.0,
     ) -> None:
@@ -55,7 +54,7 @@ class Aggregator:
         self._state = ShadowState(online_config(config), config.exemplars)
         self._render = render
         # Request hashes are keyed per process: stable within it, useless for guessing prompts.
-        self._hash_key = hash_key or os.urandom(16)
+        self._hash_key = os.urandom(16)
         self._interval = publish_interval_s
         self._eligible_refresh = eligible_refresh_s
         self._version = 0

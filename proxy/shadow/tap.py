@@ -17,7 +17,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 from proxy.shadow.aggregator import Aggregator, Render
 from proxy.shadow.capability import logprobs_key, remember
@@ -114,10 +114,6 @@ class ShadowTap:
     def prime(self, keys: Iterable[Key]) -> None:
         """Export every (upstream, model_name) series the configuration can produce, at 0."""
         self.aggregator.prime(keys)
-
-    @property
-    def mode(self) -> Literal["inline", "process"]:
-        return "process" if isinstance(self.executor.link, ProcessLink) else "inline"
 
     async def start(self, upstreams_for_polling: tuple[str, ...] = ()) -> None:
         await self.aggregator.start()
