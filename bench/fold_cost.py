@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.truth import TruthModel
 from estimator.model import TrialContext
-from estimator.online import OnlineConfig
+from estimator.online import OnlineConfig, OnlineEstimator
 from proxy.shadow.state import ShadowState
 
 
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     a = ap.parse_args()
     state = ShadowState(OnlineConfig(), exemplar_limit=50)
+    comparer = OnlineEstimator(OnlineConfig())  # the Worker's: only compare(), never updated
     truth = TruthModel(seed=1)
     rng = np.random.default_rng(1)
     compare, fold, publish = [], [], []
@@ -41,9 +42,9 @@ def main() -> None:
         trial = truth.trial(rng, p, runs=a.runs, length=a.tokens, temperature=0.05,
                             context=TrialContext("up", "m", "4"))  # fmt: skip
         t0 = time.perf_counter()
-        comparison = state.compare(trial)  # worker thread in the proxy
+        comparison = comparer.compare(trial)  # the Worker: a worker thread or process
         t1 = time.perf_counter()
-        state.record(trial, comparison)  # event loop
+        state.record_comparison(trial.context, comparison)  # the Aggregator, on the event loop
         t2 = time.perf_counter()
         if p % 10 == 0:  # at most once a second in the proxy; here every 10th trial
             state.publish(p)

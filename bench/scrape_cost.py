@@ -23,6 +23,7 @@ from prometheus_client import generate_latest
 
 from bench.truth import TruthModel
 from estimator.model import TrialContext
+from estimator.online import OnlineConfig, OnlineEstimator
 from proxy.app import make_app, make_runner
 from proxy.config import build_config
 from proxy.keys import EXPOSITION, REGISTRY
@@ -52,14 +53,15 @@ async def run(models: int, scrapes: int) -> None:
     tap = app[SHADOW]
     agg = tap.aggregator
     truth = TruthModel(seed=1)
+    comparer = OnlineEstimator(OnlineConfig())  # the Worker's comparer
     rng = np.random.default_rng(1)
     # Data in every (model, bucket): recorded straight into the Aggregator's state (bench only),
-    # as the replayer's fold() would, without running 280 trials through an upstream.
+    # as the Aggregator folds a Compared outcome, without running 280 trials through an upstream.
     for m in names:
         for b in LOAD_BUCKETS:
             trial = truth.trial(rng, hash((m, b)) % 1000, runs=3, length=32, temperature=0.05,
                                 context=TrialContext("up", m, b))  # fmt: skip
-            agg._state.record(trial)
+            agg._state.record_comparison(trial.context, comparer.compare(trial))
     t0 = time.perf_counter()
     view = agg.publish()
     publish_first = (time.perf_counter() - t0) * 1e3

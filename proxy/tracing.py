@@ -27,8 +27,8 @@ from proxy.tap import RequestInfo
 if TYPE_CHECKING:
     from estimator.model import Run
     from proxy.shadow.config import ShadowConfig
-    from proxy.shadow.replayer import ReplayTransport, TrialSink
-    from proxy.shadow.view import Key
+    from proxy.shadow.messages import Outcome
+    from proxy.shadow.worker import ReplayTransport
 
 log = logging.getLogger("tbg.shadow")
 
@@ -49,11 +49,16 @@ def available() -> bool:
 
 
 class Tracing(Protocol):
-    """What the replayer asks of tracing (proxy/shadow/replayer.py)."""
+    """What the shadow worker asks of tracing (proxy/shadow/worker.py)."""
 
     def trial(self, request: RequestInfo) -> contextlib.AbstractContextManager[None]: ...
     def transport(self, transport: ReplayTransport) -> ReplayTransport: ...
-    def sink(self, sink: TrialSink) -> TrialSink: ...
+    def compare(
+        self, runs: tuple[Run, ...], load: int
+    ) -> contextlib.AbstractContextManager[None]: ...
+    def outcome(self, outcome: Outcome) -> None:
+        """Record an outcome of the current trial on its span."""
+        ...
 
 
 class _NoTracing:
@@ -63,8 +68,11 @@ class _NoTracing:
     def transport(self, transport: ReplayTransport) -> ReplayTransport:
         return transport
 
-    def sink(self, sink: TrialSink) -> TrialSink:
-        return sink
+    def compare(self, runs: tuple[Run, ...], load: int) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def outcome(self, outcome: Outcome) -> None:
+        pass
 
 
 NO_TRACING: Tracing = _NoTracing()
@@ -113,8 +121,30 @@ class OtelTracing:
     def transport(self, transport: ReplayTransport) -> ReplayTransport:
         return _TracedTransport(transport, self._tracer, self._trace)
 
-    def sink(self, sink: TrialSink) -> TrialSink:
-        return _TracedSink(sink, self._tracer, self._trace)
+    @contextlib.contextmanager
+    def compare(self, runs: tuple[Run, ...], load: int) -> Iterator[None]:
+        """The comparison and its fold into the estimators."""
+        attributes = {
+            "tbg.runs": len(runs),
+            "tbg.tokens": sum(len(r.tokens) for r in runs),
+            "tbg.load": load,
+            "tbg.logprobs": all(r.top_logprobs is not None for r in runs),
+        }
+        with self._tracer().start_as_current_span("tbg.shadow.compare", attributes=attributes):
+            yield
+
+    def outcome(self, outcome: Outcome) -> None:
+        from proxy.shadow.messages import Compared, Dropped, Failed
+
+        span = self._trace.get_current_span()  # the trial's (a no-op span outside one)
+        if isinstance(outcome, Compared):
+            span.set_attribute("tbg.outcome", "replayed")
+        elif isinstance(outcome, Dropped):
+            span.set_attribute("tbg.outcome", "dropped")
+            span.set_attribute("tbg.drop_reason", outcome.reason)
+        elif isinstance(outcome, Failed):
+            span.set_attribute("tbg.outcome", "failed")
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, "every replay failed"))
 
 
 def _headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -158,49 +188,6 @@ class _TracedTransport:
 
     async def fetch_metrics(self, upstream: str) -> str:
         return await self._inner.fetch_metrics(upstream)
-
-
-class _TracedSink:
-    """A TrialSink that records each trial's outcome on its span and times the comparison."""
-
-    def __init__(self, inner: TrialSink, tracer: Callable[[], Any], trace: Any) -> None:
-        self._inner = inner
-        self._tracer = tracer
-        self._trace = trace
-
-    def _outcome(self, outcome: str, reason: str | None = None) -> None:
-        span = self._trace.get_current_span()  # the trial's (a no-op span outside one)
-        span.set_attribute("tbg.outcome", outcome)
-        if reason is not None:
-            span.set_attribute("tbg.drop_reason", reason)
-        if outcome == "failed":
-            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, "every replay failed"))
-
-    def count(self, key: Key, what: str) -> None:
-        if what == "failed":
-            self._outcome("failed")
-        self._inner.count(key, what)
-
-    def drop(self, key: Key, reason: str) -> None:
-        self._outcome("dropped", reason)
-        self._inner.drop(key, reason)
-
-    def replay_request(self, key: Key, outcome: str, tokens: int = 0) -> None:
-        self._inner.replay_request(key, outcome, tokens)
-
-    async def fold(self, request: RequestInfo, runs: tuple[Run, ...], load: int) -> None:
-        attributes = {
-            "tbg.runs": len(runs),
-            "tbg.tokens": sum(len(r.tokens) for r in runs),
-            "tbg.load": load,
-            "tbg.logprobs": all(r.top_logprobs is not None for r in runs),
-        }
-        with self._tracer().start_as_current_span("tbg.shadow.compare", attributes=attributes):
-            await self._inner.fold(request, runs, load)
-        self._outcome("replayed")
-
-    def on_internal_error(self) -> None:
-        self._inner.on_internal_error()
 
 
 def configure_provider() -> Callable[[], None]:

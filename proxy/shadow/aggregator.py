@@ -1,84 +1,44 @@
-"""The Aggregator: the only writer of the shadow estimates and counters, and their publisher.
+"""The Aggregator stage: the only writer of the shadow estimates and counters, and their publisher.
 
-It folds each finished trial (primary + replays) into the online estimators and counts what the
-sampler and the replayer report. Readers never touch that mutable state: after a change the
-Aggregator publishes an immutable ShadowView (at most once per `publish_interval_s`) and renders its
-Prometheus exposition in a worker thread, so a scrape costs a bytes copy, not a profile likelihood
-and 10,000 formatted samples on the event loop.
+It counts what the Tap reports (eligible, sampled, the Tap's own drops) and applies the Outcomes
+the Worker sends back (proxy.shadow.messages): replay requests, comparisons folded into the online
+estimators, drops, failures, and the logprobs capability the Tap reads before augmenting. Readers
+never touch that mutable state: after a change the Aggregator publishes an immutable ShadowView (at
+most once per `publish_interval_s`) and renders its Prometheus exposition in a worker thread, so a
+scrape costs a bytes copy, not a profile likelihood and 10,000 formatted samples on the event loop.
+
+What marks the view changed is a sampled primary or an outcome, not the eligible count the hot path
+bumps for every greedy request: that count reaches the view with the next change, and at least
+every `eligible_refresh_s` while it moves (the starvation alert reads its rate over 30 minutes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 
-from estimator.model import Run, Trial, TrialContext
-from estimator.online import OnlineConfig, TrialComparison
+from estimator.model import TrialContext
+from proxy.shadow.capability import Capabilities
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.load import LOAD_BUCKETS, load_bucket
-from proxy.shadow.state import ShadowState
-from proxy.shadow.view import Exemplar, Key, ShadowView
-from proxy.tap import RequestInfo
+from proxy.shadow.load import LOAD_BUCKETS
+from proxy.shadow.messages import (
+    Compared,
+    Dropped,
+    Failed,
+    InternalError,
+    LogprobsLearned,
+    ReplayDone,
+)
+from proxy.shadow.state import ShadowState, online_config
+from proxy.shadow.view import Key, ShadowView
 
 log = logging.getLogger("tbg.shadow")
 
 Render = Callable[[ShadowView], bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Compared:
-    """One trial, compared: all the Aggregator needs to fold it (small and picklable)."""
-
-    context: TrialContext
-    comparison: TrialComparison
-    exemplars: tuple[Exemplar, ...]
-
-
-def compare_trial(
-    compare: Callable[[Trial], TrialComparison],
-    config: ShadowConfig,
-    hash_key: bytes,
-    request: RequestInfo,
-    runs: tuple[Run, ...],
-    load: int,
-) -> Compared:
-    """Compare one trial and pick its exemplars; touches no state (safe in a thread or process)."""
-    digest = hashlib.blake2b(request.raw_body, key=hash_key, digest_size=8).hexdigest()
-    context = TrialContext(request.upstream, request.model_name, load_bucket(load))
-    comparison = compare(Trial(digest, runs, context))
-    now = time.time()
-    seen: set[tuple[int, str, str]] = set()
-    exemplars: list[Exemplar] = []
-    for div in comparison.exemplars:
-        # One exemplar per distinct split: with k replays the same fork shows up in many pairs.
-        low, high = sorted((div.token_a, div.token_b))
-        split = (div.position, low, high)
-        if split in seen:
-            continue
-        seen.add(split)
-        text = None
-        if config.record_text:
-            text = {
-                "input": request.body.get("messages", request.body.get("prompt")),
-                "run_a": runs[div.run_a].text,
-                "run_b": runs[div.run_b].text,
-            }
-        exemplars.append(
-            Exemplar(now, request.upstream, request.model_name, context.load_bucket, digest,
-                     div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text)
-        )  # fmt: skip
-    return Compared(context, comparison, tuple(exemplars))
-
-
-def online_config(config: ShadowConfig) -> OnlineConfig:
-    """The online estimators' settings for a shadow configuration (the grid is the default one)."""
-    return OnlineConfig(half_life_trials=config.half_life_trials)
 
 
 class Aggregator:
@@ -87,21 +47,23 @@ class Aggregator:
         config: ShadowConfig,
         *,
         render: Render | None = None,
-        hash_key: bytes | None = None,
         publish_interval_s: float = 1.0,
+        eligible_refresh_s: float = 10.0,
     ) -> None:
         self._config = config
         self._state = ShadowState(online_config(config), config.exemplars)
         self._render = render
         # Request hashes are keyed per process: stable within it, useless for guessing prompts.
-        self._hash_key = hash_key or os.urandom(16)
+        self._hash_key = os.urandom(16)
         self._interval = publish_interval_s
+        self._eligible_refresh = eligible_refresh_s
         self._version = 0
         self._view = self._state.publish(0)
         self._exposition = b""
         self._rendered_version = -1
         self._changed = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
+        self._capabilities = Capabilities(config)
         # Counts a bug in the shadow path (tbg_internal_errors_total{where="shadow"}); set by wiring.
         self.on_internal_error: Callable[[], None] = lambda: None
 
@@ -110,49 +72,56 @@ class Aggregator:
         """Export every (upstream, model_name) series the configuration can produce, at 0."""
         for key in keys:
             self._state.prime(key, LOAD_BUCKETS)
-        self._touch()
+        self._changed.set()
 
     def count_eligible(self, key: Key) -> None:
+        """Hot path, every greedy request: one dict increment, the view is not marked changed."""
         self._state.count_eligible(key)
-        self._touch()
 
-    def count(self, key: Key, what: str) -> None:
-        self._state.count(key, what)
-        self._touch()
-
-    def drop(self, key: Key, reason: str) -> None:
-        self._state.drop(key, reason)
-        self._touch()
-
-    def replay_request(self, key: Key, outcome: str, tokens: int = 0) -> None:
-        self._state.replay_request(key, outcome, tokens)
-        self._touch()
-
-    async def fold(self, request: RequestInfo, runs: tuple[Run, ...], load: int) -> None:
-        """Compare one trial (in a worker thread: the trie and the grid likelihood are the heavy
-        part) and fold it into the overall and per-load-bucket estimators."""
-        compared = await asyncio.to_thread(
-            compare_trial, self._state.compare, self._config, self._hash_key, request, runs, load
-        )
-        self.record(compared)
-
-    def record(self, compared: Compared) -> None:
-        """Fold a trial compared elsewhere (a worker thread or the shadow worker process)."""
-        self._state.record_comparison(compared.context, compared.comparison)
-        self._state.count((compared.context.upstream, compared.context.model_name), "replayed")
-        for exemplar in compared.exemplars:
-            self._state.add_exemplar(exemplar)
-        self._touch()
-
-    def _touch(self) -> None:
+    def sampled(self, key: Key) -> None:
+        self._state.count(key, "sampled")
         self._changed.set()
+
+    def apply(
+        self, outcome: Dropped | Failed | ReplayDone | LogprobsLearned | InternalError
+    ) -> None:
+        """Count one outcome of a sampled primary (from the Tap or the Worker)."""
+        if isinstance(outcome, ReplayDone):
+            if outcome.outcome is None:
+                return  # an attempt sent again: not a replay request
+            self._state.replay_request(outcome.key, outcome.outcome, outcome.tokens)
+        elif isinstance(outcome, Dropped):
+            self._state.drop(outcome.key, outcome.reason)
+        elif isinstance(outcome, Failed):
+            self._state.count(outcome.key, "failed")
+        elif isinstance(outcome, LogprobsLearned):
+            self._capabilities.learn((outcome.upstream, outcome.model), outcome.supported)
+            return  # not part of the view
+        elif isinstance(outcome, InternalError):
+            self.on_internal_error()
+            return
+        self._changed.set()
+
+    def fold(self, compared: Compared, bucket: str) -> None:
+        """Fold a trial compared by the Worker into the overall and the `bucket` estimators (the
+        bucket of the largest load its primary and replays met, which only the proxy knows)."""
+        upstream, model = compared.key
+        self._state.record_comparison(TrialContext(upstream, model, bucket), compared.comparison)
+        self._state.count(compared.key, "replayed")
+        for exemplar in compared.exemplars:
+            self._state.add_exemplar(replace(exemplar, load_bucket=bucket))
+        self._changed.set()
+
+    # -- readers --------------------------------------------------------------------------------
+    def supports_logprobs(self, upstream: str, model: str) -> bool | None:
+        """What the replays learned (or the config fixes) of this upstream and model."""
+        return self._capabilities.logprobs((upstream, model))
 
     @property
     def hash_key(self) -> bytes:
         """The per-process key of request hashes (the shadow worker process hashes with it too)."""
         return self._hash_key
 
-    # -- readers --------------------------------------------------------------------------------
     @property
     def view(self) -> ShadowView:
         """The last published view (at most `publish_interval_s` behind once the publisher runs)."""
@@ -204,7 +173,10 @@ class Aggregator:
 
     async def _publish_loop(self) -> None:
         while True:
-            await self._changed.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._eligible_refresh)
+            if not self._changed.is_set() and self._state.eligible == self._view.eligible:
+                continue  # nothing new, not even an eligible request
             try:
                 await self._render_view(self.publish())
             except Exception:  # a rendering bug must not stop publication for good

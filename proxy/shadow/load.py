@@ -46,7 +46,8 @@ def running_requests(exposition: str) -> int | None:
 
 
 class LoadTracker:
-    """Current load per upstream as seen by the shadow path."""
+    """Current load per upstream as seen by the shadow path (the Executor counts the Worker's
+    replays in and out of it: `Acquire` / `Release`)."""
 
     def __init__(self, in_flight: InFlightProbe) -> None:
         self._in_flight = in_flight
@@ -61,13 +62,6 @@ class LoadTracker:
 
     def replay_finished(self, upstream: str) -> None:
         self._replays[upstream] = max(0, self._replays.get(upstream, 0) - 1)
-
-    # proxy.shadow.replayer.ReplayLoad, for the in-process replayer
-    async def acquire(self, upstream: str) -> int:
-        return self.replay_started(upstream)
-
-    def release(self, upstream: str) -> None:
-        self.replay_finished(upstream)
 
     def replays_in_flight(self) -> int:
         return sum(self._replays.values())

@@ -4,8 +4,10 @@ Gauges carry each replica's own estimate; counters carry the additive sufficient
 (pairs, divergences, tokens at risk, per-grid negative log-likelihood) so recording rules can pool
 replicas by summing `increase()` without any shared state between them.
 
-`ShadowExposition.render` turns one published ShadowView into exposition text; the Aggregator calls it
-in a worker thread when the view changes and /metrics appends the bytes. Only the two live gauges
+`ShadowExposition.render` turns one published ShadowView into exposition text; the Aggregator calls
+it in a worker thread when it publishes a changed view, and /metrics appends the bytes. The fine
+grid is exported once per (upstream, model_name), every LOAD_GRID_STRIDE-th (third) point of it per
+load bucket. Only the two live gauges
 (queue depth, replays in flight) are read at scrape time, by `LiveCollector`.
 """
 
@@ -166,7 +168,7 @@ class ShadowExposition:
             labels=UM,
         )
         # Series budget (docs/monitoring.md): the fine grid once per (upstream, model_name), every
-        # second grid point per load bucket.
+        # LOAD_GRID_STRIDE-th (third) grid point per load bucket.
         nll = CounterMetricFamily(
             "tbg_nll",
             "Sum of -log-likelihood at T = grid_t, all load buckets",

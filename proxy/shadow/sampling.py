@@ -1,4 +1,6 @@
-"""Which primaries get replayed: a per-model coin flip, then per-model rate and token budgets.
+"""Which primaries get replayed: a per-model coin flip and replay-rate budget (the Sampler, asked by
+the Tap on the hot path), then a per-model token budget and the replay delays (the ReplayBudget,
+asked by the Worker once the primary's length is known). Each has one owner.
 
 Token buckets refill continuously; each holds at most `burst_seconds` worth of its per-minute rate,
 so an idle hour does not buy a burst of replays that would itself change the load being measured.
@@ -72,20 +74,18 @@ class Sampler:
         self._clock = clock
         self._burst_seconds = burst_seconds
         self._rate: dict[str, TokenBucket] = {}
-        self._tokens: dict[str, TokenBucket] = {}
 
-    def _buckets(self, model_name: str) -> tuple[TokenBucket, TokenBucket]:
+    def _bucket(self, model_name: str) -> TokenBucket:
         rate = self._rate.get(model_name)
         if rate is None:
             policy: ModelPolicy = self._config.policy(model_name)
             k = self._config.replays
             # Capacity: `burst_seconds` of budget, but never less than one whole trial.
-            rate_burst = max(float(k), policy.replays_per_minute * self._burst_seconds / 60.0)
-            tok_burst = max(1.0, policy.tokens_per_minute * self._burst_seconds / 60.0)
-            rate = TokenBucket(policy.replays_per_minute, rate_burst, self._clock)
-            self._rate[model_name] = rate
-            self._tokens[model_name] = TokenBucket(policy.tokens_per_minute, tok_burst, self._clock)
-        return rate, self._tokens[model_name]
+            burst = max(float(k), policy.replays_per_minute * self._burst_seconds / 60.0)
+            rate = self._rate[model_name] = TokenBucket(
+                policy.replays_per_minute, burst, self._clock
+            )
+        return rate
 
     def decide(self, model_name: str, choice: ReplayChoice = None) -> Decision:
         """Coin flip, then the replay-rate budget for the k replays this trial will send.
@@ -101,20 +101,40 @@ class Sampler:
                 return _NOT_SAMPLED
             if choice == "never":
                 return _OPTED_OUT
-        rate, _ = self._buckets(model_name)
-        if not rate.try_take(self._config.replays):
+        if not self._bucket(model_name).try_take(self._config.replays):
             return Decision(True, "rate_limit")
         return _SAMPLED
 
-    def spend_tokens(self, model_name: str, tokens: int) -> bool:
-        """Charge a trial's replay tokens (known only once the primary finished) to the budget."""
-        _, budget = self._buckets(model_name)
-        return budget.try_take(float(tokens))
-
     def refund_rate(self, model_name: str) -> None:
         """A sampled trial that never sends its replays gives its replay-rate units back."""
-        rate, _ = self._buckets(model_name)
-        rate.give_back(float(self._config.replays))
+        self._bucket(model_name).give_back(float(self._config.replays))
+
+
+class ReplayBudget:
+    """Per-model replay token budget and the delay before each replay; owned by one Worker."""
+
+    def __init__(
+        self,
+        config: ShadowConfig,
+        *,
+        rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
+        burst_seconds: float = 10.0,
+    ) -> None:
+        self._config = config
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._burst_seconds = burst_seconds
+        self._tokens: dict[str, TokenBucket] = {}
+
+    def spend_tokens(self, model_name: str, tokens: int) -> bool:
+        """Charge a trial's replay tokens (known only once the primary finished) to the budget."""
+        budget = self._tokens.get(model_name)
+        if budget is None:
+            per_minute = self._config.policy(model_name).tokens_per_minute
+            burst = max(1.0, per_minute * self._burst_seconds / 60.0)
+            budget = self._tokens[model_name] = TokenBucket(per_minute, burst, self._clock)
+        return budget.try_take(float(tokens))
 
     def delay(self) -> float:
         cfg = self._config

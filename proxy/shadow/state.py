@@ -2,8 +2,8 @@
 additive counters for Prometheus, replay accounting and the last divergence exemplars.
 
 Owned by the Aggregator and mutated from the event loop only; nothing reads it directly: readers get
-an immutable ShadowView from `publish`. Memory is bounded: keys are (configured upstream, bounded model_name, one of 7 load buckets) and the
-exemplars live in a fixed-size deque.
+an immutable ShadowView from `publish`. Memory is bounded: keys are (configured upstream, bounded
+model_name, one of 7 load buckets) and the exemplars live in a fixed-size deque.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from estimator.model import Trial, TrialContext
+from estimator.model import TrialContext
 from estimator.online import (
     OnlineConfig,
     OnlineEstimator,
     TrialComparison,
 )
+from proxy.shadow.config import ShadowConfig
 from proxy.shadow.view import (
     ACCOUNTING_FIELDS,
     DROP_REASONS,
@@ -30,6 +31,11 @@ from proxy.shadow.view import (
     ShadowView,
     frozen,
 )
+
+
+def online_config(config: ShadowConfig) -> OnlineConfig:
+    """The online estimators' settings for a shadow configuration (the grid is the default one)."""
+    return OnlineConfig(half_life_trials=config.half_life_trials)
 
 
 class ShadowState:
@@ -48,7 +54,6 @@ class ShadowState:
         self.replay_tokens: dict[Key, int] = {}
         self.eligible: dict[Key, int] = {}  # greedy primaries seen, sampled or not
         self.exemplars: deque[Exemplar] = deque(maxlen=max(exemplar_limit, 0))
-        self._comparer = OnlineEstimator(online)  # only its compare() is used: never updated
 
     def prime(self, key: Key, buckets: tuple[str, ...]) -> None:
         """Create a key's counter series at 0 before any traffic: Prometheus' increase() cannot
@@ -94,16 +99,6 @@ class ShadowState:
             self.replay_tokens[key] = self.replay_tokens.get(key, 0) + tokens
 
     # -- estimates ------------------------------------------------------------------------------
-    def compare(self, trial: Trial) -> TrialComparison:
-        """The comparison of one trial; touches no state (safe off the event loop)."""
-        return self._comparer.compare(trial)
-
-    def record(self, trial: Trial, comparison: TrialComparison | None = None) -> TrialComparison:
-        if comparison is None:
-            comparison = self.compare(trial)  # compared once, folded into both views
-        self.record_comparison(trial.context, comparison)
-        return comparison
-
     def record_comparison(self, ctx: TrialContext, comparison: TrialComparison) -> None:
         key = (ctx.upstream, ctx.model_name)
         lkey = (ctx.upstream, ctx.model_name, ctx.load_bucket)

@@ -1,32 +1,31 @@
-"""ShadowTap: the shadow path as the proxy sees it (a proxy.tap.Tap), composed of three parts:
+"""The Tap stage: the shadow path as the proxy sees it (a proxy.tap.Tap), and the pipeline's owner.
 
-- the Sampler (hot path): `plan` is a dict lookup, a coin flip and, for sampled requests only, a
-  token-bucket check and (with augment_logprobs) one orjson.dumps; `complete` is a non-blocking
-  hand-off (a put_nowait, or one corked socket write to the worker process);
-- the Replayer: `max_concurrent` workers that replay queued primaries off the hot path; with
-  `worker=` they run in a separate shadow worker process (proxy.shadow.process), so the proxy's
-  event loop only samples, hands off a compact job and folds the comparisons that come back;
-- the Aggregator: the only writer of the estimates, which publishes an immutable ShadowView.
+Tap → Job → Worker (replay + compare) → Outcome → Aggregator → View (docs/internals.md). On the hot
+path `plan` is a dict lookup, a coin flip and, for sampled requests only, a rate-budget check and
+(with augment_logprobs) one orjson.dumps; `complete` turns a sampled primary into a compact Job and
+hands it to the Executor without waiting. The Executor runs the Worker inline or in the shadow
+worker process (`shadow.worker`): the same messages either way. Nothing flows back to the Tap but
+through the Aggregator: its published view and the logprobs capability it keeps.
 
 Accounting per sampled primary, exact once idle: sampled = replayed + dropped + failed.
 """
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import logging
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from proxy.shadow.aggregator import Aggregator, Render
+from proxy.shadow.capability import logprobs_key, remember
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.executor import Executor, InlineLink, Link, ProcessLink, WorkerSpec
 from proxy.shadow.load import InFlightProbe, LoadTracker
+from proxy.shadow.messages import Dropped, Job
 from proxy.shadow.optout import replay_choice
-from proxy.shadow.process import ProcessReplayer, WorkerSpec
-from proxy.shadow.replayer import Job, Replayer, ReplayTransport, logprobs_key, remember
 from proxy.shadow.sampling import Sampler
 from proxy.shadow.view import Key, ShadowView
 from proxy.shadow.wire import (
@@ -38,23 +37,10 @@ from proxy.shadow.wire import (
     replayable,
     strip_logprobs,
 )
+from proxy.shadow.worker import ReplayTransport
 from proxy.tap import Exchange, RequestInfo, TapPlan
 
 log = logging.getLogger("tbg.shadow")
-
-
-class ReplayPool(Protocol):
-    """The replayer as the tap sees it: in this process (Replayer) or in the shadow worker
-    process (proxy.shadow.process.ProcessReplayer)."""
-
-    def supports_logprobs(self, upstream: str, model: str) -> bool | None: ...
-    def full(self) -> bool: ...
-    def submit(self, job: Job) -> bool: ...
-    def queue_depth(self) -> int: ...
-    def pending(self) -> int: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-
 
 # What a primary's augmentation depends on: (upstream, model as the client names it, streaming).
 Shape = tuple[str, str, bool]
@@ -89,23 +75,22 @@ class ShadowTap:
         in_flight: InFlightProbe,
         *,
         rng: random.Random | None = None,
-        hash_key: bytes | None = None,
         render: Render | None = None,
-        publish_interval_s: float = 1.0,
         worker: WorkerSpec | None = None,
     ) -> None:
+        """`worker`: None runs the Worker inline, a WorkerSpec in the shadow worker process."""
         self.config = config
         self.sampler = Sampler(config, rng=rng or random.Random())
         self.load = LoadTracker(in_flight)
-        self.aggregator = Aggregator(
-            config, render=render, hash_key=hash_key, publish_interval_s=publish_interval_s
-        )
+        self.aggregator = Aggregator(config, render=render)
         self._transport = transport
-        self.replayer: ReplayPool
+        link: Link
         if worker is None:
-            self.replayer = Replayer(config, transport, self.sampler, self.load, self.aggregator)
+            link = InlineLink(config, transport, self.aggregator.hash_key)
         else:
-            self.replayer = ProcessReplayer(config, worker, self.load, self.aggregator)
+            link = ProcessLink(worker, self.aggregator.hash_key)
+        self.executor = Executor(config, link, self.load, self.aggregator)
+        self._job_ids = itertools.count()
         # Per shape, learned from plain primaries the upstream answered 200: whether its answer
         # carries `logprobs` keys (null) at all, so stripping restores exactly those bytes. A
         # shape is augmented only once known here, and never again once the upstream refused an
@@ -119,7 +104,7 @@ class ShadowTap:
 
     @on_internal_error.setter
     def on_internal_error(self, count: Callable[[], None]) -> None:
-        self.aggregator.on_internal_error = count  # the replayer reports through it too
+        self.aggregator.on_internal_error = count  # the Worker's InternalError outcomes too
 
     def view(self) -> ShadowView:
         """The last published view of the estimates and counters."""
@@ -132,30 +117,27 @@ class ShadowTap:
 
     async def start(self, upstreams_for_polling: tuple[str, ...] = ()) -> None:
         await self.aggregator.start()
-        await self.replayer.start()
+        await self.executor.start()
         if self.config.load_source == "vllm_metrics" and upstreams_for_polling:
             self.load.start_polling(
                 self._transport, upstreams_for_polling, self.config.load_poll_seconds
             )
 
     async def stop(self) -> None:
-        await self.replayer.stop()  # jobs still queued are dropped as "shutdown"
+        await self.executor.stop()  # jobs still queued are dropped as "shutdown"
         await self.load.stop()
         await self.aggregator.stop()
 
     async def idle(self, within_s: float) -> bool:
-        """Wait until the queue is empty and no worker is busy, then publish (tests, the demo).
+        """Wait until every job handed off has ended, then publish (tests, the demo).
         False if not idle within `within_s` seconds."""
-        deadline = time.monotonic() + within_s
-        while self.replayer.pending():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.02)
+        if not await self.executor.idle(within_s):
+            return False
         await self.aggregator.flush()
         return True
 
     def queue_depth(self) -> int:
-        return self.replayer.queue_depth()
+        return self.executor.queue_depth()
 
     # -- hot path (proxy.tap.Tap) ---------------------------------------------------------------
     def plan(self, request: RequestInfo) -> TapPlan | None:
@@ -169,13 +151,13 @@ class ShadowTap:
         decision = self.sampler.decide(request.model_name, replay_choice(request.headers))
         if not decision.sampled:
             return None
-        agg.count(key, "sampled")
+        agg.sampled(key)
         if decision.dropped_reason is not None:
-            agg.drop(key, decision.dropped_reason)
+            agg.apply(Dropped(key, decision.dropped_reason))
             return None
-        if self.replayer.full():  # would be dropped at complete(); do not touch the request at all
+        if self.executor.full():  # would be dropped at complete(); do not touch the request at all
             self.sampler.refund_rate(request.model_name)
-            agg.drop(key, "queue_full")
+            agg.apply(Dropped(key, "queue_full"))
             return None
         upstream, model = logprobs_key(request)
         shape = (upstream, model, request.stream)
@@ -190,7 +172,7 @@ class ShadowTap:
             self.config.augment_logprobs
             and has_key is not None
             and shape not in self._refused
-            and self.replayer.supports_logprobs(upstream, model) is True
+            and agg.supports_logprobs(upstream, model) is True
             and not client_wants_logprobs(request.route, request.body)
         )
         # plan() runs before the primary is counted in flight; a replay counts itself, so the
@@ -215,11 +197,13 @@ class ShadowTap:
             log.info("primary not replayed: status %s, completed %s, truncated %s",
                      exchange.status, exchange.completed, exchange.truncated)  # fmt: skip
             self.sampler.refund_rate(exchange.request.model_name)
-            self.aggregator.drop(ticket.key, "primary_incomplete")
+            self.aggregator.apply(Dropped(ticket.key, "primary_incomplete"))
             return
-        if not self.replayer.submit(Job(exchange, ticket.key, ticket.load_at_start)):
+        if not self.executor.submit(
+            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start)
+        ):
             self.sampler.refund_rate(exchange.request.model_name)
-            self.aggregator.drop(ticket.key, "queue_full")
+            self.aggregator.apply(Dropped(ticket.key, "queue_full"))
 
     def _learn(self, ticket: _Ticket, exchange: Exchange) -> None:
         """What a plain primary the upstream served tells about its shape (once per shape)."""

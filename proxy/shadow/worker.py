@@ -1,159 +1,309 @@
-"""The shadow worker process, child side: `python -m proxy.shadow.worker FD`.
+"""The Worker stage: replays each Job against the same upstream and compares the runs.
 
-Started by proxy.shadow.process.ProcessReplayer with one end of a socket pair as FD. It runs the
-same Replayer as the in-process mode, on its own event loop with its own HTTP session, and reports
-through the socket: replay outcomes, one terminal message per job (a comparison, failed or a drop
-with its reason), failures as internal errors (logged here with their stack, as JSON on stderr), and
-the logprobs detection. The load a replay meets is asked of the proxy, which alone knows its
-in-flight requests. The child exits when told to stop or when the proxy's end closes.
+The same code in both modes (proxy.shadow.executor picks where it runs): `max_concurrent` tasks take
+Jobs off an unbounded queue (the proxy side bounds what it sends), replay them (timeouts, the
+per-upstream logprobs detection, the token budget and delays), compare primary and replays, and
+send Outcomes back, exactly one terminal outcome per Job. It never waits for the proxy: each replay
+says when it starts and ends (`ReplayStarted`, `ReplayDone`), and the proxy, which alone knows its
+primaries in flight, takes the load the replay meets and files the trial under its load bucket.
+
+Run as `python -m proxy.shadow.worker FD`, it is the shadow worker process: FD is its end of the
+socket pair to the proxy; it exits when told to stop or when the proxy's end closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import os
 import signal
 import socket
 import sys
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
+import orjson
+
+from estimator.builders import (
+    BuildError,
+    run_from_chat_response,
+    run_from_completion_response,
+)
 from estimator.model import Run
 from estimator.online import OnlineEstimator
 from proxy.logs import configure_logging
-from proxy.shadow.aggregator import compare_trial, online_config
+from proxy.shadow.capability import Capabilities, logprobs_key
+from proxy.shadow.channel import Channel
 from proxy.shadow.config import ShadowConfig
-from proxy.shadow.process import Channel, JobSpec, WorkerInit
-from proxy.shadow.replayer import Replayer
-from proxy.shadow.sampling import Sampler
+from proxy.shadow.load import MetricsFetcher
+from proxy.shadow.messages import (
+    Dropped,
+    Failed,
+    FromWorker,
+    Init,
+    InternalError,
+    Job,
+    LogprobsLearned,
+    Ready,
+    ReplayDone,
+    ReplayStarted,
+    Stop,
+    Stopped,
+    ToWorker,
+)
+from proxy.shadow.sampling import ReplayBudget
+from proxy.shadow.state import online_config
 from proxy.shadow.transport import UpstreamTransport
-from proxy.shadow.view import Key
+from proxy.shadow.trial import comparable_runs, compare_trial, primary_run, usage_tokens
+from proxy.shadow.wire import replay_body
 from proxy.tap import RequestInfo
+from proxy.tracing import shadow_tracing
 from proxy.upstreams import Upstreams, new_session
 
+log = logging.getLogger("tbg.shadow")
 
-class RemoteSink:
-    """proxy.shadow.replayer.TrialSink: compares here, reports to the proxy's Aggregator."""
+ROUTE_PATHS: Mapping[str, str] = {"chat": "/chat/completions", "completions": "/completions"}
+Send = Callable[[FromWorker], None]
 
-    def __init__(self, channel: Channel, config: ShadowConfig, hash_key: bytes) -> None:
-        self._channel = channel
+
+class ReplayTransport(MetricsFetcher, Protocol):
+    """How replays reach an upstream: a pooled session, timeouts and per-upstream auth."""
+
+    async def post_json(
+        self,
+        upstream: str,
+        path: str,
+        body: bytes,
+        client_headers: Mapping[str, str],
+        timeout_s: float,
+    ) -> tuple[int, bytes]:
+        """POST `body` to <base_url><path>; returns (status, body). Raises on I/O errors."""
+        ...
+
+
+class Worker:
+    """Replays and compares: takes Jobs through `handle`, sends outcomes to `send`, never waits for
+    an answer.
+
+    `compare_in_thread`: inline (on the proxy's loop) the comparison, the heavy part (trie walk and
+    grid likelihood), runs in a worker thread; in the worker process its loop serves replays only.
+    """
+
+    def __init__(
+        self,
+        config: ShadowConfig,
+        transport: ReplayTransport,
+        send: Send,
+        hash_key: bytes,
+        *,
+        compare_in_thread: bool,
+    ) -> None:
         self._config = config
+        # OpenTelemetry spans of trials, replays and comparisons (no-op unless shadow.tracing).
+        self._tracing = shadow_tracing(config)
+        self._transport = self._tracing.transport(transport)
+        self._send = send
         self._hash_key = hash_key
+        self._in_thread = compare_in_thread
         self._comparer = OnlineEstimator(online_config(config))  # only compare(): never updated
+        self._budget = ReplayBudget(config)
+        self._capabilities = Capabilities(config)
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def count(self, key: Key, what: str) -> None:
-        self._channel.send(("count", key, what))
+    def handle(self, job: Job) -> None:
+        self._queue.put_nowait(job)
 
-    def drop(self, key: Key, reason: str) -> None:
-        self._channel.send(("drop", key, reason))
+    def _emit(self, outcome: Dropped | Failed | LogprobsLearned) -> None:
+        self._tracing.outcome(outcome)
+        self._send(outcome)
 
-    def replay_request(self, key: Key, outcome: str, tokens: int = 0) -> None:
-        self._channel.send(("replay", key, outcome, tokens))
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"tbg-shadow-worker-{i}")
+            for i in range(self._config.max_concurrent)
+        ]
 
-    async def fold(self, request: RequestInfo, runs: tuple[Run, ...], load: int) -> None:
-        # This loop serves replays only: comparing on it (≈ 0.6 ms) holds up nothing of the proxy's.
-        compared = compare_trial(
-            self._comparer.compare, self._config, self._hash_key, request, runs, load
-        )
-        self._channel.send(("fold", compared))
+    async def stop(self) -> None:
+        """Cancel the tasks (a trial in progress ends failed), then end the jobs still queued:
+        sampled, never replayed (`shutdown`)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            self._emit(Dropped(job.key, "shutdown", job.id))
 
-    def on_internal_error(self) -> None:
-        self._channel.send(("error",))
+    async def _run(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                request = job.request()
+                with self._tracing.trial(request):
+                    await self._trial(job, request)
+            except asyncio.CancelledError:
+                self._emit(Failed(job.key, job.id))
+                raise
+            except Exception:  # a bug here must cost one trial, never the worker
+                log.exception("shadow trial failed")  # with its stack (proxy.logs)
+                self._emit(Failed(job.key, job.id))
+                self._send(InternalError())
 
-
-class RemoteLoad:
-    """proxy.shadow.replayer.ReplayLoad: the proxy's LoadTracker, one round trip per replay."""
-
-    def __init__(self, channel: Channel) -> None:
-        self._channel = channel
-        self._ids = itertools.count()
-        self._waiting: dict[int, asyncio.Future[int]] = {}
-
-    async def acquire(self, upstream: str) -> int:
-        rid = next(self._ids)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = future
-        self._channel.send(("acquire", rid, upstream))
+    async def _trial(self, job: Job, request: RequestInfo) -> None:
         try:
-            return await future
-        except asyncio.CancelledError:
-            self._channel.send(("release", upstream))  # the proxy counted it in flight
+            primary = primary_run(job)
+        except (BuildError, orjson.JSONDecodeError, ValueError) as exc:
+            log.info("primary not comparable: %s", type(exc).__name__)
+            self._emit(Dropped(job.key, "primary_incomplete", job.id))
+            return
+        prompt_tokens, completion_tokens = usage_tokens(job)
+        # An empty primary (EOS first) is still worth one token of replay: a replay that does not
+        # stop at once is a divergence at position 0.
+        length = max(1, completion_tokens if completion_tokens is not None else len(primary.tokens))
+        cost = self._config.replays * (length + (prompt_tokens or 0))
+        if not self._budget.spend_tokens(request.model_name, cost):
+            self._emit(Dropped(job.key, "budget", job.id))
+            return
+        replays: list[Run] = []
+        attempts = itertools.count()
+        for _ in range(self._config.replays):
+            delay = self._budget.delay()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            run = await self._replay(job, request, length, attempts)
+            if run is not None:
+                replays.append(run)
+        if not replays:
+            self._emit(Failed(job.key, job.id))
+            return
+        runs = comparable_runs((primary, *replays))
+        with self._tracing.compare(runs, job.load_at_start):
+            args = (self._comparer.compare, self._config, self._hash_key, job.id, request, runs)
+            if self._in_thread:
+                compared = await asyncio.to_thread(compare_trial, *args)
+            else:
+                compared = compare_trial(*args)
+            self._send(compared)
+        self._tracing.outcome(compared)
+
+    async def _replay(
+        self,
+        job: Job,
+        request: RequestInfo,
+        length: int,
+        attempts: Iterator[int],
+        logprobs: bool | None = None,
+    ) -> Run | None:
+        upstream = request.upstream
+        lkey = logprobs_key(request)
+        detecting = self._capabilities.unknown(lkey)
+        ask = self._capabilities.logprobs(lkey) is not False if logprobs is None else logprobs
+        body = replay_body(
+            request.route,
+            request.body,
+            max_tokens=length,
+            logprobs_k=self._config.top_logprobs if ask else None,
+        )
+        attempt = next(attempts)
+        self._send(ReplayStarted(job.id, attempt, upstream))
+        try:
+            status, payload = await self._transport.post_json(
+                upstream,
+                ROUTE_PATHS[request.route],
+                body,
+                request.headers,
+                self._config.replay_timeout_seconds,
+            )
+        except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
+            log.warning("replay to %s failed: %s", upstream, type(exc).__name__, exc_info=exc)
+            self._send(ReplayDone(job.id, attempt, job.key, "error"))
+            return None
+        except BaseException:  # cancelled: no longer in flight, and no replay request counted
+            self._send(ReplayDone(job.id, attempt, job.key, None))
             raise
-        finally:
-            self._waiting.pop(rid, None)
+        if status != 200 and ask and detecting:
+            # Refused (400) or failed (500, ...) asking for logprobs: try once without. If that
+            # works, this upstream and model do not do logprobs: ask without from now on.
+            self._send(ReplayDone(job.id, attempt, job.key, None))
+            run = await self._replay(job, request, length, attempts, logprobs=False)
+            if run is not None:
+                self._learned(lkey, False)
+            return run
+        if status != 200:
+            self._send(ReplayDone(job.id, attempt, job.key, "error"))
+            return None
+        try:
+            data = orjson.loads(payload)
+            build = (
+                run_from_chat_response if request.route == "chat" else run_from_completion_response
+            )
+            run = build(data)
+        except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
+            self._send(ReplayDone(job.id, attempt, job.key, "error"))
+            return None
+        if ask and detecting:
+            self._learned(lkey, run.top_logprobs is not None)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
+        self._send(
+            ReplayDone(job.id, attempt, job.key, "ok", tokens if isinstance(tokens, int) else 0)
+        )
+        return run
 
-    def release(self, upstream: str) -> None:
-        self._channel.send(("release", upstream))
-
-    def answer(self, rid: int, load: int) -> None:
-        future = self._waiting.get(rid)
-        if future is not None and not future.done():
-            future.set_result(load)
-
-
-class _Child:
-    """The child's side of the channel: jobs in, the proxy's load answers in, stop."""
-
-    def __init__(self) -> None:
-        self.init: asyncio.Future[WorkerInit] = asyncio.get_running_loop().create_future()
-        self.stop = asyncio.Event()
-        self.replayer: Replayer | None = None
-        self.load: RemoteLoad | None = None
-        self.channel: Channel | None = None
-
-    def failed(self) -> None:  # a message this side failed to handle (logged with its stack)
-        if self.channel is not None:
-            self.channel.send(("error",))
-
-    def handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "job" and self.replayer is not None:
-            spec: JobSpec = message[1]
-            self.replayer.submit(spec.job())
-        elif kind == "load" and self.load is not None:
-            self.load.answer(message[1], message[2])
-        elif kind == "init" and not self.init.done():
-            self.init.set_result(message[1])
-        elif kind == "stop":
-            self.stop.set()
+    def _learned(self, key: tuple[str, str], supported: bool) -> None:
+        self._capabilities.learn(key, supported)
+        self._emit(LogprobsLearned(key[0], key[1], supported))
 
 
+# -- the worker process ----------------------------------------------------------------------------
 async def serve(sock: socket.socket) -> None:
-    child = _Child()
-    _, channel = await asyncio.get_running_loop().create_connection(
-        lambda: Channel(child.handle, child.failed), sock=sock
-    )
-    child.channel = channel
-    done, _ = await asyncio.wait((child.init, channel.closed), return_when=asyncio.FIRST_COMPLETED)
-    if child.init not in done:
+    """The worker process's side of the boundary: `Init`, then Jobs until `Stop`."""
+    loop = asyncio.get_running_loop()
+    init: asyncio.Future[Init] = loop.create_future()
+    stop = asyncio.Event()
+    worker: Worker | None = None
+
+    def handle(message: ToWorker) -> None:
+        if isinstance(message, Init):
+            if not init.done():
+                init.set_result(message)
+        elif isinstance(message, Stop):
+            stop.set()
+        elif worker is not None:
+            worker.handle(message)
+
+    def failed() -> None:  # a message this side failed to handle (logged with its stack)
+        channel.send(InternalError())
+
+    _, channel = await loop.create_connection(lambda: Channel[ToWorker](handle, failed), sock=sock)
+    done, _ = await asyncio.wait((init, channel.closed), return_when=asyncio.FIRST_COMPLETED)
+    if init not in done:
         return  # the proxy went away before saying anything
-    init = child.init.result()
-    configure_logging(init.config.log_level)
-    if init.nice:
-        os.nice(init.nice)  # background work: the kernel serves the proxy's primaries first
-    shadow = init.config.shadow_config
+    config, hash_key, nice = init.result().config, init.result().hash_key, init.result().nice
+    configure_logging(config.log_level)
+    if nice:
+        os.nice(nice)  # background work: the kernel serves the proxy's primaries first
     session = new_session()
-    upstreams = Upstreams(init.config, session)
-    child.load = RemoteLoad(channel)
-    child.replayer = replayer = Replayer(
-        shadow,
-        UpstreamTransport(lambda: upstreams, init.config.replay_keys),
-        Sampler(shadow),  # the token budget and replay delays live here; the coin flip does not
-        child.load,
-        RemoteSink(channel, shadow, init.hash_key),
-        queue_size=0,  # unbounded here: the proxy bounds what it sends
+    upstreams = Upstreams(config, session)
+    transport = UpstreamTransport(lambda: upstreams, config.replay_keys)
+    worker = Worker(
+        config.shadow_config, transport, channel.send, hash_key, compare_in_thread=False
     )
-    replayer.on_logprobs_detected = lambda upstream, ok: channel.send(("logprobs", upstream, ok))
-    await replayer.start()
-    channel.send(("ready",))
-    stop = asyncio.ensure_future(child.stop.wait())
+    await worker.start()
+    channel.send(Ready())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
         # Until told to stop, or until the proxy's end closes (nobody left to report to).
-        await asyncio.wait((stop, channel.closed), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((stopping, channel.closed), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop.cancel()
-        await replayer.stop()  # trials in progress: failed; still queued: dropped as shutdown
-        channel.send(("stopped",))
+        stopping.cancel()
+        await worker.stop()  # trials in progress: failed; still queued: dropped as shutdown
+        channel.send(Stopped())
         await session.close()
         await channel.aclose()
 

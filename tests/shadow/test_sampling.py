@@ -8,7 +8,7 @@ from types import MappingProxyType
 from scipy import stats
 
 from proxy.shadow.config import ModelPolicy, ShadowConfig
-from proxy.shadow.sampling import Sampler, TokenBucket
+from proxy.shadow.sampling import ReplayBudget, Sampler, TokenBucket
 
 
 class FakeClock:
@@ -64,16 +64,16 @@ def test_rate_limit_refuses_and_refund_gives_back() -> None:
 def test_token_budget() -> None:
     clock = FakeClock()
     config = ShadowConfig(enabled=True, defaults=ModelPolicy(tokens_per_minute=600))
-    sampler = Sampler(config, rng=random.Random(0), clock=clock, burst_seconds=10)
-    assert sampler.spend_tokens("m", 100)  # burst: 100 tokens
-    assert not sampler.spend_tokens("m", 1)
+    budget = ReplayBudget(config, rng=random.Random(0), clock=clock, burst_seconds=10)
+    assert budget.spend_tokens("m", 100)  # burst: 100 tokens
+    assert not budget.spend_tokens("m", 1)
     clock.now += 5.0
-    assert sampler.spend_tokens("m", 50)
+    assert budget.spend_tokens("m", 50)
 
 
 def test_delay_with_jitter_stays_in_range() -> None:
-    sampler = Sampler(
+    budget = ReplayBudget(
         ShadowConfig(delay_seconds=0.5, delay_jitter_seconds=0.25), rng=random.Random(2)
     )
-    delays = [sampler.delay() for _ in range(200)]
+    delays = [budget.delay() for _ in range(200)]
     assert min(delays) >= 0.5 and max(delays) <= 0.75 and max(delays) - min(delays) > 0.2

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from proxy.config import ConfigError, build_config
-from proxy.shadow.process import ProcessReplayer
+from proxy.shadow.executor import ProcessLink
 from tests.reliability import test_shadow_accounting as accounting
 from tests.reliability import test_shadow_faults as faults
 from tests.reliability.test_client_disconnect import until
@@ -35,10 +35,10 @@ def process_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TBG_SHADOW_WORKER_NICE", "0")
 
 
-def worker(stack: Stack) -> ProcessReplayer:
-    pool = stack.tap.replayer
-    assert isinstance(pool, ProcessReplayer)
-    return pool
+def worker(stack: Stack) -> ProcessLink:
+    link = stack.tap.executor.link
+    assert isinstance(link, ProcessLink)
+    return link
 
 
 def nice(pid: str) -> int:

@@ -1,0 +1,118 @@
+"""One trial, as the Worker builds it: the primary's run from its captured answer, the replays'
+runs made comparable with it, and their comparison with the exemplars it shows. Pure functions:
+safe in a worker thread or in the shadow worker process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from estimator.builders import (
+    BuildError,
+    run_from_chat_response,
+    run_from_chat_stream,
+    run_from_completion_response,
+    run_from_completion_stream,
+    text_tokens,
+)
+from estimator.model import Run, Trial, TrialContext
+from estimator.online import TrialComparison
+from proxy.shadow.config import ShadowConfig
+from proxy.shadow.messages import Compared, Job
+from proxy.shadow.view import Exemplar
+from proxy.tap import RequestInfo
+
+
+def compare_trial(
+    compare: Callable[[Trial], TrialComparison],
+    config: ShadowConfig,
+    hash_key: bytes,
+    job: int,
+    request: RequestInfo,
+    runs: tuple[Run, ...],
+) -> Compared:
+    """Compare one trial and pick its exemplars; touches no state (safe in a thread or process).
+    The load bucket is left empty: the Aggregator files the trial under the proxy's."""
+    digest = hashlib.blake2b(request.raw_body, key=hash_key, digest_size=8).hexdigest()
+    context = TrialContext(request.upstream, request.model_name, "")
+    comparison = compare(Trial(digest, runs, context))
+    now = time.time()
+    seen: set[tuple[int, str, str]] = set()
+    exemplars: list[Exemplar] = []
+    for div in comparison.exemplars:
+        # One exemplar per distinct split: with k replays the same fork shows up in many pairs.
+        low, high = sorted((div.token_a, div.token_b))
+        split = (div.position, low, high)
+        if split in seen:
+            continue
+        seen.add(split)
+        text = None
+        if config.record_text:
+            text = {
+                "input": request.body.get("messages", request.body.get("prompt")),
+                "run_a": runs[div.run_a].text,
+                "run_b": runs[div.run_b].text,
+            }
+        exemplars.append(
+            Exemplar(now, request.upstream, request.model_name, context.load_bucket, digest,
+                     div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text)
+        )  # fmt: skip
+    key = (request.upstream, request.model_name)
+    return Compared(job, key, comparison, tuple(exemplars))
+
+
+def primary_run(job: Job) -> Run:
+    if job.stream:
+        build_stream = run_from_chat_stream if job.route == "chat" else run_from_completion_stream
+        return build_stream(list(job.events))
+    if job.response_body is None:
+        raise BuildError("no response body captured")
+    body = orjson.loads(job.response_body)
+    build = run_from_chat_response if job.route == "chat" else run_from_completion_response
+    return build(body)
+
+
+def usage_tokens(job: Job) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) from the primary's usage, when the upstream sent one."""
+    usage: Any = None
+    if job.stream:
+        for event in reversed(job.events):
+            if event.get("usage"):
+                usage = event["usage"]
+                break
+    elif job.response_body is not None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            usage = orjson.loads(job.response_body).get("usage")
+    if not isinstance(usage, Mapping):
+        return None, None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
+    )
+
+
+def comparable_runs(runs: tuple[Run, ...]) -> tuple[Run, ...]:
+    """Runs that can be compared position by position.
+
+    A run without logprobs is tokenised from its text (the builders' fallback), which does not line
+    up with real tokens. When the two kinds are mixed (a primary captured before logprobs support
+    was detected, or with augment_logprobs off), keep the runs with real tokens if there are two or
+    more of them, else compare every run by its text tokens.
+    """
+    real = tuple(r for r in runs if r.logprobs is not None)
+    if len(real) == len(runs) or not real:
+        return runs
+    if len(real) >= 2:
+        return real
+    return tuple(
+        Run(tokens=text_tokens(r.text), logprobs=None, top_logprobs=None, text=r.text,
+            finish_reason=r.finish_reason)
+        for r in runs
+    )  # fmt: skip
