@@ -78,6 +78,28 @@ def primary_run(job: Job) -> Run:
     return build(body)
 
 
+def replay_length(primary: Run, completion_tokens: int | None, body: Mapping[str, Any]) -> int:
+    """How many tokens a replay may generate: as many as the primary did.
+
+    The count comes from the primary's usage, or from its logprobs (one entry per token). Without
+    either (a text-only upstream streaming without `include_usage`), the primary's pieces are
+    stream chunks, not tokens, and capping a replay at their number would cut every replay short
+    and count a divergence that is not there; its text's length in bytes bounds its token count
+    instead (every token has at least one byte), within the client's own limit. A replay that
+    agrees stops where the primary stopped either way. An empty primary (EOS first) is still
+    worth one token: a replay that does not stop at once diverges at position 0.
+    """
+    if completion_tokens is not None:
+        return max(1, completion_tokens)
+    if primary.logprobs is not None:
+        return max(1, len(primary.tokens))
+    bound = max(1, len(primary.text.encode()))
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        bound = min(bound, limit)
+    return bound
+
+
 def usage_tokens(job: Job) -> tuple[int | None, int | None]:
     """(prompt_tokens, completion_tokens) from the primary's usage, when the upstream sent one."""
     usage: Any = None

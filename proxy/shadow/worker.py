@@ -56,7 +56,13 @@ from proxy.shadow.messages import (
 from proxy.shadow.sampling import ReplayBudget
 from proxy.shadow.state import online_config
 from proxy.shadow.transport import UpstreamTransport
-from proxy.shadow.trial import comparable_runs, compare_trial, primary_run, usage_tokens
+from proxy.shadow.trial import (
+    comparable_runs,
+    compare_trial,
+    primary_run,
+    replay_length,
+    usage_tokens,
+)
 from proxy.shadow.wire import replay_body
 from proxy.tap import RequestInfo
 from proxy.tracing import shadow_tracing
@@ -162,9 +168,7 @@ class Worker:
             self._emit(Dropped(job.key, "primary_incomplete", job.id))
             return
         prompt_tokens, completion_tokens = usage_tokens(job)
-        # An empty primary (EOS first) is still worth one token of replay: a replay that does not
-        # stop at once is a divergence at position 0.
-        length = max(1, completion_tokens if completion_tokens is not None else len(primary.tokens))
+        length = replay_length(primary, completion_tokens, request.body)
         cost = self._config.replays * (length + (prompt_tokens or 0))
         if not self._budget.spend_tokens(request.model_name, cost):
             self._emit(Dropped(job.key, "budget", job.id))

@@ -36,6 +36,7 @@ class FakeLLM:
     replays: int = 0
     reject_logprobs: bool = False  # answer 400 to any request asking for logprobs
     running: int | None = None  # exposed as vllm:num_requests_running on GET /metrics
+    tokens_per_chunk: int = 1  # a stream chunk may carry several tokens, as vLLM's often do
 
     def answer(self, replay: int | None) -> list[str]:
         winner = TIE[1] if replay in self.flip_replays else TIE[0]
@@ -113,6 +114,9 @@ class FakeLLM:
                 return web.Response(body=orjson.dumps(payload), content_type="application/json")
             out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await out.prepare(request)
+            if self.tokens_per_chunk > 1 and lp is None:  # several tokens' text per chunk
+                n = self.tokens_per_chunk
+                tokens = ["".join(tokens[i : i + n]) for i in range(0, len(tokens), n)]
             for i, tok in enumerate(tokens):
                 piece: Any = None
                 if lp is not None and chat:

@@ -12,7 +12,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from proxy.config import ConfigError
-from tests.shadow.conftest import FakeLLM, Stack
+from tests.shadow.conftest import TOKENS, FakeLLM, Stack
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "secret prompt 42"}],
         "temperature": 0}  # fmt: skip
@@ -237,6 +237,26 @@ async def test_upstream_without_logprobs_is_detected_and_never_fails_a_client(
     assert all(not c.get("logprobs") for c in stack.fake.calls if "max_tokens" not in c)
     est = report["estimates"][0]
     assert est["method"] == "hazard-only" and est["pairs"] == 9
+
+
+async def test_text_only_streams_without_usage_replay_the_whole_answer(make_stack: Any) -> None:
+    """Behind an upstream without logprobs, a stream sent without `include_usage` does not say how
+    many tokens it had, and its chunks carry several tokens each: replays must not be capped at
+    the number of chunks (every replay would be cut short and count as a divergence)."""
+    fake = FakeLLM(reject_logprobs=True, tokens_per_chunk=2)
+    stack: Stack = await make_stack(fake, {"replays": 2})
+    async with client(stack) as oai:
+        for _ in range(3):
+            stream = await oai.chat.completions.create(**CHAT, stream=True)
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text == "Hello, world A!"
+            await settle(stack)
+    report = await settle(stack)
+    assert report["accounting"] == {"sampled": 3, "replayed": 3, "failed": 0, "dropped": 0}
+    replays = [c for c in stack.fake.calls if "max_tokens" in c]
+    assert replays and all(c["max_tokens"] >= len(TOKENS) for c in replays)
+    est = report["estimates"][0]
+    assert est["pairs"] == 9 and est["diverged"] == 0, est
 
 
 @pytest.mark.parametrize(("setting", "augmented"), [("yes", True), ("no", False)])
