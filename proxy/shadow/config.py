@@ -158,7 +158,7 @@ class ShadowConfig(ModelPolicy):
         WorkerMode,
         Field(
             description="where replays and comparisons run: `inline` on the proxy's event loop "
-            "(and a thread), `process` in a shadow worker process (proxy/shadow/process.py), so "
+            "(and a thread), `process` in a shadow worker process (proxy/shadow/worker.py), so "
             "the primaries' loop only samples and hands off (+1 process per replica, +1–2 s at "
             "start)"
         ),

@@ -9,7 +9,7 @@ goes back to the Worker but Jobs. The mode chooses only the `Link` the messages 
 - `InlineLink`: the Worker runs on the proxy's event loop (its comparisons in a worker thread);
   messages are handed over as objects;
 - `ProcessLink`: the Worker runs in the shadow worker process (`python -m proxy.shadow.worker`),
-  with its own event loop and HTTP session; messages are pickled frames on a socket pair
+  with its own event loop and upstream connection pool; messages are pickled frames on a socket pair
   (proxy.shadow.channel), corked and written once per loop iteration, so `send` never blocks.
 
 At stop the Worker drops what it still holds as `shutdown` and fails the trials in progress. If the

@@ -75,7 +75,7 @@ Send = Callable[[FromWorker], None]
 
 
 class ReplayTransport(MetricsFetcher, Protocol):
-    """How replays reach an upstream: a pooled session, timeouts and per-upstream auth."""
+    """How replays reach an upstream: the one upstream pool, its time limits and per-upstream auth."""
 
     async def post_json(
         self,
