@@ -1,7 +1,7 @@
 """Request classes: what kind of request a sampled primary was, so T_bg can be read per kind.
 
 A class is route (`chat` / `completions`) × kind (`tools`: the request offers tools or functions;
-`json`: it asks for a JSON response_format; `plain`: neither) × streaming (`stream` / `whole`).
+`json`: it asks for a JSON response_format; `plain`: neither) × streaming (`whole` / `stream`).
 Tool calls and constrained JSON decoding take other paths through an inference server (guided
 decoding, other batch shapes) than plain text, so their nondeterminism may differ.
 
@@ -18,7 +18,7 @@ from typing import Any
 
 ROUTES: tuple[str, ...] = ("chat", "completions")
 KINDS: tuple[str, ...] = ("plain", "tools", "json")
-STREAMING: tuple[str, ...] = ("stream", "whole")
+STREAMING: tuple[str, ...] = ("whole", "stream")
 JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 

@@ -46,8 +46,8 @@ def test_the_class_set_is_fixed_and_small() -> None:
     assert classify("chat", {}, True) == RequestClass("chat", "plain", "stream")
     assert classify("completions", {"tools": [TOOL]}, False).label == "completions/tools/whole"
     ordered = sorted(seen, key=RequestClass.order)
-    assert ordered[0] == RequestClass("chat", "plain", "stream")
-    assert ordered[-1] == RequestClass("completions", "json", "whole")
+    assert ordered[0] == RequestClass("chat", "plain", "whole")
+    assert ordered[-1] == RequestClass("completions", "json", "stream")
     with pytest.raises(ValueError, match="embeddings"):
         classify("embeddings", {}, False)  # never eligible: no class for it
 
