@@ -132,6 +132,12 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
                 f"  load {bucket:>3}  T_bg {_g(b.get('estimate'))} [{_g(b.get('lower'))}, "
                 f"{_g(b.get('upper'))}], {b.get('diverged', 0)}/{b.get('pairs', 0)} diverged"
             )
+        for c in e.get("by_class") or ():
+            name = f"{c.get('route')}/{c.get('kind')}/{c.get('streaming')}"
+            lines.append(
+                f"  class {name:<24} T_bg {_g(c.get('estimate'))} [{_g(c.get('lower'))}, "
+                f"{_g(c.get('upper'))}], {c.get('diverged', 0)}/{c.get('pairs', 0)} diverged"
+            )
         lines.append("")
     if not lines:
         seen = report.get("eligible")

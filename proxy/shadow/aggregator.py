@@ -103,10 +103,12 @@ class Aggregator:
         self._changed.set()
 
     def fold(self, compared: Compared, bucket: str) -> None:
-        """Fold a trial compared by the Worker into the overall and the `bucket` estimators (the
-        bucket of the largest load its primary and replays met, which only the proxy knows)."""
+        """Fold a trial compared by the Worker into the overall, the `bucket` (the bucket of the
+        largest load its primary and replays met, which only the proxy knows) and its request
+        class's estimators."""
         upstream, model = compared.key
-        self._state.record_comparison(TrialContext(upstream, model, bucket), compared.comparison)
+        ctx = TrialContext(upstream, model, bucket)
+        self._state.record_comparison(ctx, compared.comparison, compared.request_class)
         self._state.count(compared.key, "replayed")
         for exemplar in compared.exemplars:
             self._state.add_exemplar(replace(exemplar, load_bucket=bucket))

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from estimator.online import OnlineSnapshot
+from proxy.shadow.classes import RequestClass
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.tap import ShadowTap
 from proxy.status import render_text, wants_text
@@ -50,6 +51,20 @@ def snapshot_json(snap: OnlineSnapshot) -> dict[str, Any]:
     }
 
 
+def class_json(request_class: RequestClass, snap: OnlineSnapshot) -> dict[str, Any]:
+    """One request class's estimate: the class, then the estimate's headline fields."""
+    return {
+        **request_class.to_json(),
+        "estimate": _num(snap.estimate),
+        "lower": _num(snap.lower),
+        "upper": _num(snap.upper),
+        "trials": snap.trials,
+        "pairs": snap.pairs,
+        "diverged": snap.diverged,
+        "method": snap.method,
+    }
+
+
 def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
     """The last published view as a JSON-ready dict. Exemplars carry the diverging tokens only
     with `record_text` (they are completion text), or `tokens` (`tbg demo`, on its own terminal)."""
@@ -60,6 +75,11 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
         view.load_snapshots(), key=lambda item: order.get(item[0][2], 99)
     ):
         by_load.setdefault((upstream, model), {})[bucket] = snapshot_json(snap)
+    by_class: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (upstream, model, request_class), snap in sorted(
+        view.class_snapshots(), key=lambda item: item[0][2].order()
+    ):
+        by_class.setdefault((upstream, model), []).append(class_json(request_class, snap))
     estimates: list[dict[str, Any]] = []
     for (upstream, model), snap, updated in view.snapshots():
         entry = {"upstream": upstream, "model_name": model, "last_update": updated}
@@ -67,6 +87,7 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
         entry["eligible"] = view.eligible.get((upstream, model), 0)  # greedy requests seen
         entry.update(snapshot_json(snap))
         entry["by_load"] = by_load.get((upstream, model), {})
+        entry["by_class"] = by_class.get((upstream, model), [])
         entry["ceiling"] = tap.config.policy(model).ceiling
         estimates.append(entry)
     return {

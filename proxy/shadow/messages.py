@@ -17,6 +17,7 @@ import orjson
 
 from estimator.online import TrialComparison
 from proxy.config import Config
+from proxy.shadow.classes import RequestClass, classify
 from proxy.shadow.view import Exemplar, Key
 from proxy.tap import Exchange, RequestInfo
 
@@ -39,6 +40,8 @@ class Job:
     stream: bool
     response_body: bytes | None  # non-streaming primary
     events: tuple[Mapping[str, Any], ...]  # streaming primary: its SSE data payloads
+    # what kind of request it is (proxy.shadow.classes); None only for Jobs built by hand
+    request_class: RequestClass | None = None
 
     @classmethod
     def of(cls, job_id: int, exchange: Exchange, key: Key, load_at_start: int) -> Job:
@@ -50,7 +53,8 @@ class Job:
         )
         events = tuple(exchange.events) if req.stream else ()
         return cls(job_id, key, load_at_start, req.route, req.raw_body, headers, req.stream,
-                   exchange.response_body, events)  # fmt: skip
+                   exchange.response_body, events,
+                   classify(req.route, req.body, req.stream))  # fmt: skip
 
     def request(self) -> RequestInfo:
         """The primary's request as the worker reads it (its body parsed again)."""
@@ -87,12 +91,14 @@ ToWorker = Job | Init | Stop
 class Compared:
     """Terminal: the trial was replayed and compared (all the Aggregator needs to fold it). The
     load bucket is the proxy's to fill in (it alone knows the load the replays met): the
-    exemplars carry an empty one."""
+    exemplars carry an empty one. `request_class` is the Job's, sent back: the Aggregator also
+    folds the trial into that class's estimator (none without a class)."""
 
     job: int
     key: Key
     comparison: TrialComparison
     exemplars: tuple[Exemplar, ...]
+    request_class: RequestClass | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
-"""What the shadow path knows: online estimators per (upstream, model_name) and per load bucket,
-additive counters for Prometheus, replay accounting and the last divergence exemplars.
+"""What the shadow path knows: online estimators per (upstream, model_name), per load bucket and
+per request class, additive counters for Prometheus, replay accounting and the last divergence
+exemplars.
 
 Owned by the Aggregator and mutated from the event loop only; nothing reads it directly: readers get
 an immutable ShadowView from `publish`. Memory is bounded: keys are (configured upstream, bounded
-model_name, one of 7 load buckets) and the exemplars live in a fixed-size deque.
+model_name, one of 7 load buckets or one of 12 request classes) and the exemplars live in a
+fixed-size deque.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from estimator.online import (
     OnlineEstimator,
     TrialComparison,
 )
+from proxy.shadow.classes import RequestClass
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.view import (
     ACCOUNTING_FIELDS,
     DROP_REASONS,
     POSITION_BOUNDS,
+    ClassKey,
     Exemplar,
     Key,
     LoadKey,
@@ -45,6 +49,9 @@ class ShadowState:
         self._clock = clock
         self._overall: dict[Key, OnlineEstimator] = {}
         self._by_load: dict[LoadKey, OnlineEstimator] = {}
+        # Bounded: the class set is fixed (proxy.shadow.classes), 2 routes x 3 kinds x 2 streaming
+        # = 12 at most per (upstream, model_name); created by the first comparison of a class.
+        self._by_class: dict[ClassKey, OnlineEstimator] = {}
         self._positions: dict[Key, list[int]] = {}
         self._position_sums: dict[Key, int] = {}
         self._last_update: dict[Key, float] = {}
@@ -99,7 +106,12 @@ class ShadowState:
             self.replay_tokens[key] = self.replay_tokens.get(key, 0) + tokens
 
     # -- estimates ------------------------------------------------------------------------------
-    def record_comparison(self, ctx: TrialContext, comparison: TrialComparison) -> None:
+    def record_comparison(
+        self,
+        ctx: TrialContext,
+        comparison: TrialComparison,
+        request_class: RequestClass | None = None,
+    ) -> None:
         key = (ctx.upstream, ctx.model_name)
         lkey = (ctx.upstream, ctx.model_name, ctx.load_bucket)
         overall = self._overall.get(key)
@@ -110,6 +122,12 @@ class ShadowState:
             by_load = self._by_load[lkey] = OnlineEstimator(self.online)
         overall.add(comparison)
         by_load.add(comparison)
+        if request_class is not None:
+            ckey = (ctx.upstream, ctx.model_name, request_class)
+            by_class = self._by_class.get(ckey)
+            if by_class is None:
+                by_class = self._by_class[ckey] = OnlineEstimator(self.online)
+            by_class.add(comparison)
         self._positions.setdefault(key, [0] * len(POSITION_BOUNDS))
         self._position_sums[key] = self._position_sums.get(key, 0) + sum(
             comparison.first_divergences
@@ -150,4 +168,5 @@ class ShadowState:
             replay_tokens=frozen(self.replay_tokens),
             eligible=frozen(self.eligible),
             exemplars=tuple(self.exemplars),
+            by_class=tuple((ckey, est.snapshot()) for ckey, est in self._by_class.items()),
         )

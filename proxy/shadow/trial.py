@@ -23,6 +23,7 @@ from estimator.builders import (
 )
 from estimator.model import Run, Trial, TrialContext
 from estimator.online import TrialComparison
+from proxy.shadow.classes import RequestClass
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.messages import Compared, Job
 from proxy.shadow.view import Exemplar
@@ -36,6 +37,7 @@ def compare_trial(
     job: int,
     request: RequestInfo,
     runs: tuple[Run, ...],
+    request_class: RequestClass | None = None,
 ) -> Compared:
     """Compare one trial and pick its exemplars; touches no state (safe in a thread or process).
     The load bucket is left empty: the Aggregator files the trial under the proxy's."""
@@ -64,7 +66,7 @@ def compare_trial(
                      div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text)
         )  # fmt: skip
     key = (request.upstream, request.model_name)
-    return Compared(job, key, comparison, tuple(exemplars))
+    return Compared(job, key, comparison, tuple(exemplars), request_class)
 
 
 def primary_run(job: Job) -> Run:

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from estimator.online import OnlineSnapshot, SufficientStats
+from proxy.shadow.classes import RequestClass
 
 # First-divergence position histogram (tokens); powers of two like the load buckets.
 POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
@@ -28,6 +29,7 @@ DROP_REASONS: tuple[str, ...] = (
 
 Key = tuple[str, str]  # (upstream, model_name)
 LoadKey = tuple[str, str, str]  # (upstream, model_name, load_bucket)
+ClassKey = tuple[str, str, RequestClass]  # (upstream, model_name, request class)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +86,16 @@ class ShadowView:
     replay_tokens: Mapping[Key, int]
     eligible: Mapping[Key, int]  # greedy primaries seen, sampled or not
     exemplars: tuple[Exemplar, ...]  # oldest first
+    by_class: tuple[tuple[ClassKey, OnlineSnapshot], ...] = ()  # request classes compared
 
     def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
         return iter(self.estimates)
 
     def load_snapshots(self) -> Iterator[tuple[LoadKey, OnlineSnapshot]]:
         return iter(self.by_load)
+
+    def class_snapshots(self) -> Iterator[tuple[ClassKey, OnlineSnapshot]]:
+        return iter(self.by_class)
 
     def counters(self) -> Iterator[tuple[LoadKey, SufficientStats]]:
         return iter(self.stats)

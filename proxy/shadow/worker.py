@@ -187,7 +187,8 @@ class Worker:
             return
         runs = comparable_runs((primary, *replays))
         with self._tracing.compare(runs, job.load_at_start):
-            args = (self._comparer.compare, self._config, self._hash_key, job.id, request, runs)
+            compare = self._comparer.compare
+            args = (compare, self._config, self._hash_key, job.id, request, runs, job.request_class)
             if self._in_thread:
                 compared = await asyncio.to_thread(compare_trial, *args)
             else:

@@ -184,6 +184,39 @@
     ceilingLine(f, y, e.ceiling, ymax);
   }
 
+  // T_bg per request class (route × tools/json/plain × streaming), as /tbg's by_class lists them.
+  function classTable(parent, e) {
+    const box = el("div", { class: "classes" }, parent);
+    el("h4", {}, box, "T_bg by request class");
+    const rows = e.by_class || [];
+    if (!rows.length) {
+      el("p", { class: "note" }, box, "no request class has a compared replay yet");
+      return;
+    }
+    const table = el("table", { class: "class-table" }, box);
+    const head = el("tr", {}, el("thead", {}, table));
+    for (const h of ["route", "kind", "streaming", "T_bg", "95 % interval", "pairs", "diverged",
+                     "method"]) el("th", {}, head, h);
+    const body = el("tbody", {}, table);
+    for (const c of rows) {
+      const name = `${c.route}/${c.kind}/${c.streaming}`;
+      const tr = el("tr", { "data-class": name }, body);
+      el("td", {}, tr, c.route);
+      el("td", {}, tr, c.kind);
+      el("td", {}, tr, c.streaming);
+      valueSpan(el("td", { class: "num" }, tr), "class-estimate", c.estimate);
+      const band = el("td", { class: "num" }, tr);
+      band.append("[");
+      valueSpan(band, "class-lower", c.lower, undefined, "bound");
+      band.append(", ");
+      valueSpan(band, "class-upper", c.upper, undefined, "bound");
+      band.append("]");
+      valueSpan(el("td", { class: "num" }, tr), "class-pairs", c.pairs, String(c.pairs));
+      valueSpan(el("td", { class: "num" }, tr), "class-diverged", c.diverged, String(c.diverged));
+      valueSpan(el("td", {}, tr), "class-method", c.method, c.method);
+    }
+  }
+
   // -- sections ----------------------------------------------------------------------------------
   function seriesFor(e, published) {
     const out = [];
@@ -226,6 +259,7 @@
     const charts = el("div", { class: "charts" }, c);
     timeChart(charts, e, seriesFor(e, report.published_at));
     loadChart(charts, e);
+    classTable(c, e);
   }
 
   function accounting(report) {
@@ -272,8 +306,9 @@
       if (e.pairs && e.estimate === null)
         li(`${e.model_name} on ${e.upstream}: the upstream returns no logprobs, so only ` +
            "divergences are counted (method " + e.method + "), not a temperature.", "no-logprobs");
-    li("Estimates are split by upstream, model and load bucket only: no other request class " +
-       "(route, prompt length, client) is recorded.", "classes");
+    li("Estimates are split by upstream, model, load bucket and request class (route, tools or " +
+       "JSON output or neither, streaming or not) only: prompt length, client and the other " +
+       "parameters of a request are not recorded.", "classes");
     li(state.persisted
        ? "The history is kept across restarts (shadow.history.path); the estimate itself starts " +
          "again from its first trial after a restart (a gap in the line)."

@@ -26,6 +26,10 @@ pytestmark = pytest.mark.skipif(
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "secret prompt 42"}],
         "temperature": 0}  # fmt: skip
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+# three request classes: plain, tools and json_schema chat requests
+KINDS: list[dict[str, Any]] = [{}, {"tools": TOOLS}, {"response_format": SCHEMA}]
 EST_RGB = (0x1F, 0x5F, 0xBF)  # --est in proxy/ui/style.css: the estimate line and the load dots
 BAND_RGB = (196, 217, 247)  # --band at opacity 0.55 over white: the confidence band
 
@@ -56,12 +60,15 @@ class Dom(HTMLParser):
         self.elements: list[dict[str, Any]] = []
         self._open: list[dict[str, Any]] = []
         self._card: tuple[str, str] | None = None
+        self._row: str | None = None  # the request class of the class-table row it sits in
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "article":
             self._card = (a.get("data-upstream", ""), a.get("data-model", ""))
-        node = {"tag": tag, "attrs": a, "text": "", "card": self._card}
+        if tag == "tr":
+            self._row = a.get("data-class")
+        node = {"tag": tag, "attrs": a, "text": "", "card": self._card, "row": self._row}
         self.elements.append(node)
         if tag not in ("circle", "line", "path", "polygon", "meta", "link", "br"):
             self._open.append(node)
@@ -69,6 +76,8 @@ class Dom(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "article":
             self._card = None
+        if tag == "tr":
+            self._row = None
         while self._open:
             if self._open.pop()["tag"] == tag:
                 break
@@ -84,6 +93,11 @@ class Dom(HTMLParser):
         (node,) = [
             e for e in self.find(**{"data-field": name}) if card is None or e["card"] == card
         ]
+        return node
+
+    def class_field(self, row: str, name: str) -> dict[str, Any]:
+        """A value in the class table's row of request class `row` (route/kind/streaming)."""
+        (node,) = [e for e in self.find(**{"data-field": "class-" + name}) if e["row"] == row]
         return node
 
     def cell(self, row: str) -> dict[str, Any]:
@@ -115,7 +129,7 @@ async def test_live_page_shows_what_tbg_says(make_stack: Any, tmp_path: Path) ->
     async with AsyncOpenAI(base_url=stack.proxy_url, api_key="k", max_retries=0) as oai:
         for i in range(16):  # spread over a few history points
             headers = {"X-TBG-Replay": "never"} if i % 8 == 0 else {}
-            await oai.chat.completions.create(**CHAT, extra_headers=headers)
+            await oai.chat.completions.create(**CHAT, **KINDS[i % 3], extra_headers=headers)
             await asyncio.sleep(0.2)
     assert await stack.tap.idle(20.0)
     for _ in range(50):  # a history point taken after the last trial was folded
@@ -156,6 +170,21 @@ async def test_live_page_shows_what_tbg_says(make_stack: Any, tmp_path: Path) ->
     for bucket, dot in dots.items():
         assert float(dot["attrs"]["data-estimate"]) == est["by_load"][bucket]["estimate"]
         assert int(dot["attrs"]["data-pairs"]) == est["by_load"][bucket]["pairs"]
+    # T_bg by request class: one row per class /tbg lists, at its values
+    rows = {e["attrs"]["data-class"] for e in dom.elements if "data-class" in e["attrs"]}
+    classes = {f"{c['route']}/{c['kind']}/{c['streaming']}": c for c in est["by_class"]}
+    assert rows == set(classes) == {"chat/plain/whole", "chat/tools/whole", "chat/json/whole"}
+    for row, c in classes.items():
+        for name in ("estimate", "lower", "upper"):
+            node = dom.class_field(row, name)
+            assert float(node["attrs"]["data-value"]) == c[name], (row, name)
+            assert float(node["text"]) == shown(c[name]), (row, name, node["text"])
+        for name in ("pairs", "diverged"):
+            node = dom.class_field(row, name)
+            assert node["text"] == str(c[name]) == node["attrs"]["data-value"], (row, name)
+        assert dom.class_field(row, "method")["text"] == c["method"] == "likelihood"
+    assert sum(c["pairs"] for c in classes.values()) == est["pairs"]
+    assert sum(c["diverged"] for c in classes.values()) == est["diverged"]
     # T_bg over time: the line and its band, drawn from the history
     time_chart = [e for e in dom.elements if e["attrs"].get("class") == "chart-time"]
     assert len(time_chart) == 1

@@ -10,6 +10,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from estimator.model import Run, Trial, TrialContext
@@ -18,6 +19,7 @@ from proxy.config import build_config
 from proxy.shadow import messages
 from proxy.shadow.aggregator import Aggregator
 from proxy.shadow.channel import frame
+from proxy.shadow.classes import RequestClass
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.executor import Executor, OnMessage
 from proxy.shadow.load import LoadTracker
@@ -35,6 +37,7 @@ from proxy.shadow.messages import (
     Stopped,
     ToWorker,
 )
+from proxy.shadow.trial import compare_trial
 from proxy.shadow.view import ShadowView
 from proxy.tap import Exchange, RequestInfo, TapPlan
 from tests.reliability.test_client_disconnect import until
@@ -68,6 +71,42 @@ def test_a_job_keeps_only_what_a_replay_needs_and_crosses_the_boundary_intact() 
     replayed = again.request()
     assert replayed.body["messages"][0]["content"] == "hi" and replayed.raw_body == raw
     assert (replayed.upstream, replayed.model_name, replayed.stream) == ("u", "m", True)
+
+
+def test_a_job_classifies_its_request_and_the_comparison_brings_the_class_back() -> None:
+    body = {"model": "m", "response_format": {"type": "json_object"}}
+    request = RequestInfo("chat", "u", "m", body, orjson.dumps(body), {}, stream=False)
+    exchange = Exchange(request, TapPlan(), 200, b"{}", (), True, 1.0, 2.0)
+    job = Job.of(3, exchange, KEY, 1)
+    assert job.request_class == RequestClass("chat", "json", "whole")
+    assert unframe(frame(job)).request_class == job.request_class
+    comparer = OnlineEstimator(OnlineConfig())
+    runs = (Run(("a", "b"), None, None, "ab", "stop"), Run(("a", "c"), None, None, "ac", "stop"))
+    compared = compare_trial(comparer.compare, ShadowConfig(enabled=True), b"k" * 16, job.id,
+                             job.request(), runs, job.request_class)  # fmt: skip
+    again = unframe(frame(compared))
+    assert (again.job, again.key, again.comparison.pairs) == (3, KEY, 1)
+    assert again.request_class == compared.request_class == job.request_class
+
+
+def test_the_aggregator_folds_each_class_apart_and_the_overall_estimate_is_unchanged() -> None:
+    agg, plain = Aggregator(ShadowConfig(enabled=True)), Aggregator(ShadowConfig(enabled=True))
+    comparer = OnlineEstimator(OnlineConfig())
+    same = (Run(("a", "b"), None, None, "ab", "stop"), Run(("a", "b"), None, None, "ab", "stop"))
+    split = (Run(("a", "b"), None, None, "ab", "stop"), Run(("a", "c"), None, None, "ac", "stop"))
+    tools = RequestClass("chat", "tools", "stream")
+    json = RequestClass("completions", "json", "whole")
+    for i, (runs, cls) in enumerate([(same, tools), (split, json), (split, json), (same, None)]):
+        comparison = comparer.compare(Trial("h", runs, TrialContext("u", "m", "")))
+        agg.fold(Compared(i, KEY, comparison, (), cls), "1")
+        plain.fold(Compared(i, KEY, comparison, ()), "1")
+    view = agg.publish()
+    by_class = {ckey: (s.trials, s.pairs, s.diverged) for ckey, s in view.class_snapshots()}
+    assert by_class == {("u", "m", tools): (1, 1, 0), ("u", "m", json): (2, 2, 2)}
+    (overall,) = [snap for _, snap, _ in view.snapshots()]  # every trial, classed or not
+    (unclassed,) = [snap for _, snap, _ in plain.publish().snapshots()]
+    assert (overall.trials, overall.pairs, overall.diverged) == (4, 4, 2)
+    assert overall == unclassed and plain.publish().by_class == ()
 
 
 def test_init_carries_the_frozen_config() -> None:

@@ -308,3 +308,74 @@ async def test_bad_replay_key_stops_the_start(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         await make_stack(shadow={"replay_key_env": key_env})
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "look a word up",
+                                           "parameters": {"type": "object", "properties": {}}}}]  # fmt: skip
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+# (route, kind, streaming) → requests sent, and which of them diverge (one replay flipped)
+CLASS_PLAN: list[tuple[tuple[str, str, str], int, set[int]]] = [
+    (("chat", "plain", "whole"), 2, {1}),
+    (("chat", "plain", "stream"), 1, set()),
+    (("chat", "tools", "whole"), 1, {0}),
+    (("chat", "tools", "stream"), 2, set()),
+    (("chat", "json", "whole"), 3, {0, 2}),
+    (("chat", "json", "stream"), 1, {0}),
+    (("completions", "plain", "whole"), 1, set()),
+]
+
+
+async def test_estimates_by_request_class(make_stack: Any) -> None:
+    """Plain, tools and json_schema chat requests, streamed and not, and a completion: each trial
+    (3 runs, augmented from the first with `logprobs: yes`: 3 pairs) lands in its own class; a trial
+    with one replay flipped has 2 of its 3 pairs diverged."""
+    trial = 0
+    flips: set[int] = set()
+    for _, n, diverging in CLASS_PLAN:
+        flips |= {2 * (trial + i) + 1 for i in diverging}  # replays 2j and 2j+1 belong to trial j
+        trial += n
+    stack: Stack = await make_stack(FakeLLM(flip_replays=flips), {"logprobs": "yes"})
+    async with client(stack) as oai:
+        for (route, kind, streaming), n, _ in CLASS_PLAN:
+            extra: dict[str, Any] = {"tools": TOOLS} if kind == "tools" else (
+                {"response_format": SCHEMA} if kind == "json" else {})  # fmt: skip
+            for _ in range(n):
+                stream = streaming == "stream"
+                if route == "completions":
+                    out = await oai.completions.create(model="m", prompt="secret", temperature=0)
+                    assert out.choices[0].text == "Hello, world A!"
+                elif stream:
+                    chunks = await oai.chat.completions.create(**CHAT, **extra, stream=True)
+                    text = "".join(
+                        [c.choices[0].delta.content or "" async for c in chunks if c.choices]
+                    )
+                    assert text == "Hello, world A!"
+                else:
+                    out = await oai.chat.completions.create(**CHAT, **extra)
+                    assert out.choices[0].message.content == "Hello, world A!"
+                await settle(stack)  # one trial at a time: the replays' order is the trials'
+    report = await settle(stack)
+    assert report["accounting"] == {"sampled": 11, "replayed": 11, "failed": 0, "dropped": 0}
+    primaries = [c for c in stack.fake.calls if "max_tokens" not in c]
+    assert [bool(c.get("tools")) for c in primaries].count(True) == 3  # sent on as the client's
+    (est,) = report["estimates"]
+    got = {(c["route"], c["kind"], c["streaming"]): c for c in est["by_class"]}
+    assert [(c["route"], c["kind"], c["streaming"]) for c in est["by_class"]] == [
+        cls for cls, _, _ in CLASS_PLAN
+    ]  # in the classes' order
+    for cls, n, diverging in CLASS_PLAN:
+        entry = got[cls]
+        assert (entry["trials"], entry["pairs"], entry["diverged"]) == (
+            n, 3 * n, 2 * len(diverging)), cls  # fmt: skip
+        assert entry["method"] == "likelihood" and entry["estimate"] is not None, entry
+        assert entry["lower"] <= entry["estimate"] <= entry["upper"], entry
+        assert set(entry) == {"route", "kind", "streaming", "estimate", "lower", "upper",
+                              "trials", "pairs", "diverged", "method"}  # fmt: skip
+    assert sum(c["pairs"] for c in est["by_class"]) == est["pairs"] == 33
+    assert sum(c["diverged"] for c in est["by_class"]) == est["diverged"] == 10
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(stack.proxy_url.removesuffix("/v1") + "/tbg?format=text")).text
+    assert "\n  class chat/tools/stream        T_bg " in text, text
+    assert text.count("  class ") == len(CLASS_PLAN)
+    line = next(li for li in text.splitlines() if "class chat/json/whole " in li)
+    assert line.endswith(", 4/9 diverged"), line

@@ -63,6 +63,12 @@ async def test_replays_are_compared_and_exported_by_the_worker(make_stack: Any) 
 
 
 @pytest.mark.usefixtures("process_worker")
+async def test_the_request_class_crosses_to_the_worker_and_back(make_stack: Any) -> None:
+    # each Job's class is pickled to the worker process and comes back in its Compared outcome
+    await inline.test_estimates_by_request_class(make_stack)
+
+
+@pytest.mark.usefixtures("process_worker")
 async def test_worker_accounting_with_drops_and_failures(make_stack: Any) -> None:
     await inline.test_accounting_is_exact_with_drops_and_failures(make_stack)
 
@@ -131,7 +137,7 @@ async def test_the_same_estimates_in_process_and_in_the_worker(
                 report = await inline.settle(stack)  # one trial at a time: the same load buckets
         reports.append(report)
     fields = ("method", "estimate", "lower", "upper", "pairs", "diverged", "tokens_at_risk",
-              "by_load")  # fmt: skip
+              "by_load", "by_class")  # fmt: skip
     same = [{f: r["estimates"][0][f] for f in fields} for r in reports]
     assert same[0] == same[1]
     assert reports[0]["accounting"] == reports[1]["accounting"]
