@@ -147,7 +147,7 @@ def test_policy_defaults_and_per_model_inheritance() -> None:
 
 
 def test_the_config_pickles_for_the_shadow_worker() -> None:
-    from proxy.shadow.process import frame
+    from proxy.shadow.channel import frame
 
     config = build_config(
         {"upstreams": [{**UP, "api_key_env": "K"}], "shadow": {"replay_key_env": {"a": "R"}}},
