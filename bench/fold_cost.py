@@ -18,6 +18,7 @@ import numpy as np
 from bench.truth import TruthModel
 from estimator.model import TrialContext
 from estimator.online import OnlineConfig, OnlineEstimator
+from proxy.shadow.classes import RequestClass
 from proxy.shadow.state import ShadowState
 
 
@@ -32,11 +33,18 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=500)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument(
+        "--no-class",
+        action="store_true",
+        help="fold without a request class (overall and load only)",
+    )
     a = ap.parse_args()
     state = ShadowState(OnlineConfig(), exemplar_limit=50)
     comparer = OnlineEstimator(OnlineConfig())  # the Worker's: only compare(), never updated
     truth = TruthModel(seed=1)
     rng = np.random.default_rng(1)
+    # The proxy folds every trial into its request class's estimator too (proxy.shadow.classes).
+    request_class = None if a.no_class else RequestClass("chat", "plain", "whole")
     compare, fold, publish = [], [], []
     for p in range(a.trials):
         trial = truth.trial(rng, p, runs=a.runs, length=a.tokens, temperature=0.05,
@@ -44,7 +52,9 @@ def main() -> None:
         t0 = time.perf_counter()
         comparison = comparer.compare(trial)  # the Worker: a worker thread or process
         t1 = time.perf_counter()
-        state.record_comparison(trial.context, comparison)  # the Aggregator, on the event loop
+        state.record_comparison(
+            trial.context, comparison, request_class
+        )  # the Aggregator, on the loop
         t2 = time.perf_counter()
         if p % 10 == 0:  # at most once a second in the proxy; here every 10th trial
             state.publish(p)
