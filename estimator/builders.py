@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from estimator.model import Run, TopLogprobs
+from estimator.model import Run, ToolCall, TopLogprobs
 from estimator.tokens import BYTES_MARK, REPLACEMENT, entry_key, resolve_collisions
 
 _WORDS = re.compile(r"\s*\S+|\s+")
@@ -74,6 +74,7 @@ class _Acc:
         self.saw_logprobs = False
         self.finish: str | None = None
         self.collisions = 0
+        self.calls: dict[int, tuple[list[str], list[str]]] = {}  # index -> (name, arguments)
 
     def _position(self, tok: str, lp: float, pairs: list[tuple[str, float]]) -> None:
         """One position: the chosen token's key, its logprob, its alternatives with distinct keys."""
@@ -150,13 +151,36 @@ class _Acc:
         if fr is not None:
             self.finish = str(fr)
 
+    def tool_call_deltas(self, calls: Any, where: str) -> None:
+        """A message's `tool_calls` (whole) or a stream delta's (pieces keyed by `index`): the
+        name arrives once, the arguments' text in pieces, concatenated in order."""
+        if calls is None:
+            return
+        if not isinstance(calls, list):
+            raise BuildError(f"{where}: tool_calls is not a list")
+        for pos, call in enumerate(calls):
+            call = _mapping(call, where)
+            index = call.get("index", pos)
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise BuildError(f"{where}: tool call index is not an integer")
+            fn = call.get("function")
+            fn = _mapping(fn, where) if fn is not None else {}
+            name, args = self.calls.setdefault(index, ([], []))
+            if fn.get("name"):
+                name.append(_text(fn.get("name"), where))
+            if fn.get("arguments"):
+                args.append(_text(fn.get("arguments"), where))
+
     def run(self) -> Run:
         text = "".join(self.text)
+        calls = tuple(
+            ToolCall("".join(name), "".join(args)) for _, (name, args) in sorted(self.calls.items())
+        )
         if not self.saw_logprobs:
-            return Run(text_tokens(text), None, None, text, self.finish)
+            return Run(text_tokens(text), None, None, text, self.finish, tool_calls=calls)
         tops = tuple(self.tops) if any(self.tops) else None
         hits = self.collisions if tops is not None else 0
-        return Run(tuple(self.tokens), tuple(self.lps), tops, text, self.finish, hits)
+        return Run(tuple(self.tokens), tuple(self.lps), tops, text, self.finish, hits, calls)
 
 
 def _text(x: Any, where: str) -> str:
@@ -175,6 +199,7 @@ def run_from_chat_response(body: Mapping[str, Any]) -> Run:
     acc = _Acc()
     msg = _mapping(c.get("message"), "chat response message")
     acc.text.append(_text(msg.get("content"), "chat response"))
+    acc.tool_call_deltas(msg.get("tool_calls"), "chat response")
     acc.chat_logprobs(c.get("logprobs"), "chat response")
     acc.finish_reason(c)
     return acc.run()
@@ -201,7 +226,9 @@ def run_from_chat_stream(chunks: Sequence[Mapping[str, Any]]) -> Run:
         if c is None:
             continue  # usage-only chunk
         delta = c.get("delta") or {}
-        acc.text.append(_text(_mapping(delta, where).get("content"), where))
+        delta = _mapping(delta, where)
+        acc.text.append(_text(delta.get("content"), where))
+        acc.tool_call_deltas(delta.get("tool_calls"), where)
         acc.chat_logprobs(c.get("logprobs"), where)
         acc.finish_reason(c)
     return acc.run()

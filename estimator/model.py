@@ -8,6 +8,15 @@ TopLogprobs = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One function call a run decided on: the tool's name and its arguments as the upstream
+    wrote them (JSON text; parsed only where decisions are compared)."""
+
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Run:
     """One completion of one input.
 
@@ -19,6 +28,7 @@ class Run:
     Tokens are keys (`estimator.tokens`): distinct tokens have distinct keys, from their bytes or
     ids where the upstream reports them, and the alternatives at one position never share a key.
     ``token_collisions`` counts the positions where strings collided and were told apart there.
+    ``tool_calls`` are the function calls the run made, in order (empty for a text answer).
     """
 
     tokens: tuple[str, ...]
@@ -27,6 +37,7 @@ class Run:
     text: str
     finish_reason: str | None
     token_collisions: int = 0
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
