@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from proxy.fleet_config import Discovery, ModelDiscovery
 from proxy.shadow.config import ShadowConfig
 from proxy.sources import Env, Flag
 from proxy.validation import Int, Number, Section, Text, field_error
@@ -114,6 +115,12 @@ class UpstreamConfig(Section):
         (),
         description="models served, routed by the body's `model`; a model listed under two "
         "upstreams is an error; unlisted models go to `default_upstream` (label `other`)",
+    )
+    discovery: Discovery = Field(
+        default_factory=Discovery, description="endpoints from DNS (proxy/fleet_config.py)"
+    )
+    model_discovery: ModelDiscovery = Field(
+        default_factory=ModelDiscovery, description="models from `/v1/models` (same)"
     )
 
     _api_key: str | None = PrivateAttr(None)
