@@ -33,19 +33,21 @@ KINDS = ("endpoints", "models")
 
 
 class Resolver(Protocol):
-    """Name to addresses (IPv4/IPv6 literals); raises OSError when it cannot resolve."""
+    """A name and base_url's port to (address, port) pairs (IPv4/IPv6 literals); raises OSError
+    when it cannot resolve. DNS A/AAAA records keep the port; a resolver may also give each
+    address its own (as SRV records would), which is how tests put several servers on one host."""
 
-    async def resolve(self, host: str, port: int) -> tuple[str, ...]: ...
+    async def resolve(self, host: str, port: int) -> tuple[tuple[str, int], ...]: ...
 
 
 class LoopResolver:
     """The event loop's getaddrinfo: every A/AAAA record of `host`, in the order returned."""
 
-    async def resolve(self, host: str, port: int) -> tuple[str, ...]:
+    async def resolve(self, host: str, port: int) -> tuple[tuple[str, int], ...]:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
-        return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+        return tuple(dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos))
 
 
 class Discoverer:

@@ -95,17 +95,16 @@ class EndpointSet:
     def get(self, pod: str) -> Member | None:
         return self._members.get(pod)
 
-    def update(self, addresses: Iterable[str]) -> tuple[list[Member], list[Member]]:
-        """Make the set the resolved `addresses` (port: base_url's); returns (added, removed).
-        Members that stay keep their label, counters and down time."""
-        port = self.base.port
-        wanted = {pod_of(a, port): a for a in sorted(set(addresses))}
+    def update(self, addresses: Iterable[tuple[str, int]]) -> tuple[list[Member], list[Member]]:
+        """Make the set the resolved (address, port) pairs; returns (added, removed). Members
+        that stay keep their label, counters and down time."""
+        wanted = {pod_of(a, p): (a, p) for a, p in sorted(set(addresses))}
         removed = [m for pod, m in self._members.items() if pod not in wanted]
         for member in removed:
             del self._members[member.pod]
         labelled = sum(1 for m in self._members.values() if m.label != OTHER_POD)
         added = []
-        for pod, address in wanted.items():
+        for pod, (address, port) in wanted.items():
             if pod in self._members:
                 continue
             label = pod if labelled < self._max_labels else OTHER_POD
