@@ -9,7 +9,8 @@ skipped for `down_seconds` (all of them down: the least recently refused is trie
 first resolution, or when the name resolves to nothing, requests go to base_url as configured.
 
 Each address carries a bounded `pod` label for /metrics: the first `max_pod_labels` addresses
-present get their own, the rest share `other`; a label is freed when its address leaves the set.
+(in address order) get their own, the rest share `other`; a label is freed when its address
+leaves the set and goes to a pooled address still present, else to the next one to appear.
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ class EndpointSet:
         for member in removed:
             del self._members[member.pod]
         labelled = sum(1 for m in self._members.values() if m.label != OTHER_POD)
+        for member in self._members.values():  # freed labels go to pooled pods first
+            if labelled >= self._max_labels:
+                break
+            if member.label == OTHER_POD:
+                member.label = member.pod
+                labelled += 1
         added = []
         for pod, (address, port) in wanted.items():
             if pod in self._members:

@@ -95,11 +95,12 @@ class FleetCollector(Collector):
             requests.add_metric([name, m.label], m.requests)
             if seen is not None:
                 running.add_metric([name, m.label], seen)
-        if es.pooled_requests or any(m.label == OTHER_POD for m in members):
+        if any(m.label == OTHER_POD for m in members):
             in_flight.add_metric([name, OTHER_POD], pooled_flight)
-            requests.add_metric([name, OTHER_POD], es.pooled_requests)
             if pooled_running is not None:
                 running.add_metric([name, OTHER_POD], pooled_running)
+        if es.pooled_requests:  # a counter: kept once it counted, pooled pods present or not
+            requests.add_metric([name, OTHER_POD], es.pooled_requests)
 
     def _discovery(self, upstreams: Upstreams) -> Iterator[Metric]:
         refreshes = CounterMetricFamily(

@@ -76,8 +76,8 @@ def test_pod_labels_are_bounded_and_freed_when_a_pod_goes() -> None:
     assert [m.pod for m in removed] == ["10.0.0.1:8000"]
     assert [m.pod for m in added] == ["10.0.0.9:8000"]
     labels = {m.pod: m.label for m in es.members()}
-    assert labels["10.0.0.3:8000"] == OTHER_POD  # a pooled pod stays pooled (stable series)
-    assert labels["10.0.0.9:8000"] == "10.0.0.9:8000"  # the freed label goes to the newcomer
+    assert labels["10.0.0.3:8000"] == "10.0.0.3:8000"  # the freed label: to a pooled pod first
+    assert labels["10.0.0.9:8000"] == OTHER_POD  # no label left for the newcomer
     assert sum(1 for v in labels.values() if v != OTHER_POD) == 2
 
 
