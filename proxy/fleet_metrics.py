@@ -1,11 +1,12 @@
 """/metrics for the fleet: endpoints per upstream, per-pod load and requests, discovery outcomes.
 
 Read at scrape time from the live sets (proxy/endpoints.py), so a pod's series disappear with it.
-Series budget per upstream with `discovery.dns` and L = `max_pod_labels` (default 16):
+Series budget per replica and upstream with `discovery.dns`, L = `max_pod_labels` (default 16):
 2 (`tbg_upstream_endpoints` up/down) + 3 × (L + 1) (`tbg_pod_in_flight_requests`,
-`tbg_pod_requests_total`, `tbg_pod_running_requests`; the last only with `load_source:
-vllm_metrics`; the +1 is the pooled `pod="other"`) = 53 at most; with `model_discovery` 1
-(`tbg_discovered_models`); per upstream with either, 2 × 2 `tbg_discovery_refreshes_total`.
+`tbg_pod_requests_total`, `tbg_pod_running_requests`: the last with `load_source: vllm_metrics`
+only; the + 1 is the pooled `pod="other"`) + 2 per discovery kind (`tbg_discovery_refreshes_total`
+ok/error) + 1 with `model_discovery` (`tbg_discovered_models`) = 58 at most with both
+(docs/deploy.md, "The fleet case"; tests/fleet/test_series_budget.py).
 """
 
 from __future__ import annotations
