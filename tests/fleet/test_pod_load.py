@@ -114,3 +114,66 @@ async def test_a_replay_whose_pod_went_away_goes_to_another(
         report = await proxy.tbg()
     assert report["accounting"] == {"sampled": 1, "replayed": 1, "failed": 0, "dropped": 0}
     assert served.fake.replays == 0 and other.fake.replays == 1
+
+
+class Gate:
+    """Holds requests sent with `x-hold` until opened; `all_in` is set once `count` are held."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.held = count, 0
+        self.open, self.all_in = asyncio.Event(), asyncio.Event()
+
+
+def holding(fake: FakeLLM, gate: Gate) -> web.Application:
+    """`fake`'s routes behind a middleware that holds requests sent with `x-hold` at `gate`."""
+
+    @web.middleware
+    async def hold(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.headers.get("x-hold"):
+            gate.held += 1
+            if gate.held >= gate.count:
+                gate.all_in.set()
+            await gate.open.wait()
+        return await handler(request)
+
+    inner = fake.app()
+    app = web.Application(middlewares=[hold])
+    for route in inner.router.routes():
+        app.router.add_route(route.method, route.resource.canonical, route.handler)  # type: ignore[union-attr]
+    return app
+
+
+async def test_in_flight_load_is_the_pods_not_the_upstreams() -> None:
+    gate = Gate(3)
+    a, b = FakeLLM(), FakeLLM()
+    (ra, pa), (rb, pb) = [await serve(holding(f, gate)) for f in (a, b)]
+    resolver = FakeResolver([("127.0.0.1", pa)])
+    try:
+        async with proxy_for(resolver, pa, {"models": ["m"]}, shadow=shadow("inline")) as proxy:
+            tap = proxy.app[SHADOW]
+            async with AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0) as oai:
+                # Three requests held on pod a (temperature 1: not measured, only load).
+                held = [asyncio.create_task(oai.chat.completions.create(
+                    **{**CHAT, "temperature": 1.0}, extra_headers={"x-hold": "1"}))
+                    for _ in range(3)]  # fmt: skip
+                await asyncio.wait_for(gate.all_in.wait(), 10)
+                resolver.answer.append(("127.0.0.1", pb))  # pod b appears
+                await asyncio.sleep(0.2)
+                for _ in range(2):  # least in flight: pod b, where it is alone
+                    await oai.chat.completions.create(**CHAT)
+                    assert await tap.idle(20.0)
+                resolver.answer = [("127.0.0.1", pa)]  # pod b leaves: the next one meets a's 3
+                await asyncio.sleep(0.2)
+                await oai.chat.completions.create(**CHAT)
+                assert await tap.idle(20.0)
+                gate.open.set()
+                await asyncio.gather(*held)
+            report = await proxy.tbg()
+    finally:
+        await ra.cleanup()
+        await rb.cleanup()
+    assert len(b.calls) == 4  # two primaries and their replays
+    (estimate,) = report["estimates"]
+    by_load = {bucket: e["trials"] for bucket, e in estimate["by_load"].items()}
+    # Counted over the upstream, the first two would have met 3 + 1 = 4 in flight.
+    assert by_load == {"1": 2, "4": 1}
