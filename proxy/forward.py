@@ -83,9 +83,8 @@ class _State:
     # An event stream's `data: [DONE]` reached the client: a disconnect after it (SDKs close once
     # they read it, before the upstream's chunked terminator) is a delivered response, not a 499.
     delivered: bool = False
-    member: Member | None = (
-        None  # the address it goes to (discovered endpoints, proxy/endpoints.py)
-    )
+    # The address it goes to when the upstream's endpoints come from DNS (proxy/endpoints.py).
+    member: Member | None = None
 
 
 @dataclass(slots=True)
@@ -313,8 +312,9 @@ class Forwarder:
     def _failed_over(
         self, st: _State, upstreams: Upstreams, upstream: UpstreamConfig, exc: UpstreamError
     ) -> bool:
-        """The chosen address refused the connection: mark it down and move the request to
-        another address (True), counted where it now goes; False when there is none."""
+        """The chosen address refused the connection (nothing was sent): count it, mark it
+        down and move the request, its in-flight count with it, to another address (True);
+        False when there is none up."""
         member = st.member
         if member is None or not isinstance(exc, ConnectFailed):
             return False

@@ -117,10 +117,11 @@ class UpstreamConfig(Section):
         "upstreams is an error; unlisted models go to `default_upstream` (label `other`)",
     )
     discovery: Discovery = Field(
-        default_factory=Discovery, description="endpoints from DNS (proxy/fleet_config.py)"
+        default_factory=Discovery,
+        description='endpoints from DNS (docs/deploy.md, "The fleet case")',
     )
     model_discovery: ModelDiscovery = Field(
-        default_factory=ModelDiscovery, description="models from `/v1/models` (same)"
+        default_factory=ModelDiscovery, description="models from `{base_url}/models`"
     )
 
     _api_key: str | None = PrivateAttr(None)
