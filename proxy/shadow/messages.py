@@ -55,7 +55,7 @@ class Job:
         events = tuple(exchange.events) if req.stream else ()
         return cls(job_id, key, load_at_start, req.route, req.raw_body, headers, req.stream,
                    exchange.response_body, events,
-                   classify(req.route, req.body, req.stream), req.pod)  # fmt: skip
+                   classify(req.route, req.body, req.stream), pod=req.pod)  # fmt: skip
 
     def request(self) -> RequestInfo:
         """The primary's request as the worker reads it (its body parsed again)."""

@@ -225,7 +225,7 @@ class Worker:
                 body,
                 request.headers,
                 self._config.replay_timeout_seconds,
-                **({"pod": job.pod} if job.pod is not None else {}),
+                **({"pod": job.pod} if job.pod is not None else {}),  # only when it has one
             )
         except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
             log.warning("replay to %s failed: %s", upstream, type(exc).__name__, exc_info=exc)
