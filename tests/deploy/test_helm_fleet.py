@@ -61,14 +61,19 @@ def test_fleet_values_render_a_headless_service_and_a_discovered_upstream(
     assert fleet.name == "vllm" and fleet.discovery.dns and fleet.discovery.refresh_seconds == 5
     assert fleet.discovery.max_pod_labels == 16 and fleet.model_discovery.enabled
     assert hosted.name == "hosted" and not hosted.discovery.dns  # the others stay as given
+    assert config.shadow_config.load_source == "vllm_metrics"  # each pod's own /metrics
+    chosen = proxy_yaml(render(*FLEET, "--set", "config.shadow.load_source=inflight"), tmp_path)
+    assert chosen.shadow_config.load_source == "inflight"  # the config's choice wins
 
 
 def test_default_values_discover_models_from_the_static_upstream(tmp_path: Path) -> None:
     docs = render()
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == ["rel-tbg-proxy"]
-    (upstream,) = proxy_yaml(docs, tmp_path).upstreams
+    config = proxy_yaml(docs, tmp_path)
+    (upstream,) = config.upstreams
     assert upstream.model_discovery.enabled and not upstream.discovery.dns
     assert upstream.models == ()
+    assert config.shadow_config.load_source == "inflight"
 
 
 def test_fleet_values_lint_strict() -> None:
