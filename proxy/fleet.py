@@ -39,12 +39,16 @@ def install_fleet(app: web.Application, resolver: Resolver | None) -> None:
             app[METRICS].internal_errors.labels("discovery").inc,
         )
         collector.discoverer = discoverer
-        # One round first, so the first requests already go to the pods and carry model labels.
-        first = [discoverer.refresh_endpoints(u) for u in wanted if u.discovery.dns]
-        first += [discoverer.refresh_models(u) for u in wanted if u.model_discovery.enabled]
+        # One round first, so the first requests already go to the pods and carry model labels
+        # (endpoints before models: a listing then goes to a pod, not to the bare name).
         try:
             async with asyncio.timeout(FIRST_ROUND_S):
-                await asyncio.gather(*first)
+                await asyncio.gather(
+                    *(discoverer.refresh_endpoints(u) for u in wanted if u.discovery.dns)
+                )
+                await asyncio.gather(
+                    *(discoverer.refresh_models(u) for u in wanted if u.model_discovery.enabled)
+                )
         except TimeoutError:
             log.warning("first discovery round took over %.0f s; going on", FIRST_ROUND_S)
         discoverer.start(wanted)
