@@ -19,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from proxy import errors
 from proxy.config import Config
 from proxy.connections import ProxyRunner, count_active
+from proxy.discovery import Resolver
+from proxy.fleet import FLEET, install_fleet
 from proxy.forward import Forwarder
 from proxy.inflight import InFlight
 from proxy.keys import (
@@ -53,12 +55,15 @@ __all__ = [
 log = logging.getLogger("tbg.proxy")
 
 
-def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
+def make_app(
+    config: Config, *, tap: Tap | None = None, resolver: Resolver | None = None
+) -> web.Application:
     """Build the proxy application.
 
     `tap` is the shadow seam (proxy/tap.py). When None and the config has a `shadow:` section, the
     shadow path builds its own tap (proxy/shadow/wiring.py) from the config load_config validated.
     Every upstream exchange goes through one client, proxy/h1.py (`app[UPSTREAMS].pool`).
+    `resolver` resolves the names of `discovery.dns` upstreams (default: the loop's getaddrinfo).
     """
     registry = CollectorRegistry(auto_describe=True)
     in_flight = InFlight()
@@ -74,12 +79,15 @@ def make_app(config: Config, *, tap: Tap | None = None) -> web.Application:
     app[LIFECYCLE] = Lifecycle()
     app[EXPOSITION] = Exposition()
     app.cleanup_ctx.append(_upstreams_ctx)
+    install_fleet(app, resolver)  # endpoints from DNS, models from /v1/models (proxy/fleet.py)
     app.on_shutdown.append(_mark_draining)
 
     if tap is None and config.shadow_config.enabled:
         from proxy.shadow.wiring import install_shadow  # numpy/scipy only when shadow is configured
 
         tap = install_shadow(app, config)
+        if tap is not None and FLEET in app:
+            app[FLEET].running = tap.load.scraped
     if tap is None:
         app.router.add_get("/tbg", _tbg_off)
     forward = Forwarder(config, metrics, in_flight, tap)
@@ -120,7 +128,7 @@ def make_runner(app: web.Application, *, keepalive_timeout: float | None = None)
 
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = new_session()
-    app[UPSTREAMS] = Upstreams(app[CONFIG], pool)
+    app[UPSTREAMS] = Upstreams(app[CONFIG], pool, app[IN_FLIGHT])
     app[PROBE] = UpstreamProbe(app[UPSTREAMS])
     app[PROBE].start()  # warns about a wrong upstream; /readyz waits for its first answer
     app[LIFECYCLE].started = True

@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -22,8 +22,9 @@ from aiohttp import web
 
 from proxy import errors
 from proxy.config import Config, UpstreamConfig
+from proxy.endpoints import Member
 from proxy.errors import ProxyError
-from proxy.h1 import Response, UpstreamError, request_head
+from proxy.h1 import ConnectFailed, Response, UpstreamError, request_head
 from proxy.inflight import InFlight
 from proxy.keys import UPSTREAMS
 from proxy.metrics import MERGED_UPSTREAM, NO_UPSTREAM, OTHER_MODEL, ProxyMetrics
@@ -82,6 +83,8 @@ class _State:
     # An event stream's `data: [DONE]` reached the client: a disconnect after it (SDKs close once
     # they read it, before the upstream's chunked terminator) is a delivered response, not a 499.
     delivered: bool = False
+    # The address it goes to when the upstream's endpoints come from DNS (proxy/endpoints.py).
+    member: Member | None = None
 
 
 @dataclass(slots=True)
@@ -216,6 +219,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         info: RequestInfo | None = None
         plan: TapPlan | None = None
+        st.member = upstreams.choose(upstream)  # None: base_url as configured
         if self._tap is not None and parsed is not None and st.route in _TAP_ROUTES:
             info = RequestInfo(
                 route=st.route,
@@ -225,15 +229,22 @@ class Forwarder:
                 raw_body=body,
                 headers=request.headers,
                 stream=parsed.get("stream") is True,
+                pod=st.member.pod if st.member is not None else None,
             )
             plan = self._plan(info)
         tee = _Tee(plan) if plan is not None else None
         in_flight = self._in_flight
         in_flight.enter(upstream.name)
+        if st.member is not None:
+            in_flight.enter_pod(upstream.name, st.member.pod)
         try:
             return await self._relay(request, st, upstreams, upstream, body, tee)
         finally:
             in_flight.leave(upstream.name)
+            if st.member is not None:
+                in_flight.leave_pod(upstream.name, st.member.pod)
+                if info is not None and info.pod != st.member.pod:  # it went to another
+                    info = replace(info, pod=st.member.pod)
             if info is not None and tee is not None:
                 if st.delivered and not tee.completed:
                     tee.completed, tee.parts = True, []  # the events are all in the tee
@@ -246,11 +257,12 @@ class Forwarder:
         upstream: UpstreamConfig,
         body: bytes,
         identity: bool,
+        member: Member | None = None,
     ) -> Response:
         """Send the request upstream; return once the response head is in."""
         tail = "/" + request.match_info.get("tail", "")
         method = request.method
-        endpoint = upstreams.endpoint(upstream)
+        endpoint = upstreams.endpoint(upstream) if member is None else member.endpoint
         target = upstreams.target(upstream, tail, _raw_query(request))
         raw = upstreams.raw_request_headers(upstream, request.raw_headers, identity)
         head = request_head(method, target, endpoint, raw, body)
@@ -274,11 +286,17 @@ class Forwarder:
                 body = plan.upstream_body
             sent = time.monotonic()
             try:
-                resp = await self._send(request, upstreams, upstream, body, tee is not None)
+                resp = await self._send(
+                    request, upstreams, upstream, body, tee is not None, st.member
+                )
             except UpstreamError as exc:
+                if self._failed_over(st, upstreams, upstream, exc):
+                    continue  # nothing reached that address: the next one
                 raise self._upstream_failure(upstream.name, exc) from None
             finally:
                 st.upstream_wait += time.monotonic() - sent
+            if st.member is not None:
+                upstreams.sent_to(upstream, st.member)
             st.status = resp.status
             if tee is not None and plan is not None and plan.plain is not None and _refused(resp):
                 # The upstream refused the changed body: nothing reached the client yet, so the
@@ -290,6 +308,27 @@ class Forwarder:
             except _Retry:
                 assert tee is not None and plan is not None and plan.plain is not None
                 self._fall_back(tee, plan.plain, resp, "too_large")
+
+    def _failed_over(
+        self, st: _State, upstreams: Upstreams, upstream: UpstreamConfig, exc: UpstreamError
+    ) -> bool:
+        """The chosen address refused the connection (nothing was sent): count it, mark it
+        down and move the request, its in-flight count with it, to another address (True);
+        False when there is none up."""
+        member = st.member
+        if member is None or not isinstance(exc, ConnectFailed):
+            return False
+        self._metrics.upstream_errors.labels(upstream.name, exc.kind).inc()
+        endpoints = upstreams.endpoint_set(upstream.name)
+        assert endpoints is not None
+        endpoints.refused(member)
+        nxt = endpoints.pick(avoid=member.pod)
+        if nxt is None or nxt is member or endpoints.is_down(nxt):
+            return False
+        self._in_flight.leave_pod(upstream.name, member.pod)
+        self._in_flight.enter_pod(upstream.name, nxt.pod)
+        st.member = nxt
+        return True
 
     def _fall_back(self, tee: _Tee, plain: TapPlan, resp: Response, why: str) -> None:
         log.info("augmented request resent plain", extra={"why": why, "status": resp.status})

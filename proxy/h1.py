@@ -75,7 +75,8 @@ class ProtocolError(UpstreamError):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where to connect and what to send as Host; one per upstream."""
+    """Where to connect and what to send as Host: one per upstream, or one per address of an
+    upstream discovered from DNS (proxy/endpoints.py: the address's host, the name's Host and SNI)."""
 
     host: str
     port: int
@@ -519,6 +520,13 @@ class Pool:
         idle = self._idle.get(conn._endpoint)
         if idle and conn in idle:
             idle.remove(conn)
+
+    def discard(self, endpoint: Endpoint) -> None:
+        """Close the idle connections to `endpoint` (an address that left its upstream's set);
+        one still carrying an exchange goes back idle after it and the idle sweep closes it,
+        since nothing chooses the address any more."""
+        for conn in self._idle.pop(endpoint, []):
+            conn.abort()
 
     async def close(self) -> None:
         self._closed = True

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from proxy.fleet_config import Discovery, ModelDiscovery
 from proxy.shadow.config import ShadowConfig
 from proxy.sources import Env, Flag
 from proxy.validation import Int, Number, Section, Text, field_error
@@ -114,6 +115,13 @@ class UpstreamConfig(Section):
         (),
         description="models served, routed by the body's `model`; a model listed under two "
         "upstreams is an error; unlisted models go to `default_upstream` (label `other`)",
+    )
+    discovery: Discovery = Field(
+        default_factory=Discovery,
+        description='endpoints from DNS (docs/deploy.md, "The fleet case")',
+    )
+    model_discovery: ModelDiscovery = Field(
+        default_factory=ModelDiscovery, description="models from `{base_url}/models`"
     )
 
     _api_key: str | None = PrivateAttr(None)

@@ -24,6 +24,9 @@ class RequestInfo:
     raw_body: bytes  # the client's body exactly as received
     headers: Mapping[str, str]  # the client's request headers (for replay auth passthrough)
     stream: bool
+    # The address it is sent to when the upstream's endpoints come from DNS (proxy/endpoints.py);
+    # in the Exchange, the one that served it. None: a static base_url.
+    pod: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,13 +172,16 @@ class _TracedTransport:
         body: bytes,
         client_headers: Mapping[str, str],
         timeout_s: float,
+        pod: str | None = None,
     ) -> tuple[int, bytes]:
         attributes = {"tbg.upstream": upstream, "http.request.method": "POST", "url.path": path}
+        if pod is not None:
+            attributes["tbg.pod"] = pod
         with self._tracer().start_as_current_span(
             "tbg.shadow.replay", kind=self._trace.SpanKind.CLIENT, attributes=attributes
         ) as span:
             status, payload = await self._inner.post_json(
-                upstream, path, body, client_headers, timeout_s
+                upstream, path, body, client_headers, timeout_s, pod
             )  # an exception is recorded on the span (and the span set to error) on the way out
             span.set_attribute("http.response.status_code", status)
             if status >= 400:
@@ -186,8 +189,8 @@ class _TracedTransport:
                 span.set_attribute("error.type", str(status))
             return status, payload
 
-    async def fetch_metrics(self, upstream: str) -> str:
-        return await self._inner.fetch_metrics(upstream)
+    async def fetch_metrics(self, upstream: str, pod: str | None = None) -> str:
+        return await self._inner.fetch_metrics(upstream, pod)
 
 
 def configure_provider() -> Callable[[], None]:

@@ -4,6 +4,11 @@ One `Upstreams` per process (`app[UPSTREAMS]` in the proxy, created in the app's
 its own in the shadow worker process). Forwarding, HEAD, the merged /v1/models, the readiness
 probes, replays and the /metrics poller all send through its `pool`, with the same connection
 reuse, time limits (`Limits`: connect / first byte / total), header filter and auth rules.
+
+An upstream with `discovery.dns` has an `EndpointSet` (proxy/endpoints.py), filled by
+proxy/discovery.py: requests go to its addresses directly (`choose`, `endpoint_for`), replays and
+the /metrics poll to a named one (`fetch(..., pod=)`). Routing by model also reads the
+`ModelCatalog` (proxy/catalog.py) that model discovery fills.
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import quote
 
 from yarl import URL
 
+from proxy.catalog import ModelCatalog
 from proxy.config import Config, UpstreamConfig
-from proxy.h1 import Endpoint, Limits, Pool, Reply
+from proxy.endpoints import EndpointSet, Member, address_of, endpoint_at
+from proxy.h1 import ConnectFailed, Endpoint, Limits, Pool, Reply
+from proxy.inflight import InFlight
 from proxy.metrics import OTHER_MODEL
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the client or server computes itself.
@@ -41,6 +50,7 @@ RESPONSE_DROP = frozenset(h.encode() for h in HOP_BY_HOP | {"content-length"})
 # A HEAD response keeps its Content-Length: the length the GET would have, with no body here.
 HEAD_RESPONSE_DROP = frozenset(h.encode() for h in HOP_BY_HOP)
 _TARGET_CACHE = 1024  # request targets remembered per app (paths are client-chosen: bounded)
+_PINNED_CACHE = 1024  # endpoints of named pods not in this process's sets (the worker process)
 # RFC 3986 pchar minus the percent sign: a decoded segment is re-encoded so the upstream sees it as
 # one segment, never a separator, query, fragment or a second round of percent-decoding.
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
@@ -125,7 +135,7 @@ class Upstreams:
     `pool` is what `new_session()` returns; closing it (`await pool.close()`) is the owner's job.
     """
 
-    def __init__(self, config: Config, pool: Pool) -> None:
+    def __init__(self, config: Config, pool: Pool, in_flight: InFlight | None = None) -> None:
         self._config = config
         self._by_name = {u.name: u for u in config.upstreams}
         self._by_model = {m: u for u in config.upstreams for m in u.models}
@@ -146,6 +156,24 @@ class Upstreams:
         }
         self._targets: dict[tuple[str, str], str] = {}
         self._base_paths = {u.name: URL(u.base_url).raw_path.rstrip("/") for u in config.upstreams}
+        # The fleet: endpoint sets (filled by proxy/discovery.py) and discovered models.
+        pod_load = in_flight if in_flight is not None else InFlight()  # none: nothing counted
+        self._sets = {
+            u.name: EndpointSet(
+                u.name,
+                self._endpoints[u.name],
+                load=partial(pod_load.pod, u.name),
+                down_seconds=u.discovery.down_seconds,
+                max_labels=u.discovery.max_pod_labels,
+            )
+            for u in config.upstreams
+            if u.discovery.dns
+        }
+        self._pinned: dict[tuple[str, str], Endpoint] = {}
+        self.catalog = ModelCatalog(
+            [u.name for u in config.upstreams], {m: u.name for u, m in _pins(config)}
+        )
+        self._discovering = any(u.model_discovery.enabled for u in config.upstreams)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -163,6 +191,9 @@ class Upstreams:
         """Route by the body's `model`: its configured upstream, else the default ("other")."""
         if isinstance(model, str):
             upstream = self._by_model.get(model)
+            if upstream is None and self._discovering:
+                name = self.catalog.upstream_of(model)
+                upstream = self._by_name[name] if name is not None else None
             if upstream is not None:
                 return Route(upstream, model)
         return Route(self.default, OTHER_MODEL)
@@ -184,14 +215,80 @@ class Upstreams:
         body: bytes = b"",
         *,
         within: float | None = None,
+        pod: str | None = None,
+        fallback: bool = True,
     ) -> Reply:
         """One whole exchange with `upstream` through the pool, under its time limits, each cut
-        to `within` seconds when given. Raises proxy.h1.UpstreamError (its `kind` says how)."""
+        to `within` seconds when given. Raises proxy.h1.UpstreamError (its `kind` says how).
+
+        With discovered endpoints: to `pod` when given (a replay to its primary's pod, a poll of
+        one pod's /metrics), else to `choose`'s pick; an address that refuses the connection is
+        marked down and, with `fallback`, the exchange goes once to another address."""
         limits = self._limits[upstream.name]
         if within is not None:
             limits = limits.capped(within)
-        endpoint = self._endpoints[upstream.name]
-        return await self.pool.fetch(endpoint, limits, method, target, headers, body)
+        endpoints = self._sets.get(upstream.name)
+        if endpoints is None and pod is None:
+            endpoint = self._endpoints[upstream.name]
+            return await self.pool.fetch(endpoint, limits, method, target, headers, body)
+        member = endpoints.get(pod) if endpoints is not None and pod is not None else None
+        if member is None and pod is None and endpoints is not None:
+            member = endpoints.pick()
+        first = member.endpoint if member is not None else self.endpoint_for(upstream, pod)
+        try:
+            return await self.pool.fetch(first, limits, method, target, headers, body)
+        except ConnectFailed:
+            if member is not None and endpoints is not None:
+                endpoints.refused(member)
+            if not fallback:
+                raise
+            # Nothing reached the address: once more on another one (or base_url's name).
+            other = endpoints.pick(avoid=member.pod if member else pod) if endpoints else None
+            second = other.endpoint if other is not None else self._endpoints[upstream.name]
+            if second == first:
+                raise
+            return await self.pool.fetch(second, limits, method, target, headers, body)
+
+    # -- the fleet (proxy/endpoints.py) ---------------------------------------------------------
+
+    def endpoint_set(self, name: str) -> EndpointSet | None:
+        """The discovered addresses of upstream `name`; None for a static base_url."""
+        return self._sets.get(name)
+
+    def endpoint_sets(self) -> tuple[EndpointSet, ...]:
+        return tuple(self._sets.values())
+
+    def choose(self, upstream: UpstreamConfig, avoid: str | None = None) -> Member | None:
+        """The address the next request to `upstream` goes to; None: base_url as configured (a
+        static upstream, or no address resolved yet)."""
+        endpoints = self._sets.get(upstream.name)
+        return endpoints.pick(avoid) if endpoints is not None else None
+
+    def sent_to(self, upstream: UpstreamConfig, member: Member) -> None:
+        """Count one request `member` answered (tbg_pod_requests_total)."""
+        self._sets[upstream.name].sent(member)
+
+    def endpoint_for(self, upstream: UpstreamConfig, pod: str | None) -> Endpoint:
+        """Where a request for `pod` connects: that address of the set, or, in a process that
+        does not resolve the name itself (the shadow worker process), the address the pod key
+        names with the upstream's Host and SNI; base_url's endpoint for None or a bad key."""
+        base = self._endpoints[upstream.name]
+        if pod is None:
+            return base
+        endpoints = self._sets.get(upstream.name)
+        member = endpoints.get(pod) if endpoints is not None else None
+        if member is not None:
+            return member.endpoint
+        key = (upstream.name, pod)
+        endpoint = self._pinned.get(key)
+        if endpoint is None:
+            address = address_of(pod)
+            if address is None:
+                return base
+            if len(self._pinned) >= _PINNED_CACHE:
+                self._pinned.clear()
+            endpoint = self._pinned[key] = endpoint_at(base, *address)
+        return endpoint
 
     def endpoint(self, upstream: UpstreamConfig) -> Endpoint:
         return self._endpoints[upstream.name]
@@ -267,3 +364,7 @@ def new_session() -> Pool:
     the owner closes it). Bytes are forwarded as received: no decompression, no headers added
     beyond Host and Content-Length."""
     return Pool()
+
+
+def _pins(config: Config) -> list[tuple[UpstreamConfig, str]]:
+    return [(u, m) for u in config.upstreams for m in u.models]

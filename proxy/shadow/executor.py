@@ -200,14 +200,14 @@ class ProcessLink:
 
 class _Pending:
     """A Job sent, until its terminal outcome: the largest load its replays met, and the
-    replays it has in flight (attempt -> upstream, load)."""
+    replays it has in flight (attempt -> upstream, load, pod)."""
 
     __slots__ = ("key", "load", "replays")
 
     def __init__(self, key: Key, load: int) -> None:
         self.key = key
         self.load = load
-        self.replays: dict[int, tuple[str, int]] = {}
+        self.replays: dict[int, tuple[str, int, str | None]] = {}
 
 
 class Executor:
@@ -267,13 +267,13 @@ class Executor:
         if isinstance(message, ReplayStarted):
             job = self._jobs.get(message.job)
             if job is not None:  # the load it meets, itself included
-                load = self._load.replay_started(message.upstream)
-                job.replays[message.attempt] = (message.upstream, load)
+                load = self._load.replay_started(message.upstream, message.pod)
+                job.replays[message.attempt] = (message.upstream, load, message.pod)
         elif isinstance(message, ReplayDone):
             job = self._jobs.get(message.job)
             started = job.replays.pop(message.attempt, None) if job is not None else None
             if job is not None and started is not None:
-                self._load.replay_finished(started[0])
+                self._load.replay_finished(started[0], started[2])
                 if message.outcome == "ok":
                     job.load = max(job.load, started[1])
             if message.outcome is not None:
@@ -297,8 +297,8 @@ class Executor:
         """A job's terminal outcome came back (None: it was already counted, as lost)."""
         job = self._jobs.pop(job_id, None)
         if job is not None:
-            for upstream, _ in job.replays.values():
-                self._load.replay_finished(upstream)
+            for upstream, _, pod in job.replays.values():
+                self._load.replay_finished(upstream, pod)
         if not self._jobs:
             self._idle.set()
         return job

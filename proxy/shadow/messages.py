@@ -42,6 +42,7 @@ class Job:
     events: tuple[Mapping[str, Any], ...]  # streaming primary: its SSE data payloads
     # what kind of request it is (proxy.shadow.classes); None only for Jobs built by hand
     request_class: RequestClass | None = None
+    pod: str | None = None  # the address that served the primary (discovered endpoints only)
 
     @classmethod
     def of(cls, job_id: int, exchange: Exchange, key: Key, load_at_start: int) -> Job:
@@ -54,7 +55,7 @@ class Job:
         events = tuple(exchange.events) if req.stream else ()
         return cls(job_id, key, load_at_start, req.route, req.raw_body, headers, req.stream,
                    exchange.response_body, events,
-                   classify(req.route, req.body, req.stream))  # fmt: skip
+                   classify(req.route, req.body, req.stream), pod=req.pod)  # fmt: skip
 
     def request(self) -> RequestInfo:
         """The primary's request as the worker reads it (its body parsed again)."""
@@ -127,6 +128,7 @@ class ReplayStarted:
     job: int
     attempt: int
     upstream: str
+    pod: str | None = None  # the Job's pod: the load taken is that pod's
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,8 +120,9 @@ class ShadowTap:
         await self.executor.start()
         if self.config.load_source == "vllm_metrics" and upstreams_for_polling:
             self.load.start_polling(
-                self._transport, upstreams_for_polling, self.config.load_poll_seconds
-            )
+                self._transport, upstreams_for_polling, self.config.load_poll_seconds,
+                getattr(self._transport, "pods", None),  # discovered pods, polled one by one
+            )  # fmt: skip
 
     async def stop(self) -> None:
         await self.executor.stop()  # jobs still queued are dropped as "shutdown"
@@ -177,7 +178,7 @@ class ShadowTap:
         )
         # plan() runs before the primary is counted in flight; a replay counts itself, so the
         # primary counts itself too (+1) for both to see the same load at the same batch size.
-        ticket = _Ticket(key, self.load.current(request.upstream) + 1, shape, augment)
+        ticket = _Ticket(key, self.load.current(request.upstream, request.pod) + 1, shape, augment)
         if not augment:
             return TapPlan(token=ticket)
         body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)

@@ -84,8 +84,10 @@ class ReplayTransport(MetricsFetcher, Protocol):
         body: bytes,
         client_headers: Mapping[str, str],
         timeout_s: float,
+        pod: str | None = None,
     ) -> tuple[int, bytes]:
-        """POST `body` to <base_url><path>; returns (status, body). Raises on I/O errors."""
+        """POST `body` to <base_url><path>; returns (status, body). Raises on I/O errors.
+        `pod`: the primary's address of a discovered upstream, sent there where it still is."""
         ...
 
 
@@ -215,7 +217,7 @@ class Worker:
             logprobs_k=self._config.top_logprobs if ask else None,
         )
         attempt = next(attempts)
-        self._send(ReplayStarted(job.id, attempt, upstream))
+        self._send(ReplayStarted(job.id, attempt, upstream, job.pod))
         try:
             status, payload = await self._transport.post_json(
                 upstream,
@@ -223,6 +225,7 @@ class Worker:
                 body,
                 request.headers,
                 self._config.replay_timeout_seconds,
+                **({"pod": job.pod} if job.pod is not None else {}),  # only when it has one
             )
         except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
             log.warning("replay to %s failed: %s", upstream, type(exc).__name__, exc_info=exc)

@@ -9,3 +9,4 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: tbg-proxy
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+{{- define "tbg.vllmService" -}}{{ .Values.vllm.headlessService.name | default (printf "%s-vllm-pods" .Release.Name) }}{{- end -}}
