@@ -5,6 +5,7 @@ the event sequence, and what a plain answer carries where logprobs would be."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -63,17 +64,19 @@ def test_whole_with_logprobs(api: openai.OpenAI) -> None:
 
 
 def test_message_items_equal_a_string_input(api: openai.OpenAI) -> None:
-    kw = {"model": "smollm2", "temperature": 0, "max_output_tokens": 8}
-    text = api.responses.create(input="Name a colour.", **kw).output_text  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"model": "smollm2", "temperature": 0, "max_output_tokens": 8}
+    text = api.responses.create(input="Name a colour.", **kw).output_text
     items = [{"role": "user", "content": [{"type": "input_text", "text": "Name a colour."}]}]
-    again = api.responses.create(input=items, **kw)  # type: ignore[arg-type]
+    again = api.responses.create(input=items, **kw)
     assert again.output_text == text and text
 
 
 def test_streamed_events_and_sdk_stream(api: openai.OpenAI) -> None:
-    kw = {"model": "smollm2", "input": "Count to five.", "temperature": 0, "max_output_tokens": 10}
-    whole = api.responses.create(include=LOGPROBS, top_logprobs=2, **kw)  # type: ignore[arg-type]
-    events = list(api.responses.create(stream=True, include=LOGPROBS, top_logprobs=2, **kw))  # type: ignore[call-overload]
+    kw: dict[str, Any] = {
+        "model": "smollm2", "input": "Count to five.", "temperature": 0, "max_output_tokens": 10
+    }  # fmt: skip
+    whole = api.responses.create(include=LOGPROBS, top_logprobs=2, **kw)
+    events = list(api.responses.create(stream=True, include=LOGPROBS, top_logprobs=2, **kw))
     kinds = [e.type for e in events]
     assert [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k] == EVENTS
     assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -85,7 +88,7 @@ def test_streamed_events_and_sdk_stream(api: openai.OpenAI) -> None:
         lp.token
         for lp in whole.output[0].content[0].logprobs  # type: ignore[union-attr]
     ]
-    with api.responses.stream(**kw) as stream:  # type: ignore[arg-type]
+    with api.responses.stream(**kw) as stream:
         text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
         assert stream.get_final_response().output_text == text == whole.output_text
 
