@@ -246,3 +246,116 @@ def run_from_completion_stream(chunks: Sequence[Mapping[str, Any]]) -> Run:
         acc.completion_logprobs(c.get("logprobs"), where)
         acc.finish_reason(c)
     return acc.run()
+
+
+# -- the Responses API (/v1/responses) -------------------------------------------------------------
+# The compared answer is the response's output items in order: the text of its `message` items'
+# `output_text` (and `refusal`) parts, and its `function_call` items as tool calls. A `reasoning`
+# item's own text (`reasoning_text` parts, as vLLM returns them) is part of the answer too, ahead
+# of the message, joined by a blank line: it is decoded greedily like the rest, and a fork there
+# changes everything after it. Summaries and encrypted reasoning are not (a summary is written
+# afterwards, by other means). Logprobs are reported for the message text only, so a run with
+# reasoning text is compared by its text (model-free statistics), never by its logprobs.
+_REASONING_JOIN = "\n\n"
+
+
+def _responses_finish(body: Mapping[str, Any], where: str) -> str:
+    status = body.get("status")
+    if status == "completed":
+        return "stop"
+    if status == "incomplete":
+        details = body.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, Mapping) else None
+        return "length" if reason in (None, "max_output_tokens") else str(reason)
+    raise BuildError(f"{where}: response status is {status!r}, not a finished answer")
+
+
+def _responses_run(body: Any, where: str) -> tuple[Run, bool]:
+    """The run of a Responses object, and whether it had reasoning text."""
+    body = _mapping(body, where)
+    output = body.get("output")
+    if not isinstance(output, list):
+        raise BuildError(f"{where}: 'output' is missing or not a list")
+    finish = _responses_finish(body, where)
+    acc = _Acc()
+    reasoning: list[str] = []
+    for item in output:
+        item = _mapping(item, where)
+        kind = item.get("type")
+        if kind == "message":
+            parts = item.get("content") or []
+            if not isinstance(parts, list):
+                raise BuildError(f"{where}: message content is not a list")
+            for part in parts:
+                part = _mapping(part, where)
+                if part.get("type") == "output_text":
+                    text = _text(part.get("text"), where)
+                    acc.text.append(text)
+                    lp = part.get("logprobs")
+                    if isinstance(lp, list) and (lp or not text):  # plain streams send []
+                        acc.chat_logprobs({"content": lp}, where)
+                elif part.get("type") == "refusal":
+                    acc.text.append(_text(part.get("refusal"), where))
+        elif kind == "function_call":
+            acc.calls[len(acc.calls)] = (
+                [_text(item.get("name"), where)],
+                [_text(item.get("arguments"), where)],
+            )
+        elif kind == "reasoning":
+            parts = item.get("content") or []
+            if not isinstance(parts, list):
+                raise BuildError(f"{where}: reasoning content is not a list")
+            for part in parts:
+                part = _mapping(part, where)
+                if part.get("type") == "reasoning_text":
+                    reasoning.append(_text(part.get("text"), where))
+    acc.finish = finish
+    run = acc.run()
+    if not any(reasoning):
+        return run, False
+    text = "".join(reasoning) + _REASONING_JOIN + run.text
+    return Run(text_tokens(text), None, None, text, finish, tool_calls=run.tool_calls), True
+
+
+def run_from_responses_response(body: Mapping[str, Any]) -> Run:
+    """A non-streaming ``/v1/responses`` response body (a `response` object)."""
+    return _responses_run(body, "responses response")[0]
+
+
+def run_from_responses_stream(events: Sequence[Mapping[str, Any]]) -> Run:
+    """Parsed JSON of the SSE events of a streamed response (`response.created` ...
+    `response.completed`). The answer is the final response object the terminal event carries
+    (its logprobs carry token bytes, the deltas' do not); its output items, if it lists none,
+    come from the `response.output_item.done` events, and its logprobs, if it has none, from the
+    `response.output_text.delta` events (older vLLM keeps them there only)."""
+    final: Any = None
+    items: list[Any] = []
+    texts: list[str] = []
+    entries: list[Any] = []
+    for i, event in enumerate(events):
+        where = f"responses event {i}"
+        event = _mapping(event, where)
+        kind = event.get("type")
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            final = event.get("response")
+        elif kind == "response.output_item.done":
+            items.append(event.get("item"))
+        elif kind == "response.output_text.delta":
+            texts.append(_text(event.get("delta"), where))
+            lp = event.get("logprobs")
+            if isinstance(lp, list):
+                entries += lp
+    if final is None:
+        raise BuildError("responses stream: no response.completed event")
+    final = _mapping(final, "responses stream")
+    if not final.get("output") and items:
+        final = {**final, "output": items}
+    run, reasoning = _responses_run(final, "responses stream")
+    if run.logprobs is None and entries and not reasoning and "".join(texts) == run.text:
+        acc = _Acc()
+        acc.text.append(run.text)
+        acc.chat_logprobs({"content": entries}, "responses stream")
+        acc.finish = run.finish_reason
+        acc.calls = {i: ([c.name], [c.arguments]) for i, c in enumerate(run.tool_calls)}
+        return acc.run()
+    return run

@@ -50,7 +50,7 @@ _ROUTES = {
     "/responses": "responses",
 }
 _JSON_ROUTES = frozenset({"chat", "completions", "embeddings", "responses"})
-_TAP_ROUTES = frozenset({"chat", "completions"})
+_TAP_ROUTES = frozenset({"chat", "completions", "responses"})
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
 # How an event stream's last event ends (SSE allows \n, \r\n and \r line ends).
 _DONE_ENDINGS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data: [DONE]\r\r")

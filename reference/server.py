@@ -33,6 +33,7 @@ from reference.responses import (
     token_chunk,
     usage_chunk,
 )
+from reference.responses_api import EventStream, ResponseEnvelope, parse_responses, response_object
 from reference.scheduler import BatchPolicy, Scheduler
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,8 @@ def _prompt_ids(state: _State, req: GenerationRequest) -> tuple[int, ...]:
     return tuple(int(t) for t in tokenizer(str(text), add_special_tokens=False)["input_ids"])
 
 
-async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
-    state = request.app[STATE]
-    body = parse_json(await request.read())
-    parse = parse_chat if kind == "chat" else parse_completion
-    req = parse(body, state.config.model_name, state.config.default_max_tokens)
+async def _job(state: _State, req: GenerationRequest) -> Job:
+    """The request's decode job (its prompt within the context), not yet submitted."""
     ids = await asyncio.to_thread(_prompt_ids, state, req)
     room = state.config.max_context - len(ids)
     if room < 1:
@@ -120,7 +118,17 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
                 "max_tokens",
             )
         params = dataclasses.replace(params, max_tokens=room)
-    job = Job(ids, params, asyncio.get_running_loop())
+    return Job(ids, params, asyncio.get_running_loop())
+
+
+async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
+    state = request.app[STATE]
+    body = parse_json(await request.read())
+    parse = parse_chat if kind == "chat" else parse_completion
+    req = parse(body, state.config.model_name, state.config.default_max_tokens)
+    job = await _job(state, req)
+    ids = job.prompt_ids
+    params = job.params
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
     env = Envelope(
         kind, f"{prefix}-{secrets.token_hex(16)}", int(time.time()), req.model, req.tokens_as_ids
@@ -198,6 +206,50 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, "completions")
 
 
+async def responses(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses: whole, or streamed as the Responses API's typed events."""
+    state = request.app[STATE]
+    body = parse_json(await request.read())
+    req = parse_responses(body, state.config.model_name, state.config.default_max_tokens)
+    job = await _job(state, req.generation)
+    env = ResponseEnvelope.new(int(time.time()), req.generation.model, req)
+    state.scheduler.submit(job)
+    try:
+        if not req.generation.stream:
+            events = [ev async for ev in _events(job)]
+            state.metrics.finished(events[-1].finish_reason or "stop")
+            answer = response_object(env, events, len(job.prompt_ids))
+            return web.json_response(answer, dumps=lambda o: orjson.dumps(o).decode())
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        stream = EventStream(env)
+
+        async def send(kind: str, obj: dict[str, Any]) -> None:
+            await resp.write(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n")
+
+        try:
+            for kind, obj in stream.opening():
+                await send(kind, obj)
+            try:
+                async for ev in _events(job):
+                    for kind, obj in stream.delta(ev):
+                        await send(kind, obj)
+                    if ev.finish_reason is not None:
+                        state.metrics.finished(ev.finish_reason)
+                for kind, obj in stream.closing(len(job.prompt_ids)):
+                    await send(kind, obj)
+            except ApiError as err:  # headers are gone: report in-band
+                await send(*stream.error(err))
+            await resp.write_eof()
+        except ConnectionResetError:
+            state.metrics.finished("abort")
+        return resp
+    finally:
+        job.cancelled.set()
+
+
 async def models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = state.config.model_name
@@ -251,6 +303,7 @@ def make_app(config: ServerConfig, loaded: LoadedModel, policy: DecodePolicy) ->
     app.on_shutdown.append(abort_in_flight)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -14,11 +14,15 @@ from proxy.tap import RequestInfo
 # learn them again).
 LogprobsKey = tuple[str, str]
 LEARNED_LIMIT = 1024
+# The Responses API is learned apart from chat on the same model: an upstream may serve logprobs
+# on one and refuse them on the other (vLLM's gpt-oss models refuse them on /v1/responses).
+_RESPONSES = "\x00responses"
 
 
 def logprobs_key(request: RequestInfo) -> LogprobsKey:
     model = request.body.get("model")
-    return request.upstream, model if isinstance(model, str) else ""
+    name = model if isinstance(model, str) else ""
+    return request.upstream, name + _RESPONSES if request.route == "responses" else name
 
 
 def remember(table: dict[Any, Any], key: Any, value: Any) -> None:

@@ -1,12 +1,13 @@
 """Request classes: what kind of request a sampled primary was, so T_bg can be read per kind.
 
-A class is route (`chat` / `completions`) × kind (`tools`: the request offers tools or functions;
-`json`: it asks for a JSON response_format; `plain`: neither) × streaming (`whole` / `stream`).
+A class is route (`chat` / `completions` / `responses`) × kind (`tools`: the request offers tools
+or functions; `json`: it asks for a JSON response_format, or a JSON `text.format` on /v1/responses;
+`plain`: neither) × streaming (`whole` / `stream`).
 Tool calls and constrained JSON decoding take other paths through an inference server (guided
 decoding, other batch shapes) than plain text, so their nondeterminism may differ.
 
 The Tap decides the class once per sampled primary, from the body it already parsed (a few dict
-lookups; unsampled requests never get one). The set is fixed and small, 2 × 3 × 2 = 12 classes at
+lookups; unsampled requests never get one). The set is fixed and small, 3 × 3 × 2 = 18 classes at
 most, which bounds the per-class estimators the Aggregator keeps per (upstream, model_name).
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ROUTES: tuple[str, ...] = ("chat", "completions")
+ROUTES: tuple[str, ...] = ("chat", "completions", "responses")
 KINDS: tuple[str, ...] = ("plain", "tools", "json")
 STREAMING: tuple[str, ...] = ("whole", "stream")
 JSON_FORMATS = frozenset({"json_object", "json_schema"})
@@ -24,7 +25,7 @@ JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 @dataclass(frozen=True, slots=True)
 class RequestClass:
-    """One of the 12 request classes (picklable: it crosses to the shadow worker process)."""
+    """One of the 18 request classes (picklable: it crosses to the shadow worker process)."""
 
     route: str  # ROUTES
     kind: str  # KINDS
@@ -54,11 +55,15 @@ def request_kind(body: Mapping[str, Any]) -> str:
     fmt = body.get("response_format")
     if isinstance(fmt, Mapping) and fmt.get("type") in JSON_FORMATS:
         return "json"
+    text = body.get("text")  # the Responses API: text.format
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    if isinstance(fmt, Mapping) and fmt.get("type") in JSON_FORMATS:
+        return "json"
     return "plain"
 
 
 def classify(route: str, body: Mapping[str, Any], stream: bool) -> RequestClass:
-    """The class of an eligible request (route is `chat` or `completions`: the only eligible ones)."""
+    """The class of an eligible request (route is one of ROUTES: the only eligible ones)."""
     if route not in ROUTES:
         raise ValueError(f"no request class for route {route!r}")
     return RequestClass(route, request_kind(body), "stream" if stream else "whole")

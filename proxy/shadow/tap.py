@@ -17,6 +17,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from proxy.shadow.aggregator import Aggregator, Render
@@ -26,6 +27,7 @@ from proxy.shadow.executor import Executor, InlineLink, Link, ProcessLink, Worke
 from proxy.shadow.load import InFlightProbe, LoadTracker
 from proxy.shadow.messages import Dropped, Job
 from proxy.shadow.optout import replay_choice
+from proxy.shadow.responses_wire import PlainForm, echo_key, form_of_body, form_of_events, restore
 from proxy.shadow.sampling import Sampler
 from proxy.shadow.view import Key, ShadowView
 from proxy.shadow.wire import (
@@ -97,6 +99,9 @@ class ShadowTap:
         # augmented request of it that it then served plain.
         self._plain_has_key: dict[Shape, bool] = {}
         self._refused: dict[Shape, bool] = {}
+        # The Responses API's plain answers, learned the same way but per location and event
+        # type (proxy.shadow.responses_wire), and per the client's own `top_logprobs` (echoed).
+        self._plain_forms: dict[tuple[Shape, bytes], PlainForm] = {}
 
     @property
     def on_internal_error(self) -> Callable[[], None]:
@@ -169,9 +174,10 @@ class ShadowTap:
         has_key = self._plain_has_key.get(shape)
         if has_key is None and self.config.logprobs == "yes":
             has_key = True  # declared: augment from the first request; vLLM and OpenAI send null
+        strip = self._stripper(request, shape, has_key)
         augment = (
             self.config.augment_logprobs
-            and has_key is not None
+            and strip is not None
             and shape not in self._refused
             and agg.supports_logprobs(upstream, model) is True
             and not client_wants_logprobs(request.route, request.body)
@@ -182,7 +188,7 @@ class ShadowTap:
         if not augment:
             return TapPlan(token=ticket)
         body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)
-        strip = strip_logprobs if has_key else drop_logprobs
+        assert strip is not None
         plain = TapPlan(token=replace(ticket, augmented=False, fell_back=True))
         if request.stream:
             return TapPlan(upstream_body=body, rewrite_event=strip, token=ticket, plain=plain)
@@ -215,6 +221,9 @@ class ShadowTap:
                 extra={"upstream": shape[0], "stream": shape[2]},
             )
             remember(self._refused, shape, True)
+        if exchange.request.route == "responses":
+            self._learn_form(ticket, exchange)
+            return
         if ticket.augmented or shape in self._plain_has_key or exchange.truncated:
             return
         if exchange.request.stream:
@@ -222,3 +231,30 @@ class ShadowTap:
         else:
             has_key = has_logprobs_key(exchange.response_body or b"")
         remember(self._plain_has_key, shape, has_key)
+
+    def _stripper(
+        self, request: RequestInfo, shape: Shape, has_key: bool | None
+    ) -> Callable[[bytes], bytes] | None:
+        """How to take an augmentation back out of this primary's answer; None while the plain
+        answers of its shape are not known (it is not augmented then)."""
+        if request.route == "responses":  # learned only: `logprobs: yes` tells no shape here
+            form = self._plain_forms.get((shape, echo_key(request.body)))
+            return None if form is None else partial(restore, form=form, event=request.stream)
+        if has_key is None:
+            return None
+        return strip_logprobs if has_key else drop_logprobs
+
+    def _learn_form(self, ticket: _Ticket, exchange: Exchange) -> None:
+        request = exchange.request
+        key = (ticket.shape, echo_key(request.body))
+        if ticket.augmented or key in self._plain_forms or exchange.truncated:
+            return
+        try:
+            if request.stream:
+                form = form_of_events(exchange.events)
+            else:
+                form = form_of_body(exchange.response_body or b"")
+        except ValueError:  # not JSON of the Responses shape: nothing learned
+            form = None
+        if form is not None:  # else it showed no output text: the next plain primary may
+            remember(self._plain_forms, key, form)

@@ -13,19 +13,13 @@ from typing import Any
 
 import orjson
 
-from estimator.builders import (
-    BuildError,
-    run_from_chat_response,
-    run_from_chat_stream,
-    run_from_completion_response,
-    run_from_completion_stream,
-    text_tokens,
-)
+from estimator.builders import BuildError, text_tokens
 from estimator.model import Run, Trial, TrialContext
 from estimator.online import TrialComparison
 from proxy.shadow.classes import RequestClass
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.messages import Compared, Job
+from proxy.shadow.routes import route
 from proxy.shadow.view import Exemplar
 from proxy.tap import RequestInfo
 
@@ -71,13 +65,10 @@ def compare_trial(
 
 def primary_run(job: Job) -> Run:
     if job.stream:
-        build_stream = run_from_chat_stream if job.route == "chat" else run_from_completion_stream
-        return build_stream(list(job.events))
+        return route(job.route).stream_run(list(job.events))
     if job.response_body is None:
         raise BuildError("no response body captured")
-    body = orjson.loads(job.response_body)
-    build = run_from_chat_response if job.route == "chat" else run_from_completion_response
-    return build(body)
+    return route(job.route).run(orjson.loads(job.response_body))
 
 
 def replay_length(primary: Run, completion_tokens: int | None, body: Mapping[str, Any]) -> int:
@@ -96,26 +87,29 @@ def replay_length(primary: Run, completion_tokens: int | None, body: Mapping[str
     if primary.logprobs is not None:
         return max(1, len(primary.tokens))
     bound = max(1, len(primary.text.encode()))
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    limit = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         bound = min(bound, limit)
     return bound
 
 
 def usage_tokens(job: Job) -> tuple[int | None, int | None]:
-    """(prompt_tokens, completion_tokens) from the primary's usage, when the upstream sent one."""
+    """(prompt_tokens, completion_tokens) from the primary's usage, when the upstream sent one
+    (the Responses API names them input_tokens and output_tokens)."""
     usage: Any = None
+    adapter = route(job.route)
     if job.stream:
         for event in reversed(job.events):
-            if event.get("usage"):
-                usage = event["usage"]
+            if found := adapter.usage(event):
+                usage = found
                 break
     elif job.response_body is not None:
         with contextlib.suppress(orjson.JSONDecodeError):
-            usage = orjson.loads(job.response_body).get("usage")
+            answer = orjson.loads(job.response_body)
+            usage = adapter.usage(answer) if isinstance(answer, Mapping) else None
     if not isinstance(usage, Mapping):
         return None, None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt, completion = adapter.token_counts(usage)
     return (
         prompt if isinstance(prompt, int) else None,
         completion if isinstance(completion, int) else None,

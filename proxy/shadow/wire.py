@@ -141,7 +141,7 @@ def replayable(raw_body: bytes, body: Mapping[str, Any]) -> bool:
 
 def is_greedy(route: str, body: Mapping[str, Any], rules: Eligibility) -> bool:
     """True for a single-choice request whose decoding is greedy (temperature 0 or top_k 1)."""
-    if route not in ("chat", "completions"):
+    if route not in ("chat", "completions", "responses"):
         return False
     n = body.get("n", 1)
     if n not in (1, None):
@@ -159,6 +159,10 @@ def is_greedy(route: str, body: Mapping[str, Any], rules: Eligibility) -> bool:
 
 
 def client_wants_logprobs(route: str, body: Mapping[str, Any]) -> bool:
+    if route == "responses":
+        from proxy.shadow import responses_wire  # it builds on this module
+
+        return responses_wire.client_wants_logprobs(body)
     value = body.get("logprobs")
     if route == "chat":
         return value is True
@@ -167,6 +171,10 @@ def client_wants_logprobs(route: str, body: Mapping[str, Any]) -> bool:
 
 def with_logprobs(route: str, body: Mapping[str, Any], top_k: int) -> dict[str, Any]:
     """A copy of the body that asks for the chosen token's logprob and the top-k alternatives."""
+    if route == "responses":
+        from proxy.shadow import responses_wire
+
+        return responses_wire.with_logprobs(body, top_k)
     new = dict(body)
     if route == "chat":
         new["logprobs"] = True
@@ -180,6 +188,10 @@ def replay_body(
     route: str, body: Mapping[str, Any], *, max_tokens: int | None, logprobs_k: int | None
 ) -> bytes:
     """The replay: same input and decoding, non-streaming, capped at the primary's length."""
+    if route == "responses":
+        from proxy.shadow import responses_wire
+
+        return responses_wire.replay_body(body, max_tokens=max_tokens, logprobs_k=logprobs_k)
     new = with_logprobs(route, body, logprobs_k) if logprobs_k else dict(body)
     new["stream"] = False
     new.pop("stream_options", None)

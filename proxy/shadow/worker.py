@@ -26,11 +26,7 @@ from typing import Protocol
 
 import orjson
 
-from estimator.builders import (
-    BuildError,
-    run_from_chat_response,
-    run_from_completion_response,
-)
+from estimator.builders import BuildError
 from estimator.model import Run
 from estimator.online import OnlineEstimator
 from proxy.logs import configure_logging
@@ -53,6 +49,7 @@ from proxy.shadow.messages import (
     Stopped,
     ToWorker,
 )
+from proxy.shadow.routes import ROUTES
 from proxy.shadow.sampling import ReplayBudget
 from proxy.shadow.state import online_config
 from proxy.shadow.transport import UpstreamTransport
@@ -70,7 +67,7 @@ from proxy.upstreams import Upstreams, new_session
 
 log = logging.getLogger("tbg.shadow")
 
-ROUTE_PATHS: Mapping[str, str] = {"chat": "/chat/completions", "completions": "/completions"}
+ROUTE_PATHS: Mapping[str, str] = {name: r.path for name, r in ROUTES.items()}
 Send = Callable[[FromWorker], None]
 
 
@@ -247,10 +244,7 @@ class Worker:
             return None
         try:
             data = orjson.loads(payload)
-            build = (
-                run_from_chat_response if request.route == "chat" else run_from_completion_response
-            )
-            run = build(data)
+            run = ROUTES[request.route].run(data)
         except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
             self._send(ReplayDone(job.id, attempt, job.key, "error"))
             return None

@@ -1,4 +1,4 @@
-"""Request classes: decided from the request body, a fixed set of 12, and picklable for the
+"""Request classes: decided from the request body, a fixed set of 18, and picklable for the
 shadow worker process."""
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ def test_the_class_set_is_fixed_and_small() -> None:
             ROUTES, ({}, {"tools": [TOOL]}, {"response_format": SCHEMA}), (False, True)
         )
     }
-    assert len(seen) == len(ROUTES) * len(KINDS) * len(STREAMING) == 12
+    assert len(seen) == len(ROUTES) * len(KINDS) * len(STREAMING) == 18
     assert classify("chat", {}, True) == RequestClass("chat", "plain", "stream")
     assert classify("completions", {"tools": [TOOL]}, False).label == "completions/tools/whole"
     ordered = sorted(seen, key=RequestClass.order)
     assert ordered[0] == RequestClass("chat", "plain", "whole")
-    assert ordered[-1] == RequestClass("completions", "json", "stream")
+    assert ordered[-1] == RequestClass("responses", "json", "stream")
     with pytest.raises(ValueError, match="embeddings"):
         classify("embeddings", {}, False)  # never eligible: no class for it
 
