@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.shadow.aggregator import Aggregator, Render
+from proxy.shadow.canary import CanaryChooser
 from proxy.shadow.capability import logprobs_key, remember
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.executor import Executor, InlineLink, Link, ProcessLink, WorkerSpec
@@ -97,6 +98,7 @@ class ShadowTap:
         # augmented request of it that it then served plain.
         self._plain_has_key: dict[Shape, bool] = {}
         self._refused: dict[Shape, bool] = {}
+        self._canary = CanaryChooser(dict(config.canary))  # which trials replay on a canary
 
     @property
     def on_internal_error(self) -> Callable[[], None]:
@@ -199,8 +201,9 @@ class ShadowTap:
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "primary_incomplete"))
             return
+        target = self._canary.target(exchange)  # None: replayed on the primary's upstream
         if not self.executor.submit(
-            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start)
+            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start, target)
         ):
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "queue_full"))
