@@ -32,7 +32,9 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lower = 0.0 if k <= 0 else max(0.0, centre - half)
+    upper = 1.0 if k >= n else min(1.0, centre + half)
+    return lower, upper
 
 
 def _tempered(logprobs: np.ndarray, t: float) -> np.ndarray:

@@ -114,9 +114,8 @@ def _histogram(counts: tuple[int, ...], bounds: tuple[float, ...]) -> list[tuple
 
 
 def canary_families(view: ShadowView, grid_labels: list[str]) -> Iterator[Metric]:
-    """The `tbg_canary_*` families of one view (none without a configured canary)."""
-    if not view.canary:
-        return
+    """The `tbg_canary_*` families of one view (without a configured canary: no series, the
+    families only, so dashboards and rules read names the proxy exports)."""
     est = GaugeMetricFamily(
         "tbg_canary_temperature",
         "T_bg of the canary upstream, from its replays compared with each other",
