@@ -19,7 +19,7 @@ def canary_panels() -> list[Panel]:
             "(tbg_temperature, max over replicas) and the canary's from its own replays compared "
             "with each other (tbg_canary_temperature; needs shadow.replays >= 2). Dashed: 95 % "
             "bounds. A canary at 0 with the fleet above it removes the randomness "
-            "(docs/runbooks/ShouldWeSwitch.md).",
+            "(docs/runbooks/decisions/ShouldWeSwitch.md).",
             "none",
             (
                 Query(

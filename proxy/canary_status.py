@@ -52,6 +52,6 @@ def canary_lines(report: Mapping[str, Any]) -> list[str]:
             f"{_g(canary.get('median_seconds'))} s (medians, same requests); canary/primary "
             f"{_g(latency.get('ratio_median'))}"
         )
-        lines.append("  next         docs/runbooks/ShouldWeSwitch.md")
+        lines.append("  next         docs/runbooks/decisions/ShouldWeSwitch.md")
         lines.append("")
     return lines
