@@ -4,6 +4,7 @@ the accounting, the canary block of GET /tbg, `tbg status` text and the `tbg_can
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -179,3 +180,21 @@ def test_canary_config_is_read() -> None:
     )
     policy = config.shadow_config.canary["m"]
     assert (policy.upstream, policy.share) == ("cand", 1.0)
+
+
+async def test_canary_replays_do_not_load_the_fleet(canary_stack: Any) -> None:
+    """A canary replay in flight counts on the canary upstream, never on the fleet, so the fleet's
+    primaries (and its load buckets) do not see it."""
+    stack: Canary = await canary_stack(share=1.0)
+    stack.canary.replay_delay = 0.5
+    seen: list[tuple[int, int, int]] = []
+    async with AsyncOpenAI(base_url=stack.url + "/v1", api_key="sk", max_retries=0) as oai:
+        await oai.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+        load = stack.tap.load
+        for _ in range(200):
+            seen.append((load.replays_in_flight(), load.current("cand"), load.current("fleet")))
+            if seen[-1][0]:
+                break
+            await asyncio.sleep(0.01)
+        assert await stack.tap.idle(20.0)
+    assert seen[-1] == (1, 1, 0), seen[-1]  # one canary replay in flight, none on the fleet
