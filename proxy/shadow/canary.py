@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from estimator.builders import text_tokens
 from estimator.compare import compare_trial
 from estimator.model import Run, Trial, TrialContext
 from estimator.online import TrialComparison
@@ -76,7 +77,6 @@ def _aligned(a: Run, b: Run) -> tuple[Run, Run]:
     """Two runs position by position: by their text tokens unless both carry real tokens."""
     if (a.logprobs is None) == (b.logprobs is None):
         return a, b
-    from estimator.builders import text_tokens
 
     def plain(r: Run) -> Run:
         return Run(text_tokens(r.text), None, None, r.text, r.finish_reason)
@@ -95,7 +95,7 @@ def canary_compared(
 ) -> Compared:
     """A canary trial's terminal outcome: the canary's replays compared together (scored for its
     T_bg) and each replay against the primary (the cross-divergence). Pure: safe in a thread."""
-    from proxy.shadow.messages import Compared
+    from proxy.shadow.messages import Compared  # messages imports this module: import late
     from proxy.shadow.trial import comparable_runs
 
     assert job.target is not None

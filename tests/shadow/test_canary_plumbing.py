@@ -139,6 +139,11 @@ async def test_share_one_sends_every_trial_to_the_canary(canary_stack: Any) -> N
     assert report["estimates"] == []  # the fleet's T_bg has no trial
     (c,) = report["canary"]
     assert c["cross"]["trials"] == 3 and c["fleet_tbg"] is None
+    # No ordinary replay ever proved the fleet's logprobs support, so its primaries were not
+    # augmented: they are compared with the canary's answers on text tokens ("Hello," "world"
+    # "A!"), where the tie is the third piece, not on the canary's real tokens (position 3).
+    assert c["cross"]["moved"] == 3 and c["cross"]["first_divergence"]["median"] == 2
+    assert c["canary_tbg"]["pairs"] == 3 and c["canary_tbg"]["diverged"] == 0
     assert "no ordinary trials" in render_text(report)
 
 

@@ -125,7 +125,7 @@ async def test_serial_canary_of_a_batched_fleet_removes_the_randomness_and_moves
                                                                          "share": 0.5}})  # fmt: skip
     async with AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300) as oai:
         for _ in range(2):
-            await asyncio.gather(*(_chat(oai, p, 32) for p in PROMPTS[:8]))
+            await asyncio.gather(*(_chat(oai, p, 24) for p in PROMPTS[:8]))
     report = await _report(tap, url)
     assert report["accounting"]["sampled"] == 16 == report["accounting"]["replayed"]
     (c,) = report["canary"]
