@@ -423,8 +423,10 @@ DASHBOARDS: dict[str, tuple[str, str]] = {
 
 
 def panels_for(stem: str) -> list[Panel]:
-    return {"tbg-overview": overview_panels, "tbg-capacity": capacity_panels,
-            "tbg-traffic": traffic_panels}[stem]()  # fmt: skip
+    from grafana.canary import canary_panels  # the live canary's row closes the overview
+
+    return {"tbg-overview": lambda: [*overview_panels(), *canary_panels()],
+            "tbg-capacity": capacity_panels, "tbg-traffic": traffic_panels}[stem]()  # fmt: skip
 
 
 # --- JSON model -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from proxy.fleet_config import Discovery, ModelDiscovery
+from proxy.shadow.canary_config import check_canaries
 from proxy.shadow.config import ShadowConfig
 from proxy.sources import Env, Flag
 from proxy.validation import Int, Number, Section, Text, field_error
@@ -288,6 +289,9 @@ class Config(Section):
                 raise field_error(where, f"no upstream named {upstream_name!r}")
             if environ is not None and not environ.get(env):
                 raise field_error(where, f"environment variable {env} is not set")
+        canary_error = check_canaries(shadow.canary, names, served)
+        if canary_error is not None:
+            raise canary_error
         return self
 
     def model_post_init(self, context: Any, /) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from proxy.canary_status import canary_lines
 from proxy.cliparse import Parser
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -146,6 +147,7 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
             + (f" ({seen} eligible requests seen)" if seen is not None else ""),
             "",
         ]
+    lines += canary_lines(report)  # live canaries side by side (docs/canary.md)
     acc = report.get("accounting") or {}
     if acc:
         lines.append(

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from estimator.model import TrialContext
+from proxy.shadow.canary_state import CanaryBook
 from proxy.shadow.capability import Capabilities
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import LOAD_BUCKETS
@@ -66,12 +67,16 @@ class Aggregator:
         self._capabilities = Capabilities(config)
         # Counts a bug in the shadow path (tbg_internal_errors_total{where="shadow"}); set by wiring.
         self.on_internal_error: Callable[[], None] = lambda: None
+        # Canary trials (proxy.shadow.canary) are filed here, never in the fleet's estimators.
+        self._canary = CanaryBook(config.canary, online_config(config))
 
     # -- writers (event loop only) --------------------------------------------------------------
     def prime(self, keys: Iterable[Key]) -> None:
         """Export every (upstream, model_name) series the configuration can produce, at 0."""
+        keys = tuple(keys)
         for key in keys:
             self._state.prime(key, LOAD_BUCKETS)
+        self._canary.prime(keys)
         self._changed.set()
 
     def count_eligible(self, key: Key) -> None:
@@ -106,6 +111,11 @@ class Aggregator:
         """Fold a trial compared by the Worker into the overall, the `bucket` (the bucket of the
         largest load its primary and replays met, which only the proxy knows) and its request
         class's estimators."""
+        if compared.cross is not None:  # a canary trial: the canary book only, never the fleet's
+            self._canary.fold(compared.key, compared.cross, compared.comparison)
+            self._state.count(compared.key, "replayed")
+            self._changed.set()
+            return
         upstream, model = compared.key
         ctx = TrialContext(upstream, model, bucket)
         self._state.record_comparison(ctx, compared.comparison, compared.request_class)
@@ -138,6 +148,8 @@ class Aggregator:
         self._changed.clear()
         self._version += 1
         self._view = self._state.publish(self._version)
+        if self._canary.active:
+            self._view = replace(self._view, canary=self._canary.publish())
         return self._view
 
     def render_now(self) -> bytes:

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from estimator.online import OnlineSnapshot
+from proxy.shadow.canary_report import canary_json
 from proxy.shadow.classes import RequestClass
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.tap import ShadowTap
@@ -109,6 +110,7 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
             "half_life_trials": tap.config.half_life_trials,
             "record_text": tap.config.record_text,
         },
+        "canary": canary_json(view, tap.config),  # live canaries side by side (docs/canary.md)
     }
 
 

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from proxy.shadow.canary_config import CanaryPolicy
 from proxy.shadow.history_config import HistoryConfig
 from proxy.sources import Env, Flag
 from proxy.validation import Int, Number, Section, Text, messages
@@ -186,6 +187,13 @@ class ShadowConfig(ModelPolicy):
         description="OpenTelemetry spans of each trial, its replays and its comparison, in the "
         "primary's trace when the client sent a `traceparent` (needs the `otel` extra; "
         "docs/shadow.md)",
+    )
+    canary: Annotated[
+        Mapping[str, CanaryPolicy], AfterValidator(_read_only), WrapSerializer(_as_dict)
+    ] = Field(
+        default_factory=lambda: MappingProxyType({}),
+        description="per model, a canary upstream and the share of sampled trials replayed on "
+        "it instead (docs/canary.md); `<name>` must be a configured model",
     )
 
     _defaults: ModelPolicy = PrivateAttr()

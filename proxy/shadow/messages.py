@@ -17,6 +17,7 @@ import orjson
 
 from estimator.online import TrialComparison
 from proxy.config import Config
+from proxy.shadow.canary import CrossResult, ReplayTarget
 from proxy.shadow.classes import RequestClass, classify
 from proxy.shadow.view import Exemplar, Key
 from proxy.tap import Exchange, RequestInfo
@@ -43,9 +44,18 @@ class Job:
     # what kind of request it is (proxy.shadow.classes); None only for Jobs built by hand
     request_class: RequestClass | None = None
     pod: str | None = None  # the address that served the primary (discovered endpoints only)
+    # where the replays go: None, the primary's upstream; else a canary (proxy.shadow.canary)
+    target: ReplayTarget | None = None
 
     @classmethod
-    def of(cls, job_id: int, exchange: Exchange, key: Key, load_at_start: int) -> Job:
+    def of(
+        cls,
+        job_id: int,
+        exchange: Exchange,
+        key: Key,
+        load_at_start: int,
+        target: ReplayTarget | None = None,
+    ) -> Job:
         req = exchange.request
         headers = tuple(
             (_KEPT_HEADERS[name.lower()], value)
@@ -55,7 +65,7 @@ class Job:
         events = tuple(exchange.events) if req.stream else ()
         return cls(job_id, key, load_at_start, req.route, req.raw_body, headers, req.stream,
                    exchange.response_body, events,
-                   classify(req.route, req.body, req.stream), pod=req.pod)  # fmt: skip
+                   classify(req.route, req.body, req.stream), pod=req.pod, target=target)  # fmt: skip
 
     def request(self) -> RequestInfo:
         """The primary's request as the worker reads it (its body parsed again)."""
@@ -100,6 +110,8 @@ class Compared:
     comparison: TrialComparison
     exemplars: tuple[Exemplar, ...]
     request_class: RequestClass | None = None
+    # a canary trial (proxy.shadow.canary): `comparison` is then the canary's replays together
+    cross: CrossResult | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 from proxy.shadow.aggregator import Aggregator, Render
+from proxy.shadow.canary import CanaryChooser
 from proxy.shadow.capability import logprobs_key, remember
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.executor import Executor, InlineLink, Link, ProcessLink, WorkerSpec
@@ -102,6 +103,7 @@ class ShadowTap:
         # The Responses API's plain answers, learned the same way but per location and event
         # type (proxy.shadow.responses_wire), and per the client's own `top_logprobs` (echoed).
         self._plain_forms: dict[tuple[Shape, bytes], PlainForm] = {}
+        self._canary = CanaryChooser(dict(config.canary))  # which trials replay on a canary
 
     @property
     def on_internal_error(self) -> Callable[[], None]:
@@ -206,8 +208,9 @@ class ShadowTap:
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "primary_incomplete"))
             return
+        target = self._canary.target(exchange)  # None: replayed on the primary's upstream
         if not self.executor.submit(
-            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start)
+            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start, target)
         ):
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "queue_full"))

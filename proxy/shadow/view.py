@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from estimator.online import OnlineSnapshot, SufficientStats
 from proxy.shadow.classes import RequestClass
+
+if TYPE_CHECKING:
+    from proxy.shadow.canary_state import CanaryEntry
 
 # First-divergence position histogram (tokens); powers of two like the load buckets.
 POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
@@ -87,6 +90,7 @@ class ShadowView:
     eligible: Mapping[Key, int]  # greedy primaries seen, sampled or not
     exemplars: tuple[Exemplar, ...]  # oldest first
     by_class: tuple[tuple[ClassKey, OnlineSnapshot], ...] = ()  # request classes compared
+    canary: tuple[CanaryEntry, ...] = ()  # live canaries (proxy.shadow.canary_state)
 
     def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
         return iter(self.estimates)

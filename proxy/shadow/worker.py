@@ -21,7 +21,9 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 import orjson
@@ -30,6 +32,7 @@ from estimator.builders import BuildError
 from estimator.model import Run
 from estimator.online import OnlineEstimator
 from proxy.logs import configure_logging
+from proxy.shadow.canary import canary_compared
 from proxy.shadow.capability import Capabilities, logprobs_key
 from proxy.shadow.channel import Channel
 from proxy.shadow.config import ShadowConfig
@@ -172,17 +175,32 @@ class Worker:
         if not self._budget.spend_tokens(request.model_name, cost):
             self._emit(Dropped(job.key, "budget", job.id))
             return
+        if job.target is not None:  # a canary trial: replayed on the canary (proxy.shadow.canary)
+            request = replace(request, upstream=job.target.upstream)
         replays: list[Run] = []
+        seconds: list[float] = []  # each answered replay's latency, for a canary trial
         attempts = itertools.count()
         for _ in range(self._config.replays):
             delay = self._budget.delay()
             if delay > 0:
                 await asyncio.sleep(delay)
+            started = time.monotonic()
             run = await self._replay(job, request, length, attempts)
             if run is not None:
                 replays.append(run)
+                seconds.append(time.monotonic() - started)
         if not replays:
             self._emit(Failed(job.key, job.id))
+            return
+        if job.target is not None:
+            args_c = (self._comparer.compare, self._hash_key, job, request.model_name, primary,
+                      tuple(replays), tuple(seconds))  # fmt: skip
+            if self._in_thread:
+                compared = await asyncio.to_thread(canary_compared, *args_c)
+            else:
+                compared = canary_compared(*args_c)
+            self._send(compared)
+            self._tracing.outcome(compared)
             return
         runs = comparable_runs((primary, *replays))
         with self._tracing.compare(runs, job.load_at_start):
@@ -214,7 +232,8 @@ class Worker:
             logprobs_k=self._config.top_logprobs if ask else None,
         )
         attempt = next(attempts)
-        self._send(ReplayStarted(job.id, attempt, upstream, job.pod))
+        pod = job.pod if job.target is None else None  # the primary's pod is not the canary's
+        self._send(ReplayStarted(job.id, attempt, upstream, pod))
         try:
             status, payload = await self._transport.post_json(
                 upstream,
@@ -222,7 +241,7 @@ class Worker:
                 body,
                 request.headers,
                 self._config.replay_timeout_seconds,
-                **({"pod": job.pod} if job.pod is not None else {}),  # only when it has one
+                **({"pod": pod} if pod is not None else {}),  # only when it has one
             )
         except Exception as exc:  # refused, reset, timeout: a failed replay, never the client's
             log.warning("replay to %s failed: %s", upstream, type(exc).__name__, exc_info=exc)
