@@ -24,6 +24,7 @@ from dataclasses import replace
 from estimator.model import TrialContext
 from proxy.shadow.capability import Capabilities
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.coverage import Coverage
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.messages import (
     Compared,
@@ -33,6 +34,7 @@ from proxy.shadow.messages import (
     LogprobsLearned,
     ReplayDone,
 )
+from proxy.shadow.seeded import SeededReproducibility
 from proxy.shadow.state import ShadowState, online_config
 from proxy.shadow.view import Key, ShadowView
 
@@ -66,6 +68,9 @@ class Aggregator:
         self._capabilities = Capabilities(config)
         # Counts a bug in the shadow path (tbg_internal_errors_total{where="shadow"}); set by wiring.
         self.on_internal_error: Callable[[], None] = lambda: None
+        # Every tapped request by outcome, and the seeded trials kept apart from T_bg.
+        self.coverage = Coverage()
+        self._seeded = SeededReproducibility(online_config(config))
 
     # -- writers (event loop only) --------------------------------------------------------------
     def prime(self, keys: Iterable[Key]) -> None:
@@ -105,13 +110,23 @@ class Aggregator:
     def fold(self, compared: Compared, bucket: str) -> None:
         """Fold a trial compared by the Worker into the overall, the `bucket` (the bucket of the
         largest load its primary and replays met, which only the proxy knows) and its request
-        class's estimators."""
+        class's estimators. A seeded trial goes to the seeded report instead, never into T_bg."""
+        if compared.request_class is not None and compared.request_class.decoding == "seeded":
+            self._fold_seeded(compared)
+            return
+        self.coverage.compared(compared.key, "greedy", compared.comparison)
         upstream, model = compared.key
         ctx = TrialContext(upstream, model, bucket)
         self._state.record_comparison(ctx, compared.comparison, compared.request_class)
         self._state.count(compared.key, "replayed")
         for exemplar in compared.exemplars:
             self._state.add_exemplar(replace(exemplar, load_bucket=bucket))
+        self._changed.set()
+
+    def _fold_seeded(self, compared: Compared) -> None:
+        self._seeded.add(compared.key, compared.comparison, compared.request_class)
+        self.coverage.compared(compared.key, "seeded", compared.comparison)
+        self._state.count(compared.key, "replayed")
         self._changed.set()
 
     # -- readers --------------------------------------------------------------------------------
@@ -138,6 +153,8 @@ class Aggregator:
         self._changed.clear()
         self._version += 1
         self._view = self._state.publish(self._version)
+        self._view = replace(self._view, measured=self.coverage.publish(),
+                             seeded=self._seeded.publish())  # fmt: skip
         return self._view
 
     def render_now(self) -> bytes:
@@ -177,8 +194,12 @@ class Aggregator:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._eligible_refresh)
-            if not self._changed.is_set() and self._state.eligible == self._view.eligible:
-                continue  # nothing new, not even an eligible request
+            if (
+                not self._changed.is_set()
+                and self._state.eligible == self._view.eligible
+                and self.coverage.changes == self._view.measured.changes
+            ):
+                continue  # nothing new, not even an eligible (or an ineligible) request
             try:
                 await self._render_view(self.publish())
             except Exception:  # a rendering bug must not stop publication for good

@@ -16,7 +16,9 @@ from aiohttp import web
 
 from estimator.online import OnlineSnapshot
 from proxy.shadow.classes import RequestClass
+from proxy.shadow.coverage import measured
 from proxy.shadow.load import LOAD_BUCKETS
+from proxy.shadow.seeded import report as seeded_report
 from proxy.shadow.tap import ShadowTap
 from proxy.status import render_text, wants_text
 from proxy.ui.page import page_response, wants_html
@@ -109,6 +111,14 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
             "half_life_trials": tap.config.half_life_trials,
             "record_text": tap.config.record_text,
         },
+        "measured": measured(
+            view.measured,
+            view.eligible,
+            view.totals(),
+            view.drops_by_reason(),
+            tap.untapped_requests(),
+        ),
+        "seeded": seeded_report(view.seeded),
     }
 
 

@@ -44,7 +44,9 @@ class Job:
     request_class: RequestClass | None = None
 
     @classmethod
-    def of(cls, job_id: int, exchange: Exchange, key: Key, load_at_start: int) -> Job:
+    def of(
+        cls, job_id: int, exchange: Exchange, key: Key, load_at_start: int, decoding: str = "greedy"
+    ) -> Job:
         req = exchange.request
         headers = tuple(
             (_KEPT_HEADERS[name.lower()], value)
@@ -54,7 +56,7 @@ class Job:
         events = tuple(exchange.events) if req.stream else ()
         return cls(job_id, key, load_at_start, req.route, req.raw_body, headers, req.stream,
                    exchange.response_body, events,
-                   classify(req.route, req.body, req.stream))  # fmt: skip
+                   classify(req.route, req.body, req.stream, decoding, len(req.raw_body)))  # fmt: skip
 
     def request(self) -> RequestInfo:
         """The primary's request as the worker reads it (its body parsed again)."""

@@ -27,6 +27,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.coverage import families as coverage_families
+from proxy.shadow.seeded import families as seeded_families
 from proxy.shadow.view import POSITION_BOUNDS, ShadowView
 
 UM = ["upstream", "model_name"]
@@ -93,6 +95,8 @@ class ShadowExposition:
         yield from self._counters(view)
         yield from self._accounting(view)
         yield from self._static()
+        yield from coverage_families(view.measured)
+        yield from seeded_families(view.seeded)
 
     def _estimates(self, view: ShadowView) -> Iterator[Metric]:
         est = GaugeMetricFamily(

@@ -22,6 +22,7 @@ from typing import Any
 from proxy.shadow.aggregator import Aggregator, Render
 from proxy.shadow.capability import logprobs_key, remember
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.eligibility import GREEDY, NOT_REPLAYABLE, judge
 from proxy.shadow.executor import Executor, InlineLink, Link, ProcessLink, WorkerSpec
 from proxy.shadow.load import InFlightProbe, LoadTracker
 from proxy.shadow.messages import Dropped, Job
@@ -33,7 +34,6 @@ from proxy.shadow.wire import (
     client_wants_logprobs,
     drop_logprobs,
     has_logprobs_key,
-    is_greedy,
     replayable,
     strip_logprobs,
 )
@@ -55,6 +55,7 @@ class _Ticket:
     shape: Shape
     augmented: bool
     fell_back: bool = False  # augmented, refused by the upstream, resent plain
+    decoding: str = "greedy"  # proxy.shadow.eligibility.DECODINGS
 
 
 def _events_have_logprobs(events: Iterable[Mapping[str, Any]]) -> bool:
@@ -97,6 +98,9 @@ class ShadowTap:
         # augmented request of it that it then served plain.
         self._plain_has_key: dict[Shape, bool] = {}
         self._refused: dict[Shape, bool] = {}
+        # Requests on routes the forwarder never shows the Tap (route_unsupported in /tbg's
+        # `measured` block); set by wiring from the per-route request counter.
+        self.untapped_requests: Callable[[], int] = lambda: 0
 
     @property
     def on_internal_error(self) -> Callable[[], None]:
@@ -141,13 +145,20 @@ class ShadowTap:
 
     # -- hot path (proxy.tap.Tap) ---------------------------------------------------------------
     def plan(self, request: RequestInfo) -> TapPlan | None:
-        if not is_greedy(request.route, request.body, self.config.eligibility):
+        verdict = judge(request.route, request.body, self.config.eligibility)
+        agg = self.aggregator
+        if verdict.decoding is None:
+            agg.coverage.ineligible(request.upstream, request.model_name, verdict.index)
             return None
         if not replayable(request.raw_body, request.body):
-            return None  # nested too deeply to send again: ineligible, like a sampled request
+            # nested too deeply to send again: ineligible, like a sampled request
+            agg.coverage.ineligible(request.upstream, request.model_name, NOT_REPLAYABLE.index)
+            return None
         key = (request.upstream, request.model_name)
-        agg = self.aggregator
-        agg.count_eligible(key)
+        if verdict is GREEDY:
+            agg.count_eligible(key)
+        else:
+            agg.coverage.seeded_eligible(key)
         decision = self.sampler.decide(request.model_name, replay_choice(request.headers))
         if not decision.sampled:
             return None
@@ -177,7 +188,8 @@ class ShadowTap:
         )
         # plan() runs before the primary is counted in flight; a replay counts itself, so the
         # primary counts itself too (+1) for both to see the same load at the same batch size.
-        ticket = _Ticket(key, self.load.current(request.upstream) + 1, shape, augment)
+        ticket = _Ticket(key, self.load.current(request.upstream) + 1, shape, augment,
+                         decoding=verdict.decoding)  # fmt: skip
         if not augment:
             return TapPlan(token=ticket)
         body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)
@@ -200,7 +212,7 @@ class ShadowTap:
             self.aggregator.apply(Dropped(ticket.key, "primary_incomplete"))
             return
         if not self.executor.submit(
-            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start)
+            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start, ticket.decoding)
         ):
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "queue_full"))

@@ -8,12 +8,14 @@ estimators the Aggregator is still mutating; a view is safe to render in a worke
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from estimator.online import OnlineSnapshot, SufficientStats
 from proxy.shadow.classes import RequestClass
+from proxy.shadow.coverage import CoverageCounts
+from proxy.shadow.seeded import SeededView
 
 # First-divergence position histogram (tokens); powers of two like the load buckets.
 POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
@@ -87,6 +89,9 @@ class ShadowView:
     eligible: Mapping[Key, int]  # greedy primaries seen, sampled or not
     exemplars: tuple[Exemplar, ...]  # oldest first
     by_class: tuple[tuple[ClassKey, OnlineSnapshot], ...] = ()  # request classes compared
+    # who the numbers describe (proxy.shadow.coverage), and the seeded report (proxy.shadow.seeded)
+    measured: CoverageCounts = field(default_factory=CoverageCounts)
+    seeded: SeededView = field(default_factory=SeededView)
 
     def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
         return iter(self.estimates)
