@@ -3,10 +3,13 @@ block, on /metrics and at the head of `tbg status`; seeded trials kept out of T_
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 from openai import AsyncOpenAI
 
 from estimator.model import Run, Trial, TrialContext
@@ -123,3 +126,34 @@ async def test_every_request_is_counted_by_outcome(make_stack: Any) -> None:
     ), text
     assert "  not measured  not_greedy 2, n_gt_1 1, not_replayable 1, route_unsupported 1\n" in text
     assert "  eligible: 0 not sampled, 5 sampled: 1 dropped (opted_out 1), 0 failed" in text
+
+
+@pytest.mark.parametrize("refresh", [60.0, 0.05])
+async def test_ineligible_requests_alone_reach_the_view_at_the_refresh(refresh: float) -> None:
+    """Like the eligible count: not a change on its own (the hot path never wakes the publisher),
+    but published with the next change, and at least every `eligible_refresh_s` while it moves."""
+    agg = Aggregator(ShadowConfig(enabled=True), publish_interval_s=0.001,
+                     eligible_refresh_s=refresh)  # fmt: skip
+    await agg.start()
+    try:
+        version = agg.view.version
+        for _ in range(10):
+            agg.coverage.ineligible("u", "m", REASONS.index("not_greedy"))
+        if refresh > 1:
+            await asyncio.sleep(0.1)
+            assert agg.view.version == version and agg.view.measured.changes == 0
+            agg.sampled(KEY)  # the next change carries the counts along
+        await until(lambda: agg.view.measured.ineligible.get(("u", "m", "not_greedy")) == 10)
+        version = agg.view.version
+        await asyncio.sleep(0.2)  # nothing moved since: nothing published
+        assert agg.view.version == version
+    finally:
+        await agg.stop()
+
+
+async def until(done: Callable[[], bool], within_s: float = 5.0) -> None:
+    for _ in range(int(within_s / 0.01)):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in time")
