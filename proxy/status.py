@@ -17,6 +17,7 @@ import orjson
 
 from proxy.canary_status import canary_lines
 from proxy.cliparse import Parser
+from proxy.measured_text import PROMPT_TEXT, describe_measured, describe_seeded
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -103,6 +104,8 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
     if report.get("shadow") == "off":
         return str(report.get("message", "shadow replay is off: nothing is measured"))
     lines: list[str] = []
+    if isinstance(report.get("measured"), Mapping):  # first: whom the numbers below describe
+        lines += [*describe_measured(report["measured"]), ""]
     for e in report.get("estimates", []):
         ceiling = e.get("ceiling")
         lines.append(f"{e['upstream']} / {e['model_name']}")
@@ -133,14 +136,19 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
                 f"  load {bucket:>3}  T_bg {_g(b.get('estimate'))} [{_g(b.get('lower'))}, "
                 f"{_g(b.get('upper'))}], {b.get('diverged', 0)}/{b.get('pairs', 0)} diverged"
             )
+        prompt = "short"
         for c in e.get("by_class") or ():
+            if c.get("prompt", prompt) != prompt:  # classes come ordered by prompt length
+                prompt = c["prompt"]
+                lines.append(f"  prompts {prompt} ({PROMPT_TEXT.get(prompt, '')}):")
             name = f"{c.get('route')}/{c.get('kind')}/{c.get('streaming')}"
             lines.append(
                 f"  class {name:<24} T_bg {_g(c.get('estimate'))} [{_g(c.get('lower'))}, "
                 f"{_g(c.get('upper'))}], {c.get('diverged', 0)}/{c.get('pairs', 0)} diverged"
             )
         lines.append("")
-    if not lines:
+    lines += describe_seeded(report.get("seeded") or (), _g)
+    if not report.get("estimates"):
         seen = report.get("eligible")
         lines += [
             "no estimate yet: no temperature-0 request has been replayed"

@@ -25,6 +25,7 @@ from estimator.model import TrialContext
 from proxy.shadow.canary_state import CanaryBook
 from proxy.shadow.capability import Capabilities
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.coverage import Coverage
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.messages import (
     Compared,
@@ -34,6 +35,7 @@ from proxy.shadow.messages import (
     LogprobsLearned,
     ReplayDone,
 )
+from proxy.shadow.seeded import SeededReproducibility
 from proxy.shadow.state import ShadowState, online_config
 from proxy.shadow.view import Key, ShadowView
 
@@ -69,6 +71,9 @@ class Aggregator:
         self.on_internal_error: Callable[[], None] = lambda: None
         # Canary trials (proxy.shadow.canary) are filed here, never in the fleet's estimators.
         self._canary = CanaryBook(config.canary, online_config(config))
+        # Every tapped request by outcome, and the seeded trials kept apart from T_bg.
+        self.coverage = Coverage()
+        self._seeded = SeededReproducibility(online_config(config))
 
     # -- writers (event loop only) --------------------------------------------------------------
     def prime(self, keys: Iterable[Key]) -> None:
@@ -110,18 +115,30 @@ class Aggregator:
     def fold(self, compared: Compared, bucket: str) -> None:
         """Fold a trial compared by the Worker into the overall, the `bucket` (the bucket of the
         largest load its primary and replays met, which only the proxy knows) and its request
-        class's estimators."""
+        class's estimators. A seeded trial goes to the seeded report instead, never into T_bg."""
         if compared.cross is not None:  # a canary trial: the canary book only, never the fleet's
             self._canary.fold(compared.key, compared.cross, compared.comparison)
+            # measured (on the canary): it ends the trial's accounting like any compared one
+            self.coverage.compared(compared.key, "greedy", compared.comparison)
             self._state.count(compared.key, "replayed")
             self._changed.set()
             return
+        if compared.request_class is not None and compared.request_class.decoding == "seeded":
+            self._fold_seeded(compared)
+            return
+        self.coverage.compared(compared.key, "greedy", compared.comparison)
         upstream, model = compared.key
         ctx = TrialContext(upstream, model, bucket)
         self._state.record_comparison(ctx, compared.comparison, compared.request_class)
         self._state.count(compared.key, "replayed")
         for exemplar in compared.exemplars:
             self._state.add_exemplar(replace(exemplar, load_bucket=bucket))
+        self._changed.set()
+
+    def _fold_seeded(self, compared: Compared) -> None:
+        self._seeded.add(compared.key, compared.comparison, compared.request_class)
+        self.coverage.compared(compared.key, "seeded", compared.comparison)
+        self._state.count(compared.key, "replayed")
         self._changed.set()
 
     # -- readers --------------------------------------------------------------------------------
@@ -150,6 +167,8 @@ class Aggregator:
         self._view = self._state.publish(self._version)
         if self._canary.active:
             self._view = replace(self._view, canary=self._canary.publish())
+        self._view = replace(self._view, measured=self.coverage.publish(),
+                             seeded=self._seeded.publish())  # fmt: skip
         return self._view
 
     def render_now(self) -> bytes:
@@ -189,8 +208,12 @@ class Aggregator:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._eligible_refresh)
-            if not self._changed.is_set() and self._state.eligible == self._view.eligible:
-                continue  # nothing new, not even an eligible request
+            if (
+                not self._changed.is_set()
+                and self._state.eligible == self._view.eligible
+                and self.coverage.changes == self._view.measured.changes
+            ):
+                continue  # nothing new, not even an eligible (or an ineligible) request
             try:
                 await self._render_view(self.publish())
             except Exception:  # a rendering bug must not stop publication for good

@@ -17,7 +17,9 @@ from aiohttp import web
 from estimator.online import OnlineSnapshot
 from proxy.shadow.canary_report import canary_json
 from proxy.shadow.classes import RequestClass
+from proxy.shadow.coverage import measured
 from proxy.shadow.load import LOAD_BUCKETS
+from proxy.shadow.seeded import report as seeded_report
 from proxy.shadow.tap import ShadowTap
 from proxy.status import render_text, wants_text
 from proxy.ui.page import page_response, wants_html
@@ -111,6 +113,14 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
             "record_text": tap.config.record_text,
         },
         "canary": canary_json(view, tap.config),  # live canaries side by side (docs/canary.md)
+        "measured": measured(
+            view.measured,
+            view.eligible,
+            view.totals(),
+            view.drops_by_reason(),
+            tap.untapped_requests(),
+        ),
+        "seeded": seeded_report(view.seeded),
     }
 
 

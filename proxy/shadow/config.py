@@ -84,6 +84,11 @@ class Eligibility(Section):
         False, description="treat an absent `temperature` as 0 (OpenAI's default is 1)"
     )
     allow_top_k_1: StrictBool = Field(True, description="treat `top_k: 1` as greedy")
+    seeded: StrictBool = Field(
+        True,
+        description="replay requests sampled at temperature > 0 with an integer `seed` too, "
+        "reported apart as seeded reproducibility (never in T_bg)",
+    )
 
 
 class ShadowConfig(ModelPolicy):

@@ -55,6 +55,7 @@ class Job:
         key: Key,
         load_at_start: int,
         target: ReplayTarget | None = None,
+        decoding: str = "greedy",
     ) -> Job:
         req = exchange.request
         headers = tuple(
@@ -65,7 +66,8 @@ class Job:
         events = tuple(exchange.events) if req.stream else ()
         return cls(job_id, key, load_at_start, req.route, req.raw_body, headers, req.stream,
                    exchange.response_body, events,
-                   classify(req.route, req.body, req.stream), pod=req.pod, target=target)  # fmt: skip
+                   classify(req.route, req.body, req.stream, decoding, len(req.raw_body)),
+                   pod=req.pod, target=target)  # fmt: skip
 
     def request(self) -> RequestInfo:
         """The primary's request as the worker reads it (its body parsed again)."""

@@ -28,6 +28,8 @@ from prometheus_client.registry import Collector
 
 from proxy.shadow.canary_report import canary_families
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.coverage import families as coverage_families
+from proxy.shadow.seeded import families as seeded_families
 from proxy.shadow.view import POSITION_BOUNDS, ShadowView
 
 UM = ["upstream", "model_name"]
@@ -95,6 +97,8 @@ class ShadowExposition:
         yield from self._accounting(view)
         yield from self._static()
         yield from canary_families(view, self._grid_labels)  # live canaries (docs/canary.md)
+        yield from coverage_families(view.measured)
+        yield from seeded_families(view.seeded)
 
     def _estimates(self, view: ShadowView) -> Iterator[Metric]:
         est = GaugeMetricFamily(

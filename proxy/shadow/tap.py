@@ -24,6 +24,7 @@ from proxy.shadow.aggregator import Aggregator, Render
 from proxy.shadow.canary import CanaryChooser
 from proxy.shadow.capability import logprobs_key, remember
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.eligibility import GREEDY, NOT_REPLAYABLE, judge
 from proxy.shadow.executor import Executor, InlineLink, Link, ProcessLink, WorkerSpec
 from proxy.shadow.load import InFlightProbe, LoadTracker
 from proxy.shadow.messages import Dropped, Job
@@ -36,7 +37,6 @@ from proxy.shadow.wire import (
     client_wants_logprobs,
     drop_logprobs,
     has_logprobs_key,
-    is_greedy,
     replayable,
     strip_logprobs,
 )
@@ -58,6 +58,7 @@ class _Ticket:
     shape: Shape
     augmented: bool
     fell_back: bool = False  # augmented, refused by the upstream, resent plain
+    decoding: str = "greedy"  # proxy.shadow.eligibility.DECODINGS
 
 
 def _events_have_logprobs(events: Iterable[Mapping[str, Any]]) -> bool:
@@ -104,6 +105,9 @@ class ShadowTap:
         # type (proxy.shadow.responses_wire), and per the client's own `top_logprobs` (echoed).
         self._plain_forms: dict[tuple[Shape, bytes], PlainForm] = {}
         self._canary = CanaryChooser(dict(config.canary))  # which trials replay on a canary
+        # Requests on routes the forwarder never shows the Tap (route_unsupported in /tbg's
+        # `measured` block); set by wiring from the per-route request counter.
+        self.untapped_requests: Callable[[], int] = lambda: 0
 
     @property
     def on_internal_error(self) -> Callable[[], None]:
@@ -149,13 +153,20 @@ class ShadowTap:
 
     # -- hot path (proxy.tap.Tap) ---------------------------------------------------------------
     def plan(self, request: RequestInfo) -> TapPlan | None:
-        if not is_greedy(request.route, request.body, self.config.eligibility):
+        verdict = judge(request.route, request.body, self.config.eligibility)
+        agg = self.aggregator
+        if verdict.decoding is None:
+            agg.coverage.ineligible(request.upstream, request.model_name, verdict.index)
             return None
         if not replayable(request.raw_body, request.body):
-            return None  # nested too deeply to send again: ineligible, like a sampled request
+            # nested too deeply to send again: ineligible, like a sampled request
+            agg.coverage.ineligible(request.upstream, request.model_name, NOT_REPLAYABLE.index)
+            return None
         key = (request.upstream, request.model_name)
-        agg = self.aggregator
-        agg.count_eligible(key)
+        if verdict is GREEDY:
+            agg.count_eligible(key)
+        else:
+            agg.coverage.seeded_eligible(key)
         decision = self.sampler.decide(request.model_name, replay_choice(request.headers))
         if not decision.sampled:
             return None
@@ -186,7 +197,8 @@ class ShadowTap:
         )
         # plan() runs before the primary is counted in flight; a replay counts itself, so the
         # primary counts itself too (+1) for both to see the same load at the same batch size.
-        ticket = _Ticket(key, self.load.current(request.upstream, request.pod) + 1, shape, augment)
+        ticket = _Ticket(key, self.load.current(request.upstream, request.pod) + 1, shape, augment,
+                         decoding=verdict.decoding)  # fmt: skip
         if not augment:
             return TapPlan(token=ticket)
         body = augmented_upstream_body(request.route, request.body, self.config.top_logprobs)
@@ -208,10 +220,12 @@ class ShadowTap:
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "primary_incomplete"))
             return
-        target = self._canary.target(exchange)  # None: replayed on the primary's upstream
-        if not self.executor.submit(
-            Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start, target)
-        ):
+        # None: replayed on the primary's upstream. Seeded trials are never a canary's: its
+        # T_bg and cross-divergence are statements about greedy decoding.
+        target = self._canary.target(exchange) if ticket.decoding == "greedy" else None
+        job = Job.of(next(self._job_ids), exchange, ticket.key, ticket.load_at_start, target,
+                     decoding=ticket.decoding)  # fmt: skip
+        if not self.executor.submit(job):
             self.sampler.refund_rate(exchange.request.model_name)
             self.aggregator.apply(Dropped(ticket.key, "queue_full"))
 

@@ -8,12 +8,14 @@ estimators the Aggregator is still mutating; a view is safe to render in a worke
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from estimator.online import OnlineSnapshot, SufficientStats
 from proxy.shadow.classes import RequestClass
+from proxy.shadow.coverage import CoverageCounts
+from proxy.shadow.seeded import SeededView
 
 if TYPE_CHECKING:
     from proxy.shadow.canary_state import CanaryEntry
@@ -91,6 +93,9 @@ class ShadowView:
     exemplars: tuple[Exemplar, ...]  # oldest first
     by_class: tuple[tuple[ClassKey, OnlineSnapshot], ...] = ()  # request classes compared
     canary: tuple[CanaryEntry, ...] = ()  # live canaries (proxy.shadow.canary_state)
+    # who the numbers describe (proxy.shadow.coverage), and the seeded report (proxy.shadow.seeded)
+    measured: CoverageCounts = field(default_factory=CoverageCounts)
+    seeded: SeededView = field(default_factory=SeededView)
 
     def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
         return iter(self.estimates)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from proxy.shadow.config import Eligibility
+from proxy.shadow.eligibility import GREEDY, judge
 
 # A structural `"logprobs":` key. Inside a JSON string a quote is escaped (\"), so a key can only be
 # preceded by `{` or `,` (plus whitespace); `"top_logprobs"` and `"prompt_logprobs"` do not match.
@@ -141,21 +142,7 @@ def replayable(raw_body: bytes, body: Mapping[str, Any]) -> bool:
 
 def is_greedy(route: str, body: Mapping[str, Any], rules: Eligibility) -> bool:
     """True for a single-choice request whose decoding is greedy (temperature 0 or top_k 1)."""
-    if route not in ("chat", "completions", "responses"):
-        return False
-    n = body.get("n", 1)
-    if n not in (1, None):
-        return False
-    if route == "completions" and body.get("best_of", 1) not in (1, None):
-        return False
-    temperature = body.get("temperature")
-    if temperature is None:
-        greedy = rules.missing_temperature_is_greedy
-    else:
-        greedy = not isinstance(temperature, bool) and temperature == 0
-    if not greedy and rules.allow_top_k_1:
-        greedy = body.get("top_k") == 1
-    return greedy
+    return judge(route, body, rules) is GREEDY
 
 
 def client_wants_logprobs(route: str, body: Mapping[str, Any]) -> bool:

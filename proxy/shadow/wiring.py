@@ -13,6 +13,7 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.keys import EXPOSITION, IN_FLIGHT, METRICS, REGISTRY, UPSTREAMS
 from proxy.shadow.api import make_handler
+from proxy.shadow.coverage import counter_samples, untapped_requests
 from proxy.shadow.executor import WorkerSpec
 from proxy.shadow.history import install_history
 from proxy.shadow.metrics import LiveCollector, ShadowExposition
@@ -46,6 +47,8 @@ def install_shadow(app: web.Application, config: Config) -> ShadowTap | None:
     tap.prime([(u.name, m) for u in config.upstreams for m in u.models])
     app[REGISTRY].register(LiveCollector(tap.queue_depth, tap.load.replays_in_flight))
     app[EXPOSITION].parts.append(tap.aggregator.exposition)
+    metrics = app[METRICS]
+    tap.untapped_requests = lambda: untapped_requests(counter_samples(metrics.requests))
     app.router.add_get("/tbg", make_handler(tap))
     # Registered before the tap's lifecycle, so it stops after it and keeps the final view.
     install_history(app, shadow.history, tap.view, tap.on_internal_error)

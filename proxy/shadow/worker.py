@@ -35,6 +35,7 @@ from proxy.logs import configure_logging
 from proxy.shadow.canary import canary_compared
 from proxy.shadow.capability import Capabilities, logprobs_key
 from proxy.shadow.channel import Channel
+from proxy.shadow.classes import with_prompt_tokens
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.load import MetricsFetcher
 from proxy.shadow.messages import (
@@ -205,7 +206,8 @@ class Worker:
         runs = comparable_runs((primary, *replays))
         with self._tracing.compare(runs, job.load_at_start):
             compare = self._comparer.compare
-            args = (compare, self._config, self._hash_key, job.id, request, runs, job.request_class)
+            request_class = with_prompt_tokens(job.request_class, prompt_tokens)
+            args = (compare, self._config, self._hash_key, job.id, request, runs, request_class)
             if self._in_thread:
                 compared = await asyncio.to_thread(compare_trial, *args)
             else:

@@ -86,7 +86,9 @@ def test_status_of_a_running_proxy(tmp_path: Path) -> None:
     e = orjson.loads(as_json.stdout)["estimates"][0]
     assert as_json.returncode == 0 and e["upstream"] == "up" and e["model_name"] == "truth"
     out = human.stdout
-    assert out.startswith("up / truth\n")
+    # first whom the number describes (all 12 requests were temperature 0), then the estimates
+    assert out.startswith("this number (T_bg) describes 100 % of your traffic (12 of 12 requests)")
+    assert "\n\nup / truth\n" in out
     assert (
         f"T_bg      {e['estimate']:.3g}   95% interval [{e['lower']:.3g}, {e['upper']:.3g}]" in out
     )

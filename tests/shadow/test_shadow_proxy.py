@@ -369,8 +369,9 @@ async def test_estimates_by_request_class(make_stack: Any) -> None:
             n, 3 * n, 2 * len(diverging)), cls  # fmt: skip
         assert entry["method"] == "likelihood" and entry["estimate"] is not None, entry
         assert entry["lower"] <= entry["estimate"] <= entry["upper"], entry
-        assert set(entry) == {"route", "kind", "streaming", "estimate", "lower", "upper",
-                              "trials", "pairs", "diverged", "method"}  # fmt: skip
+        assert set(entry) == {"route", "kind", "streaming", "decoding", "prompt", "estimate",
+                              "lower", "upper", "trials", "pairs", "diverged", "method"}  # fmt: skip
+        assert (entry["decoding"], entry["prompt"]) == ("greedy", "short")  # 4 prompt tokens
     assert sum(c["pairs"] for c in est["by_class"]) == est["pairs"] == 33
     assert sum(c["diverged"] for c in est["by_class"]) == est["diverged"] == 10
     async with httpx.AsyncClient() as http:
