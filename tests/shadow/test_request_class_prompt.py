@@ -59,10 +59,10 @@ def test_the_class_budget() -> None:
         RequestClass(r, k, s, d, p)
         for r, k, s, d, p in product(ROUTES, KINDS, STREAMING, DECODINGS, PROMPTS)
     }
-    assert len(classes) == 2 * 3 * 2 * 2 * 3 == 72  # per (upstream, model_name), at most
+    assert len(classes) == 3 * 3 * 2 * 2 * 3 == 108  # per (upstream, model_name), at most
     ordered = sorted(classes, key=RequestClass.order)
     assert ordered[0] == RequestClass("chat", "plain", "whole", "greedy", "short")
-    assert ordered[-1] == RequestClass("completions", "json", "stream", "seeded", "long")
+    assert ordered[-1] == RequestClass("responses", "json", "stream", "seeded", "long")
     value = RequestClass("chat", "json", "whole", "seeded", "long")
     assert pickle.loads(frame(value)[4:]) == value
     assert value.to_json() == {"route": "chat", "kind": "json", "streaming": "whole",
