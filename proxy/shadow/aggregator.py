@@ -24,6 +24,7 @@ from dataclasses import replace
 from estimator.model import TrialContext
 from proxy.shadow.capability import Capabilities
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.fingerprints import FingerprintTracker
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.messages import (
     Compared,
@@ -66,6 +67,8 @@ class Aggregator:
         self._capabilities = Capabilities(config)
         # Counts a bug in the shadow path (tbg_internal_errors_total{where="shadow"}); set by wiring.
         self.on_internal_error: Callable[[], None] = lambda: None
+        # Backend fingerprints per key: changes, and T_bg per fingerprint epoch.
+        self._fingerprints = FingerprintTracker(online_config(config))
 
     # -- writers (event loop only) --------------------------------------------------------------
     def prime(self, keys: Iterable[Key]) -> None:
@@ -112,6 +115,7 @@ class Aggregator:
         self._state.count(compared.key, "replayed")
         for exemplar in compared.exemplars:
             self._state.add_exemplar(replace(exemplar, load_bucket=bucket))
+        self._fingerprints.observe(compared.key, compared.fingerprint, compared.comparison)
         self._changed.set()
 
     # -- readers --------------------------------------------------------------------------------
@@ -138,6 +142,7 @@ class Aggregator:
         self._changed.clear()
         self._version += 1
         self._view = self._state.publish(self._version)
+        self._view = replace(self._view, fingerprints=self._fingerprints.publish())
         return self._view
 
     def render_now(self) -> bytes:

@@ -18,6 +18,7 @@ import orjson
 from estimator.online import TrialComparison
 from proxy.config import Config
 from proxy.shadow.classes import RequestClass, classify
+from proxy.shadow.fingerprint_wire import TrialFingerprint
 from proxy.shadow.view import Exemplar, Key
 from proxy.tap import Exchange, RequestInfo
 
@@ -99,6 +100,8 @@ class Compared:
     comparison: TrialComparison
     exemplars: tuple[Exemplar, ...]
     request_class: RequestClass | None = None
+    # the backend fingerprints its runs carried (proxy.shadow.fingerprint_wire); None: not read
+    fingerprint: TrialFingerprint | None = None
 
 
 @dataclass(frozen=True, slots=True)

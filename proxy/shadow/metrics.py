@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.shadow import fingerprint_export
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.view import POSITION_BOUNDS, ShadowView
 
@@ -93,6 +94,7 @@ class ShadowExposition:
         yield from self._counters(view)
         yield from self._accounting(view)
         yield from self._static()
+        yield from fingerprint_export.families(view)
 
     def _estimates(self, view: ShadowView) -> Iterator[Metric]:
         est = GaugeMetricFamily(

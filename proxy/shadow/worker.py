@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 import orjson
@@ -37,6 +38,7 @@ from proxy.logs import configure_logging
 from proxy.shadow.capability import Capabilities, logprobs_key
 from proxy.shadow.channel import Channel
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.fingerprint_wire import FingerprintReader
 from proxy.shadow.load import MetricsFetcher
 from proxy.shadow.messages import (
     Dropped,
@@ -118,6 +120,7 @@ class Worker:
         self._capabilities = Capabilities(config)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._fingerprints = FingerprintReader()  # backend fingerprints of replays in progress
 
     def handle(self, job: Job) -> None:
         self._queue.put_nowait(job)
@@ -159,6 +162,8 @@ class Worker:
                 log.exception("shadow trial failed")  # with its stack (proxy.logs)
                 self._emit(Failed(job.key, job.id))
                 self._send(InternalError())
+            finally:
+                self._fingerprints.forget(job.id)
 
     async def _trial(self, job: Job, request: RequestInfo) -> None:
         try:
@@ -193,6 +198,8 @@ class Worker:
                 compared = await asyncio.to_thread(compare_trial, *args)
             else:
                 compared = compare_trial(*args)
+            fingerprint = self._fingerprints.take(job.id, job.stream, job.response_body, job.events)
+            compared = replace(compared, fingerprint=fingerprint)
             self._send(compared)
         self._tracing.outcome(compared)
 
@@ -248,6 +255,7 @@ class Worker:
                 run_from_chat_response if request.route == "chat" else run_from_completion_response
             )
             run = build(data)
+            self._fingerprints.replay(job.id, data)
         except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
             self._send(ReplayDone(job.id, attempt, job.key, "error"))
             return None
