@@ -18,6 +18,7 @@ import orjson
 from proxy.canary_status import canary_lines
 from proxy.cliparse import Parser
 from proxy.measured_text import PROMPT_TEXT, describe_measured, describe_seeded
+from proxy.shadow.fingerprint_text import status_line as fingerprint_line
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -146,6 +147,9 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
                 f"  class {name:<24} T_bg {_g(c.get('estimate'))} [{_g(c.get('lower'))}, "
                 f"{_g(c.get('upper'))}], {c.get('diverged', 0)}/{c.get('pairs', 0)} diverged"
             )
+        backend = fingerprint_line(e.get("fingerprints"))
+        if backend is not None:
+            lines.append(backend)
         lines.append("")
     lines += describe_seeded(report.get("seeded") or (), _g)
     if not report.get("estimates"):

@@ -18,6 +18,13 @@ class Envelope:
     created: int
     model: str
     tokens_as_ids: bool = False  # logprobs name tokens "token_id:N" (vLLM's option)
+    system_fingerprint: str | None = None  # reference.fingerprint; stamped where vLLM does
+
+    def stamp(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` with the fingerprint: full responses and the terminal chunks, as vLLM."""
+        if self.system_fingerprint is not None:
+            body["system_fingerprint"] = self.system_fingerprint
+        return body
 
     def head(self, chunk: bool) -> dict[str, Any]:
         if self.kind == "chat":
@@ -120,7 +127,9 @@ def full_response(
             "finish_reason": finish,
             "stop_reason": None,
         }
-    return {**env.head(False), "choices": [choice], "usage": usage(prompt_tokens, n_tokens)}
+    return env.stamp(
+        {**env.head(False), "choices": [choice], "usage": usage(prompt_tokens, n_tokens)}
+    )
 
 
 def first_chat_chunk(env: Envelope, include_usage: bool) -> dict[str, Any]:
@@ -159,8 +168,12 @@ def token_chunk(
     body: dict[str, Any] = {**env.head(True), "choices": [choice]}
     if include_usage:
         body["usage"] = None
+    elif event.finish_reason is not None:  # with usage, the usage chunk is the terminal one
+        env.stamp(body)
     return body
 
 
 def usage_chunk(env: Envelope, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {**env.head(True), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+    return env.stamp(
+        {**env.head(True), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+    )

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from reference.engine import Engine, Job, TokenEvent
+from reference.fingerprint import system_fingerprint
 from reference.metrics import CONTENT_TYPE, VllmMetrics
 from reference.model import LoadedModel
 from reference.policy import DecodePolicy
@@ -55,6 +56,7 @@ class _State:
     scheduler: Scheduler
     metrics: VllmMetrics
     started: int
+    fingerprint: str | None = None  # system_fingerprint (reference.fingerprint)
 
 
 STATE: web.AppKey[_State] = web.AppKey("reference_state", _State)
@@ -131,8 +133,9 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     params = job.params
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
     env = Envelope(
-        kind, f"{prefix}-{secrets.token_hex(16)}", int(time.time()), req.model, req.tokens_as_ids
-    )
+        kind, f"{prefix}-{secrets.token_hex(16)}", int(time.time()), req.model, req.tokens_as_ids,
+        state.fingerprint,
+    )  # fmt: skip
     with_lp = params.top_logprobs is not None
     state.scheduler.submit(job)
     try:
@@ -278,6 +281,14 @@ async def not_found(request: web.Request) -> web.Response:
     raise ApiError(404, f"no route {request.method} {request.path}")
 
 
+def fingerprint_of(config: ServerConfig, loaded: LoadedModel, policy: DecodePolicy) -> str:
+    """The model and how it is served, as one system_fingerprint (reference.fingerprint)."""
+    import torch
+
+    return system_fingerprint(loaded.folder, loaded.dtype_name, config.mode, policy,
+                              config.batching, str(torch.__version__))  # fmt: skip
+
+
 def make_app(config: ServerConfig, loaded: LoadedModel, policy: DecodePolicy) -> web.Application:
     """Wire everything; the scheduler (task + worker thread) lives in the app's cleanup context."""
     app = web.Application(middlewares=[_errors], client_max_size=8 * 1024 * 1024)
@@ -287,7 +298,8 @@ def make_app(config: ServerConfig, loaded: LoadedModel, policy: DecodePolicy) ->
         engine = Engine(loaded, policy, on_tokens=metrics_.generation_tokens.inc)
         scheduler = Scheduler(engine, config.batching, metrics_)
         await scheduler.start()
-        app[STATE] = _State(config, engine, scheduler, metrics_, int(time.time()))
+        app[STATE] = _State(config, engine, scheduler, metrics_, int(time.time()),
+                            fingerprint_of(config, loaded, policy))  # fmt: skip
         try:
             yield
         finally:

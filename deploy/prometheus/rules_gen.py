@@ -659,6 +659,59 @@ def alert_rules(p: Params) -> list[dict[str, Any]]:
                 "runbook_url": _runbook("TbgProxyAddedLatencyHigh", p),
             },
         },
+        *backend_change_alerts(p),
+    ]
+
+
+# A backend change that moved T_bg: the fingerprint changed within this window, and the current
+# epoch's interval lies wholly outside the previous one's, each from at least this many trials.
+FINGERPRINT_WINDOW = "6h"
+FINGERPRINT_MIN_TRIALS = 20
+
+
+def backend_change_alerts(p: Params) -> list[dict[str, Any]]:
+    """TbgBackendChangeMovedTbg: per replica (its two epochs' intervals), joined with the fleet's
+    change counter. The direction ("up" / "down") is a label of the alert, for routing."""
+    um = "upstream, model_name"
+    n = FINGERPRINT_MIN_TRIALS
+
+    def epoch(bound: str, name: str) -> str:
+        return (
+            f'(tbg_temperature_by_epoch_{bound}{{epoch="{name}"}}'
+            f' and tbg_trials_by_epoch{{epoch="{name}"}} >= {n})'
+        )
+
+    def moved(direction: str, agg: str, cur: str, op: str, prev: str) -> str:
+        return (
+            f"label_replace(\n  {agg} by ({um}) (\n    {epoch(cur, 'current')}\n"
+            f"    {op} ignoring (epoch)\n    {epoch(prev, 'previous')}\n  ),\n"
+            f'  "direction", "{direction}", "", ""\n)'
+        )
+
+    return [
+        {
+            "alert": "TbgBackendChangeMovedTbg",
+            "expr": (
+                f"(\n{moved('up', 'max', 'lower', '>', 'upper')}\nor\n"
+                f"{moved('down', 'min', 'upper', '<', 'lower')}\n)\n"
+                f"and on ({um})\nsum by ({um}) "
+                f"(increase(tbg_backend_fingerprint_changes_total[{FINGERPRINT_WINDOW}])) > 0"
+            ),
+            "for": p.for_ops,
+            "labels": {"severity": "critical", **p.extra_labels},
+            "annotations": {
+                "summary": "The backend of {{ $labels.model_name }} on {{ $labels.upstream }} "
+                "changed and T_bg moved {{ $labels.direction }} with it",
+                "description": (
+                    "The backend fingerprint (system_fingerprint) changed in the last "
+                    f"{FINGERPRINT_WINDOW}, and T_bg since the change is outside the interval of "
+                    "before it: the near bound of the new epoch's 95 % interval is "
+                    '{{ $value | printf "%.4g" }} (tbg_temperature_by_epoch_*, '
+                    f"at least {n} trials each)."
+                ),
+                "runbook_url": _runbook("TbgBackendChangeMovedTbg", p),
+            },
+        }
     ]
 
 

@@ -26,6 +26,7 @@ from proxy.shadow.canary_state import CanaryBook
 from proxy.shadow.capability import Capabilities
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.coverage import Coverage
+from proxy.shadow.fingerprints import FingerprintTracker
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.messages import (
     Compared,
@@ -74,6 +75,8 @@ class Aggregator:
         # Every tapped request by outcome, and the seeded trials kept apart from T_bg.
         self.coverage = Coverage()
         self._seeded = SeededReproducibility(online_config(config))
+        # Backend fingerprints per key: changes, and T_bg per fingerprint epoch.
+        self._fingerprints = FingerprintTracker(online_config(config))
 
     # -- writers (event loop only) --------------------------------------------------------------
     def prime(self, keys: Iterable[Key]) -> None:
@@ -133,6 +136,7 @@ class Aggregator:
         self._state.count(compared.key, "replayed")
         for exemplar in compared.exemplars:
             self._state.add_exemplar(replace(exemplar, load_bucket=bucket))
+        self._fingerprints.observe(compared.key, compared.fingerprint, compared.comparison)
         self._changed.set()
 
     def _fold_seeded(self, compared: Compared) -> None:
@@ -169,6 +173,7 @@ class Aggregator:
             self._view = replace(self._view, canary=self._canary.publish())
         self._view = replace(self._view, measured=self.coverage.publish(),
                              seeded=self._seeded.publish())  # fmt: skip
+        self._view = replace(self._view, fingerprints=self._fingerprints.publish())
         return self._view
 
     def render_now(self) -> bytes:

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from estimator.online import OnlineSnapshot
+from proxy.shadow import fingerprint_export
 from proxy.shadow.canary_report import canary_json
 from proxy.shadow.classes import RequestClass
 from proxy.shadow.coverage import measured
@@ -84,6 +85,7 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
     ):
         by_class.setdefault((upstream, model), []).append(class_json(request_class, snap))
     estimates: list[dict[str, Any]] = []
+    fingerprints = fingerprint_export.by_key(view)
     for (upstream, model), snap, updated in view.snapshots():
         entry = {"upstream": upstream, "model_name": model, "last_update": updated}
         entry["age_seconds"] = max(0.0, time.time() - updated)  # how old the estimate is
@@ -92,6 +94,7 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
         entry["by_load"] = by_load.get((upstream, model), {})
         entry["by_class"] = by_class.get((upstream, model), [])
         entry["ceiling"] = tap.config.policy(model).ceiling
+        entry["fingerprints"] = fingerprints.get((upstream, model))  # None: none seen
         estimates.append(entry)
     return {
         "estimates": estimates,

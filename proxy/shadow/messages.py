@@ -19,6 +19,7 @@ from estimator.online import TrialComparison
 from proxy.config import Config
 from proxy.shadow.canary import CrossResult, ReplayTarget
 from proxy.shadow.classes import RequestClass, classify
+from proxy.shadow.fingerprint_wire import TrialFingerprint
 from proxy.shadow.view import Exemplar, Key
 from proxy.tap import Exchange, RequestInfo
 
@@ -114,6 +115,8 @@ class Compared:
     request_class: RequestClass | None = None
     # a canary trial (proxy.shadow.canary): `comparison` is then the canary's replays together
     cross: CrossResult | None = None
+    # the backend fingerprints its runs carried (proxy.shadow.fingerprint_wire); None: not read
+    fingerprint: TrialFingerprint | None = None
 
 
 @dataclass(frozen=True, slots=True)

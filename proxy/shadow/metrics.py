@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.shadow import fingerprint_export
 from proxy.shadow.canary_report import canary_families
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.coverage import families as coverage_families
@@ -99,6 +100,7 @@ class ShadowExposition:
         yield from canary_families(view, self._grid_labels)  # live canaries (docs/canary.md)
         yield from coverage_families(view.measured)
         yield from seeded_families(view.seeded)
+        yield from fingerprint_export.families(view)
 
     def _estimates(self, view: ShadowView) -> Iterator[Metric]:
         est = GaugeMetricFamily(

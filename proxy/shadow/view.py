@@ -19,6 +19,7 @@ from proxy.shadow.seeded import SeededView
 
 if TYPE_CHECKING:
     from proxy.shadow.canary_state import CanaryEntry
+from proxy.shadow.fingerprints import FingerprintSummary
 
 # First-divergence position histogram (tokens); powers of two like the load buckets.
 POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
@@ -96,6 +97,7 @@ class ShadowView:
     # who the numbers describe (proxy.shadow.coverage), and the seeded report (proxy.shadow.seeded)
     measured: CoverageCounts = field(default_factory=CoverageCounts)
     seeded: SeededView = field(default_factory=SeededView)
+    fingerprints: tuple[FingerprintSummary, ...] = ()  # backend fingerprints per key
 
     def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
         return iter(self.estimates)

@@ -37,6 +37,7 @@ from proxy.shadow.capability import Capabilities, logprobs_key
 from proxy.shadow.channel import Channel
 from proxy.shadow.classes import with_prompt_tokens
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.fingerprint_wire import FingerprintReader
 from proxy.shadow.load import MetricsFetcher
 from proxy.shadow.messages import (
     Dropped,
@@ -121,6 +122,7 @@ class Worker:
         self._capabilities = Capabilities(config)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._fingerprints = FingerprintReader()  # backend fingerprints of replays in progress
 
     def handle(self, job: Job) -> None:
         self._queue.put_nowait(job)
@@ -162,6 +164,8 @@ class Worker:
                 log.exception("shadow trial failed")  # with its stack (proxy.logs)
                 self._emit(Failed(job.key, job.id))
                 self._send(InternalError())
+            finally:
+                self._fingerprints.forget(job.id)
 
     async def _trial(self, job: Job, request: RequestInfo) -> None:
         try:
@@ -212,6 +216,8 @@ class Worker:
                 compared = await asyncio.to_thread(compare_trial, *args)
             else:
                 compared = compare_trial(*args)
+            fingerprint = self._fingerprints.take(job.id, job.stream, job.response_body, job.events)
+            compared = replace(compared, fingerprint=fingerprint)
             self._send(compared)
         self._tracing.outcome(compared)
 
@@ -266,6 +272,7 @@ class Worker:
         try:
             data = orjson.loads(payload)
             run = ROUTES[request.route].run(data)
+            self._fingerprints.replay(job.id, data)
         except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
             self._send(ReplayDone(job.id, attempt, job.key, "error"))
             return None

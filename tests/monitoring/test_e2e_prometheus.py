@@ -70,6 +70,10 @@ PROBES: dict[str, str] = {
     "TbgShadowReplayDrops": "sum by (upstream, model_name) (rate(tbg_shadow_sampled_total[1m]))",
     "TbgUpstreamErrors": "upstream:tbg_upstream_errors:ratio_rate5m",
     "TbgProxyAddedLatencyHigh": "route:tbg_proxy_added_seconds:p99_5m",
+    # the reference sends a system_fingerprint: the change counter exists, at 0 changes
+    "TbgBackendChangeMovedTbg": (
+        "sum by (upstream, model_name) (increase(tbg_backend_fingerprint_changes_total[6h]))"
+    ),
 }
 # TbgShadowReplayDrops' own ratio has no series while nothing is dropped (the drop counter carries a
 # `reason` label, so it cannot be padded with zeros); its probe is the denominator, written as in the

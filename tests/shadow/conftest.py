@@ -37,6 +37,7 @@ class FakeLLM:
     reject_logprobs: bool = False  # answer 400 to any request asking for logprobs
     running: int | None = None  # exposed as vllm:num_requests_running on GET /metrics
     tokens_per_chunk: int = 1  # a stream chunk may carry several tokens, as vLLM's often do
+    fingerprint: str | None = None  # sent as system_fingerprint (top level; every stream chunk)
 
     def answer(self, replay: int | None) -> list[str]:
         winner = TIE[1] if replay in self.flip_replays else TIE[0]
@@ -111,6 +112,8 @@ class FakeLLM:
                     choice["text"] = "".join(tokens)
                 payload = {"id": "fake-1", "object": "x", "created": 7, "model": body["model"],
                            "choices": [choice], "usage": usage}  # fmt: skip
+                if self.fingerprint is not None:
+                    payload["system_fingerprint"] = self.fingerprint
                 return web.Response(body=orjson.dumps(payload), content_type="application/json")
             out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await out.prepare(request)
@@ -130,6 +133,8 @@ class FakeLLM:
                 else:
                     c["text"] = tok
                 chunk = {"id": "fake-1", "created": 7, "model": body["model"], "choices": [c]}
+                if self.fingerprint is not None:
+                    chunk["system_fingerprint"] = self.fingerprint
                 await out.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             if (body.get("stream_options") or {}).get("include_usage"):
                 tail = {"id": "fake-1", "created": 7, "model": body["model"], "choices": [],
