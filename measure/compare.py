@@ -229,6 +229,8 @@ def boltzmann_line(b: BoltzmannCheck | None) -> str:
         "randomness (another model, kernel or checkpoint)",
         "fewer than predicted": "the answers part less often than two independent samplers would",
     }[b.reading]
+    if b.observed == 0 and b.expected == 0:
+        why = "no difference expected, none seen"
     return (
         f"Boltzmann model at T_bg {f(b.t_baseline)} and {f(b.t_candidate)}: {f(b.expected)} first "
         f"differences expected, {b.observed} observed (z {f(b.z)}): {b.reading}; {why}"

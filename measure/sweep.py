@@ -416,6 +416,7 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     stopped = [o.stopped for o in outcomes.values() if o.stopped]
+    stopped += [o.stopped for o in cand_outcomes.values() if o.stopped]
     if not rows:
         why = nothing_measured({str(k): o for k, o in outcomes.items()}, args.base_url)
         print(f"tbg sweep: nothing measured: {why}", file=sys.stderr)

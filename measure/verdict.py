@@ -138,6 +138,6 @@ def verdict(
         hi,
         level,
         ratio,
-        f"inconclusive: the share of the randomness removed, {point}, has an interval from "
-        f"{span} that includes 0 (more runs or prompts narrow it); at {tput}",
+        f"inconclusive: the share of the randomness removed, {point}, has an interval "
+        f"({span}) that includes 0 (more runs or prompts narrow it); at {tput}",
     )
