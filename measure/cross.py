@@ -222,7 +222,10 @@ def boltzmann_check(
     robust = float((resid**2).sum()) * (p / (p - 1) if p > 1 else 1.0)
     var = max(robust, model_var)
     big_o, big_e = int(sum(o_p)), float(sum(e_p))
-    z = (big_o - big_e) / math.sqrt(var) if var > 0 else (0.0 if big_o == big_e else None)
+    if big_e <= 0:  # the model allows no difference: any one seen rejects it
+        z: float | None = 0.0 if big_o == 0 else None
+    else:
+        z = (big_o - big_e) / math.sqrt(var)
     crit = float(st.norm.ppf(0.5 + level / 2))
     if z is None or z > crit:
         reading = "more than predicted"

@@ -200,3 +200,20 @@ def test_verdict_removes_adds_or_is_inconclusive() -> None:
     v = verdict(None, base, 1.0, None, LEVEL)
     assert v.outcome == "inconclusive" and "baseline has no T_bg interval" in v.text
     assert "throughput not measured" in v.text
+
+
+def test_two_reproducible_endpoints_that_answer_differently_are_flagged() -> None:
+    """Greedy on other logits (another checkpoint): no randomness on either side, so the model
+    expects no difference; the differences seen are more than predicted."""
+    rng = np.random.default_rng(3)
+    base, cand = [], []
+    for p in range(6):
+        a, b = _Model(100 + p), _Model(200 + p)
+        for r in range(2):
+            base.append(_record("sut", f"p{p}", r, *a.run(rng, 0.0, 6)))
+            cand.append(_record("cand", f"p{p}", r, *b.run(rng, 0.0, 6)))
+    check = boltzmann_check(base, cand, 0.0, 0.0, level=LEVEL)
+    assert check is not None and check.observed > 0 and check.expected == 0.0
+    assert check.z is None and check.reading == "more than predicted"
+    same = boltzmann_check(base, base, 0.0, 0.0, level=LEVEL)
+    assert same is not None and same.observed == 0 and same.reading == "consistent"
