@@ -160,7 +160,8 @@ def tempered(z: np.ndarray, temperature: float) -> np.ndarray:
 class BoltzmannCheck:
     """Observed first differences of the scored cross pairs against the Boltzmann model's
     expectation at the two temperatures (module docstring); ``z`` = (O − E)/√V with V the larger
-    of the prompt-clustered Σ_p (O_p − E_p)² · P/(P − 1) and the model's Σ h(1 − h)."""
+    of the prompt-clustered Σ_p (O_p − E_p)² · P/(P − 1) and the model's Σ h(1 − h); None when
+    the model expects no difference (E = 0) and some are seen."""
 
     t_baseline: float
     t_candidate: float
