@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from measure import analysis, plots, report
+from measure import analysis, compare, plots, report
 from measure.advice import which_to_believe
 from measure.client import Capabilities, Endpoint, make_client, one_run
 from measure.common import (
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reference-model", help="model at the reference endpoint (default --model)")
     g.add_argument("--reference-runs", type=positive_int, default=32, help="draws per prompt per T")
     g.add_argument("--grid", help="comma-separated temperatures (default: the paper's 32)")
+    compare.add_compare_args(p)
     return p
 
 
@@ -114,6 +115,7 @@ def params(args: argparse.Namespace, prompts: PromptSet) -> dict[str, Any]:
     if args.method == "paper":
         out["reference_url"] = args.reference_url
         out["reference_model"] = args.reference_model or args.model
+    out.update(compare.params(args))
     return out
 
 
@@ -302,6 +304,7 @@ async def _run(args: argparse.Namespace) -> int:
         notes.append(f"{store.skipped_lines} unreadable line(s) in runs.jsonl dropped (redone)")
     session = session_id()
     caps = Capabilities(args.top_logprobs or None)
+    cand_caps = Capabilities(args.top_logprobs or None)
     bud = budget(args)
     stop = asyncio.Event()
     outcomes: dict[str, Outcome] = {}
@@ -328,6 +331,18 @@ async def _run(args: argparse.Namespace) -> int:
                 outcomes["reference"] = await _phase(
                     "reference runs", pl.ref, ref_ep, prompts, store, args.concurrency, bud, stop
                 )
+            if args.compare and not stop.is_set():
+                outcomes["candidate"] = await compare.run_candidate(
+                    args,
+                    compare.candidate_keys(pl.sut),
+                    {p.id: p for p in prompts.prompts},
+                    store,
+                    concurrency=args.concurrency,
+                    caps=cand_caps,
+                    session=session,
+                    budget=bud,
+                    stop=stop,
+                )
     finally:
         store.close()
     notes = caps.notes + notes
@@ -340,9 +355,17 @@ async def _run(args: argparse.Namespace) -> int:
         if o.stopped:
             notes.append(f"{who}: stopped early: {o.stopped}")
     data = analyse(store, args, outcomes, notes)
+    ab = None
+    if args.compare:
+        ab = compare.for_measure(store, args, pl.sut, outcomes, cand_caps, data)
     report.write_json(d / report.REPORT_JSON, data)
     (d / report.REPORT_MD).write_text(markdown(data), "utf-8")
+    if args.compare:
+        with (d / report.REPORT_MD).open("a", encoding="utf-8") as fh:
+            fh.write(compare.markdown(data))
     _summary(data, d)
+    if ab is not None:
+        print(ab)
     if stop.is_set():
         print(
             f"tbg measure: interrupted; wrote what was measured to {d} "

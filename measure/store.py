@@ -28,7 +28,9 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class Key:
-    role: str  # "sut" (system under test) or "ref" (the paper method's reference endpoint)
+    # "sut" (system under test), "ref" (the paper method's reference endpoint) or "cand" (the
+    # candidate endpoint of --compare)
+    role: str
     prompt: str
     run: int
     temperature: float

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from measure import analysis, plots, report
+from measure import analysis, compare, plots, report
 from measure.advice import runs_to_decide, sweep_needs
 from measure.client import Capabilities, Endpoint, make_client, one_run
 from measure.common import (
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CEILING,
         help=f"largest acceptable T_bg (default {DEFAULT_CEILING:g}, the proxy's and the alerts')",
     )
+    compare.add_compare_args(p)
     return p
 
 
@@ -314,6 +315,7 @@ def params(args: argparse.Namespace, prompts: PromptSet) -> dict[str, Any]:
         "top_logprobs": args.top_logprobs,
         "prompt_set": prompts.name,
         "prompt_digest": prompts.digest,
+        **compare.params(args),
     }
 
 
@@ -331,6 +333,8 @@ async def _run(args: argparse.Namespace) -> int:
     bud = budget(args)
     stop = asyncio.Event()
     outcomes: dict[int, Outcome] = {}
+    cand_outcomes: dict[str, Outcome] = {}
+    cand_caps = Capabilities(args.top_logprobs or None)
     plan = {
         c: [Key("sut", pid, r, 0.0, c) for pid, r in spread(ids, args.runs)] for c in args.levels
     }
@@ -369,11 +373,28 @@ async def _run(args: argparse.Namespace) -> int:
                     )
                 finally:
                     await ep.client.close()
+                down = outcomes[c].done == 0 and outcomes[c].failed > 0
+                if args.compare and not down and not stop.is_set():
+                    cand_outcomes[str(c)] = await compare.run_candidate(
+                        args,
+                        compare.candidate_keys(plan[c]),
+                        by_id,
+                        store,
+                        concurrency=c,
+                        caps=cand_caps,
+                        session=session,
+                        budget=bud,
+                        stop=stop,
+                        label=f"candidate load {c}",
+                    )
                 if outcomes[c].done == 0 and outcomes[c].failed:
                     break  # the endpoint is down or refuses: the next level would fail alike
     finally:
         store.close()
     rows, rec, data = summarise(store, args, plan, outcomes, caps.notes)
+    ab = None
+    if args.compare:
+        ab = compare.for_sweep(store, args, plan, cand_outcomes, cand_caps, data)
     data["plots"] = write_outputs(d, rows, rec, data)
     print(table(rows, args.level))
     print(recommendation_line(rec))
@@ -382,6 +403,8 @@ async def _run(args: argparse.Namespace) -> int:
         recs = [r for r in store.select("sut") if r.key in wanted]
         needs = sweep_needs(recs, args.levels, args.runs, args.ceiling, args.level)
         print(runs_to_decide(needs, args.ceiling, args.runs))
+    if ab is not None:
+        print(ab)
     print(
         f"written: {d / SWEEP_CSV}, {d / SWEEP_JSON}"
         + (f", {d / SWEEP_PNG}" if data["plots"] else "")
@@ -393,6 +416,7 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     stopped = [o.stopped for o in outcomes.values() if o.stopped]
+    stopped += [o.stopped for o in cand_outcomes.values() if o.stopped]
     if not rows:
         why = nothing_measured({str(k): o for k, o in outcomes.items()}, args.base_url)
         print(f"tbg sweep: nothing measured: {why}", file=sys.stderr)
