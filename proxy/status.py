@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from proxy.cliparse import Parser
+from proxy.shadow.decisions_text import decision_lines
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -138,6 +139,7 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
                 f"  class {name:<24} T_bg {_g(c.get('estimate'))} [{_g(c.get('lower'))}, "
                 f"{_g(c.get('upper'))}], {c.get('diverged', 0)}/{c.get('pairs', 0)} diverged"
             )
+        lines += decision_lines(e)
         lines.append("")
     if not lines:
         seen = report.get("eligible")

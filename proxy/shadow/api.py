@@ -16,6 +16,7 @@ from aiohttp import web
 
 from estimator.online import OnlineSnapshot
 from proxy.shadow.classes import RequestClass
+from proxy.shadow.decisions_report import decisions_json
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.tap import ShadowTap
 from proxy.status import render_text, wants_text
@@ -89,6 +90,9 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
         entry["by_load"] = by_load.get((upstream, model), {})
         entry["by_class"] = by_class.get((upstream, model), [])
         entry["ceiling"] = tap.config.policy(model).ceiling
+        entry["decisions"] = decisions_json(
+            view.decisions, (upstream, model), tap.config.decision_steps
+        )
         estimates.append(entry)
     return {
         "estimates": estimates,

@@ -187,6 +187,22 @@ class ShadowConfig(ModelPolicy):
         "primary's trace when the client sent a `traceparent` (needs the `otel` extra; "
         "docs/shadow.md)",
     )
+    decision_steps: tuple[Annotated[Int, Field(ge=1, le=1_000_000)], ...] = Field(
+        (10, 100),
+        min_length=1,
+        max_length=8,
+        description="agent run lengths (steps) for which `GET /tbg` compounds a decision flip "
+        "rate p into the chance that a run diverges, 1 - (1 - p)^n (docs/shadow.md)",
+    )
+    decision_fields: Annotated[
+        Int,
+        Field(
+            ge=0,
+            le=256,
+            description="top-level JSON fields tracked by name per model for decision flips; "
+            "the rest are pooled as `(other)`",
+        ),
+    ] = 16
 
     _defaults: ModelPolicy = PrivateAttr()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from estimator.decisions import DecisionTally
 from estimator.online import TrialComparison
 from proxy.config import Config
 from proxy.shadow.classes import RequestClass, classify
@@ -99,6 +100,8 @@ class Compared:
     comparison: TrialComparison
     exemplars: tuple[Exemplar, ...]
     request_class: RequestClass | None = None
+    # each replay's decisions against the primary's (estimator.decisions), tools/json trials only
+    decisions: DecisionTally | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.decisions_report import decision_families
 from proxy.shadow.view import POSITION_BOUNDS, ShadowView
 
 UM = ["upstream", "model_name"]
@@ -93,6 +94,7 @@ class ShadowExposition:
         yield from self._counters(view)
         yield from self._accounting(view)
         yield from self._static()
+        yield from decision_families(view.decisions)
 
     def _estimates(self, view: ShadowView) -> Iterator[Metric]:
         est = GaugeMetricFamily(

@@ -21,6 +21,7 @@ from estimator.builders import (
     run_from_completion_stream,
     text_tokens,
 )
+from estimator.decisions import tally_trial
 from estimator.model import Run, Trial, TrialContext
 from estimator.online import TrialComparison
 from proxy.shadow.classes import RequestClass
@@ -38,6 +39,7 @@ def compare_trial(
     request: RequestInfo,
     runs: tuple[Run, ...],
     request_class: RequestClass | None = None,
+    decision_runs: tuple[Run, ...] | None = None,
 ) -> Compared:
     """Compare one trial and pick its exemplars; touches no state (safe in a thread or process).
     The load bucket is left empty: the Aggregator files the trial under the proxy's."""
@@ -66,7 +68,13 @@ def compare_trial(
                      div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text)
         )  # fmt: skip
     key = (request.upstream, request.model_name)
-    return Compared(job, key, comparison, tuple(exemplars), request_class)
+    # Decisions compare each replay with the primary: the runs as captured, primary first (the
+    # comparable runs may have left the primary out).
+    decisions = None
+    if request_class is not None:
+        decided = decision_runs if decision_runs is not None else runs
+        decisions = tally_trial(decided, request_class.kind, config.decision_fields)
+    return Compared(job, key, comparison, tuple(exemplars), request_class, decisions)
 
 
 def primary_run(job: Job) -> Run:
@@ -137,6 +145,6 @@ def comparable_runs(runs: tuple[Run, ...]) -> tuple[Run, ...]:
         return real
     return tuple(
         Run(tokens=text_tokens(r.text), logprobs=None, top_logprobs=None, text=r.text,
-            finish_reason=r.finish_reason)
+            finish_reason=r.finish_reason, tool_calls=r.tool_calls)
         for r in runs
     )  # fmt: skip

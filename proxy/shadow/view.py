@@ -14,6 +14,7 @@ from typing import Any
 
 from estimator.online import OnlineSnapshot, SufficientStats
 from proxy.shadow.classes import RequestClass
+from proxy.shadow.decisions_state import NO_DECISIONS, DecisionsView
 
 # First-divergence position histogram (tokens); powers of two like the load buckets.
 POSITION_BOUNDS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
@@ -87,6 +88,7 @@ class ShadowView:
     eligible: Mapping[Key, int]  # greedy primaries seen, sampled or not
     exemplars: tuple[Exemplar, ...]  # oldest first
     by_class: tuple[tuple[ClassKey, OnlineSnapshot], ...] = ()  # request classes compared
+    decisions: DecisionsView = NO_DECISIONS  # tool/argument/field flips (tools/json trials)
 
     def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
         return iter(self.estimates)

@@ -188,7 +188,9 @@ class Worker:
         runs = comparable_runs((primary, *replays))
         with self._tracing.compare(runs, job.load_at_start):
             compare = self._comparer.compare
-            args = (compare, self._config, self._hash_key, job.id, request, runs, job.request_class)
+            # the runs as captured, primary first, go along for the decisions (proxy.shadow.trial)
+            args = (compare, self._config, self._hash_key, job.id, request, runs, job.request_class,
+                    (primary, *replays))  # fmt: skip
             if self._in_thread:
                 compared = await asyncio.to_thread(compare_trial, *args)
             else:
