@@ -22,7 +22,7 @@ from estimator.builders import (
     text_tokens,
 )
 from estimator.decisions import tally_trial
-from estimator.model import Run, Trial, TrialContext
+from estimator.model import Run, ToolCall, Trial, TrialContext
 from estimator.online import TrialComparison
 from proxy.shadow.classes import RequestClass
 from proxy.shadow.config import ShadowConfig
@@ -95,7 +95,8 @@ def replay_length(primary: Run, completion_tokens: int | None, body: Mapping[str
     either (a text-only upstream streaming without `include_usage`), the primary's pieces are
     stream chunks, not tokens, and capping a replay at their number would cut every replay short
     and count a divergence that is not there; its text's length in bytes bounds its token count
-    instead (every token has at least one byte), within the client's own limit. A replay that
+    instead (every token has at least one byte; a tool call's name and arguments count too, with a
+    margin for its markup), within the client's own limit. A replay that
     agrees stops where the primary stopped either way. An empty primary (EOS first) is still
     worth one token: a replay that does not stop at once diverges at position 0.
     """
@@ -103,11 +104,20 @@ def replay_length(primary: Run, completion_tokens: int | None, body: Mapping[str
         return max(1, completion_tokens)
     if primary.logprobs is not None:
         return max(1, len(primary.tokens))
-    bound = max(1, len(primary.text.encode()))
+    bound = max(1, len(primary.text.encode()) + sum(map(_call_bytes, primary.tool_calls)))
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         bound = min(bound, limit)
     return bound
+
+
+# A tool call's tokens write its name and arguments, and around them markup that may be special
+# tokens of few bytes each (e.g. `<tool_call>` tags): a margin per call keeps the bound above them.
+_CALL_MARGIN = 32
+
+
+def _call_bytes(call: ToolCall) -> int:
+    return len(call.name.encode()) + len(call.arguments.encode()) + _CALL_MARGIN
 
 
 def usage_tokens(job: Job) -> tuple[int | None, int | None]:
