@@ -22,7 +22,7 @@ from tests.integration.vllm_server import (
 )
 
 FIGURES: list[str] = []
-TOOL_ARGS = ("--tool-call-parser", "hermes")
+TOOL_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
 
 
 def in_ci() -> bool:
@@ -57,8 +57,9 @@ def vllm_server() -> Iterator[VllmProcess]:
     if not venv_ready():
         missing(f"no vLLM venv at {venv_dir()}: run deploy/vllm-cpu/setup")
     require_model()
-    # A tool parser lets vLLM take a named tool_choice (guided decoding); requests without
-    # tools are unaffected (test_vllm_decisions.py).
+    # vLLM takes a named tool_choice (decoded with guided decoding) only with a tool parser, which
+    # it loads only with auto tool choice on; requests without tools are unaffected
+    # (test_vllm_decisions.py).
     with VllmProcess(ready_timeout=240, extra_args=TOOL_ARGS) as server:
         figure(f"vLLM ready in {server.ready_seconds:.1f} s ({server.base_url})")
         yield server

@@ -1,5 +1,6 @@
 """Decisions in front of the real vLLM CPU engine: tool calls forced by a named `tool_choice`
-(guided decoding; no tool parser needed) and `response_format: json_schema` answers are sampled,
+(guided decoding; vLLM accepts one only with a tool parser configured, which the session
+fixture sets) and `response_format: json_schema` answers are sampled,
 replayed and compared through the proxy, and `GET /tbg` reports their decisions.
 
 Asserted: every trial is tallied under its kind, the forced tool is never another one, and each
