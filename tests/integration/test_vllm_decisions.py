@@ -3,8 +3,8 @@
 fixture sets) and `response_format: json_schema` answers are sampled,
 replayed and compared through the proxy, and `GET /tbg` reports their decisions.
 
-Asserted: every trial is tallied under its kind, the forced tool is never another one, and each
-rate lies within its interval. How often arguments or fields change depends on this machine's
+Asserted: every trial is tallied under its kind, arguments are compared where the tools agree,
+and each rate lies within its interval. How often arguments or fields change depends on this machine's
 batching and is reported ("integration figures"), not asserted."""
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ FORCED: Any = {"type": "function", "function": {"name": "answer"}}
 SCHEMA: Any = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
     "type": "object", "properties": {"topic": {"type": "string"}, "words": {"type": "integer"}},
     "required": ["topic", "words"]}}}  # fmt: skip
-MAX_TOKENS = 40
+MAX_TOKENS = 60
 
 
-async def _send(base_url: str) -> None:
+async def _send(base_url: str) -> int:
     async with AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300) as oai:
 
         def messages(p: str) -> Any:
@@ -50,10 +50,14 @@ async def _send(base_url: str) -> None:
                                         max_tokens=MAX_TOKENS, response_format=SCHEMA)
             for p in PROMPTS
         ]  # fmt: skip
+        calls = 0
         for out in await asyncio.gather(*tools):
-            (call,) = out.choices[0].message.tool_calls or []
-            assert call.function.name == "answer"  # type: ignore[union-attr]
+            got = out.choices[0].message.tool_calls or []
+            # vLLM returns no call when the guided JSON it decoded does not parse (cut short)
+            assert all(c.function.name == "answer" for c in got)  # type: ignore[union-attr]
+            calls += len(got)
         await asyncio.gather(*schema)
+        return calls
 
 
 def _line(name: str, r: dict[str, Any]) -> str:
@@ -63,16 +67,21 @@ def _line(name: str, r: dict[str, Any]) -> str:
 
 
 def test_tool_call_and_json_decisions_are_compared(vllm_server: VllmProcess) -> None:
-    shadow = {"sample_rate": 1.0, "replays": 2, "max_concurrent": 2}
+    shadow = {"sample_rate": 1.0, "replays": 2, "max_concurrent": 2, "replays_per_minute": 1e6,
+              "tokens_per_minute": 1e9}  # fmt: skip
     with ProxyThread(vllm_server.base_url, name="vllm", shadow=shadow) as proxy:
-        asyncio.run(_send(proxy.base_url))
+        calls = asyncio.run(_send(proxy.base_url))
         report = settled_report(proxy.url, 2 * len(PROMPTS), timeout=480)
     n = len(PROMPTS)
-    assert report["accounting"]["replayed"] == 2 * n, report["accounting"]
+    assert report["accounting"]["replayed"] == 2 * n, (report["accounting"],
+                                                       report["dropped_by_reason"])  # fmt: skip
     d = report["estimates"][0]["decisions"]
     assert (d["trials"], d["replays"]) == (2 * n, 4 * n), d
-    assert (d["tool"]["compared"], d["tool"]["changed"]) == (2 * n, 0), d["tool"]
-    assert d["arguments"]["compared"] == 2 * n
+    assert d["tool"]["compared"] == 2 * n, d["tool"]
+    # arguments are compared where a replay called the same tools as its primary (at least one)
+    assert d["arguments"]["compared"] + d["tool"]["changed"] <= 2 * n
+    if calls == n:
+        assert d["arguments"]["compared"] + d["tool"]["changed"] == 2 * n
     assert d["field"]["compared"] == 2 * n
     kinds = {c["kind"] for c in d["by_class"]}
     assert kinds == {"tools", "json"}
@@ -84,6 +93,6 @@ def test_tool_call_and_json_decisions_are_compared(vllm_server: VllmProcess) -> 
     )
     figure(
         f"vLLM decisions ({n} forced-tool + {n} json_schema prompts, 2 replays, {MAX_TOKENS} "
-        f"tokens): {_line('tool', d['tool'])}; {_line('arguments', d['arguments'])}; "
+        f"tokens; {calls}/{n} primaries came back with a call): {_line('tool', d['tool'])}; {_line('arguments', d['arguments'])}; "
         f"{_line('field', d['field'])}; any-decision run divergence: {steps}"
     )
