@@ -240,6 +240,22 @@ def overview_panels() -> list[Panel]:
                 _q("sum(tbg_shadow_replays_in_flight)", "replays in flight"),
             ),
         ),
+        Panel(
+            "Decision flip rate (tool calls, JSON fields)",
+            "Share of replays of tools/JSON requests whose decision differed from their primary's: "
+            "another tool, other arguments (compared as parsed JSON), another top-level field "
+            "value, pooled over replicas. Intervals and per-field detail: GET /tbg (docs/shadow.md, "
+            "Decisions).",
+            "percentunit",
+            (
+                _q(
+                    f"sum by ({um}, decision) (rate(tbg_decision_changed_total{{{F}}}[{RI}]))\n/\n"
+                    f"sum by ({um}, decision) (rate(tbg_decision_replays_total{{{F}}}[{RI}]))",
+                    "{{decision}} {{upstream}} {{model_name}}",
+                ),
+            ),
+            width=24,
+        ),
     ]
 
 

@@ -60,6 +60,7 @@ async def _create(ep: Endpoint, prompt: Prompt, temperature: float) -> Any:
         "temperature": temperature,
         "max_tokens": ep.max_tokens,
     }
+    kwargs.update(prompt.request_options())  # tools, tool_choice, response_format
     k = ep.caps.top_logprobs
     if k is not None:
         kwargs.update(logprobs=True, top_logprobs=k)
@@ -106,4 +107,5 @@ async def one_run(ep: Endpoint, prompt: Prompt, key: Key) -> Record:
         started,
         ep.session,
         run.token_collisions,
+        tuple((c.name, c.arguments) for c in run.tool_calls),
     )

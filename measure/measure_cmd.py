@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from measure import analysis, compare, plots, report
+from measure import analysis, compare, decisions, plots, report
 from measure.advice import which_to_believe
 from measure.client import Capabilities, Endpoint, make_client, one_run
 from measure.common import (
@@ -186,6 +186,14 @@ def paper_estimates(
     return out, notes
 
 
+def _sut_trials(store: Store, args: argparse.Namespace) -> list[Any]:
+    """The endpoint's trials that `analyse` reads (its runs and concurrency level)."""
+    sut = store.select("sut")
+    return analysis.trials_from(
+        [r for r in sut if r.key.run < args.runs and r.key.level == args.concurrency]
+    )
+
+
 def analyse(
     store: Store, args: argparse.Namespace, outcomes: dict[str, Outcome], notes: list[str]
 ) -> dict[str, Any]:
@@ -282,6 +290,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["## Model-free statistics", ""]
         lines += report.model_free_md(data["model_free"], p["max_tokens"])
         lines.append("")
+    lines += decisions.markdown(data)
     if data["plots"]:
         lines += ["## Plots", ""] + [f"![{x}]({x})" for x in data["plots"]] + [""]
     if data["notes"]:
@@ -358,6 +367,7 @@ async def _run(args: argparse.Namespace) -> int:
     ab = None
     if args.compare:
         ab = compare.for_measure(store, args, pl.sut, outcomes, cand_caps, data)
+    data["decisions"] = decisions.section(_sut_trials(store, args), prompts)  # tools/json prompts
     report.write_json(d / report.REPORT_JSON, data)
     (d / report.REPORT_MD).write_text(markdown(data), "utf-8")
     if args.compare:

@@ -1,7 +1,8 @@
 """The prompt set: a built-in default (package data ``prompts.jsonl``) or a user JSONL file.
 
 Each line is an object with an ``id`` (unique string) and either ``messages`` (chat messages) or
-``prompt`` (a string, sent as one user message). The digest of the set goes into the run
+``prompt`` (a string, sent as one user message); optionally ``tools``, ``tool_choice`` and
+``response_format``, sent as they are (the report then shows the decisions: measure/decisions.py). The digest of the set goes into the run
 parameters, so a resumed measurement cannot silently mix two different prompt sets.
 """
 
@@ -25,6 +26,21 @@ class PromptError(ValueError):
 class Prompt:
     id: str
     messages: tuple[tuple[str, str], ...]  # (role, content)
+    options: str = ""  # tools / tool_choice / response_format, as canonical JSON ("" for none)
+
+    def request_options(self) -> dict[str, Any]:
+        return dict(json.loads(self.options)) if self.options else {}
+
+    @property
+    def kind(self) -> str:
+        """`tools` (tools offered), `json` (a JSON response_format) or `plain`."""
+        opts = self.request_options()
+        if opts.get("tools"):
+            return "tools"
+        fmt = opts.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+            return "json"
+        return "plain"
 
     def as_messages(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
@@ -38,6 +54,8 @@ class PromptSet:
     @property
     def digest(self) -> str:
         blob = json.dumps([[p.id, p.messages] for p in self.prompts], sort_keys=True)
+        if any(p.options for p in self.prompts):  # sets without options keep their digest
+            blob += json.dumps([p.options for p in self.prompts])
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def head(self, n: int | None) -> PromptSet:
@@ -49,9 +67,27 @@ class PromptSet:
         return PromptSet(f"{self.name}[:{n}]", self.prompts[:n])
 
 
+OPTION_KEYS = ("tools", "tool_choice", "response_format")
+
+
+def _options(obj: dict[str, Any], where: str) -> str:
+    opts = {k: obj[k] for k in OPTION_KEYS if k in obj}
+    if "tools" in opts and not (isinstance(opts["tools"], list) and opts["tools"]):
+        raise PromptError(f"{where}: 'tools' must be a non-empty list")
+    if "response_format" in opts and not isinstance(opts["response_format"], dict):
+        raise PromptError(f"{where}: 'response_format' must be an object")
+    return json.dumps(opts, sort_keys=True, separators=(",", ":")) if opts else ""
+
+
 def _prompt(obj: Any, where: str) -> Prompt:
     if not isinstance(obj, dict):
         raise PromptError(f"{where}: expected a JSON object")
+    prompt = _plain_prompt(obj, where)
+    options = _options(obj, where)
+    return Prompt(prompt.id, prompt.messages, options) if options else prompt
+
+
+def _plain_prompt(obj: dict[str, Any], where: str) -> Prompt:
     pid = obj.get("id")
     if not isinstance(pid, str | int) or isinstance(pid, bool) or str(pid) == "":
         raise PromptError(f"{where}: 'id' must be a non-empty string")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from estimator.model import Run, TopLogprobs
+from estimator.model import Run, ToolCall, TopLogprobs
 from estimator.tokens import resolve_run
 
 RUNS = "runs.jsonl"
@@ -51,6 +51,7 @@ class Record:
     session: str  # one id per process invocation (throughput is computed per session)
     # positions whose token strings collided and were told apart (estimator.tokens)
     token_collisions: int = 0
+    tool_calls: tuple[tuple[str, str], ...] = ()  # (name, arguments) of each call, in order
 
     def run(self) -> Run:
         return Run(
@@ -60,6 +61,7 @@ class Record:
             self.text,
             self.finish_reason,
             self.token_collisions,
+            tuple(ToolCall(name, args) for name, args in self.tool_calls),
         )
 
     def to_json(self) -> str:
@@ -92,6 +94,7 @@ class Record:
             float(obj.get("started", 0.0)),
             str(obj.get("session", "")),
             int(obj.get("token_collisions", 0)),
+            tuple((str(n), str(a)) for n, a in obj.get("tool_calls") or ()),
         )
         if "token_collisions" in obj or rec.top_logprobs is None:
             return rec

@@ -18,6 +18,7 @@ import orjson
 from proxy.canary_status import canary_lines
 from proxy.cliparse import Parser
 from proxy.measured_text import PROMPT_TEXT, describe_measured, describe_seeded
+from proxy.shadow.decisions_text import decision_lines
 from proxy.shadow.fingerprint_text import status_line as fingerprint_line
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -150,6 +151,7 @@ def render_text(report: Mapping[str, Any], more: str = "wait, or raise shadow.sa
         backend = fingerprint_line(e.get("fingerprints"))
         if backend is not None:
             lines.append(backend)
+        lines += decision_lines(e)
         lines.append("")
     lines += describe_seeded(report.get("seeded") or (), _g)
     if not report.get("estimates"):

@@ -36,6 +36,7 @@ from reference.responses import (
 )
 from reference.responses_api import EventStream, ResponseEnvelope, parse_responses, response_object
 from reference.scheduler import BatchPolicy, Scheduler
+from reference.tools import as_tool_call, as_tool_chunk, forced_tool
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     body = parse_json(await request.read())
     parse = parse_chat if kind == "chat" else parse_completion
     req = parse(body, state.config.model_name, state.config.default_max_tokens)
+    tool = forced_tool(body) if kind == "chat" else None  # reference/tools.py
     job = await _job(state, req)
     ids = job.prompt_ids
     params = job.params
@@ -140,12 +142,12 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     state.scheduler.submit(job)
     try:
         if req.stream:
-            return await _stream(request, state, job, env, with_lp, req.include_usage)
+            return await _stream(request, state, job, env, with_lp, req.include_usage, tool)
         events = [ev async for ev in _events(job)]
         state.metrics.finished(events[-1].finish_reason or "stop")
-        return web.json_response(
-            full_response(env, events, with_lp, len(ids)), dumps=lambda o: orjson.dumps(o).decode()
-        )
+        answer = full_response(env, events, with_lp, len(ids))
+        answer = as_tool_call(answer, tool) if tool is not None else answer
+        return web.json_response(answer, dumps=lambda o: orjson.dumps(o).decode())
     finally:
         job.cancelled.set()  # no-op when finished; stops decoding when the client went away
 
@@ -169,20 +171,23 @@ async def _stream(
     env: Envelope,
     with_lp: bool,
     include_usage: bool,
+    tool: str | None = None,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
 
-    async def send(obj: dict[str, Any]) -> None:
+    async def send(obj: dict[str, Any], first: bool = False) -> None:
+        if tool is not None and "choices" in obj:
+            obj = as_tool_chunk(obj, tool, first)
         await resp.write(b"data: " + orjson.dumps(obj) + b"\n\n")
 
     offset = 0
     generated = 0
     try:
         if env.kind == "chat":
-            await send(first_chat_chunk(env, include_usage))
+            await send(first_chat_chunk(env, include_usage), first=True)
         try:
             async for ev in _events(job):
                 generated += 1

@@ -26,6 +26,7 @@ from proxy.shadow.canary_state import CanaryBook
 from proxy.shadow.capability import Capabilities
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.coverage import Coverage
+from proxy.shadow.decisions_state import DecisionsState
 from proxy.shadow.fingerprints import FingerprintTracker
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.messages import (
@@ -56,6 +57,7 @@ class Aggregator:
     ) -> None:
         self._config = config
         self._state = ShadowState(online_config(config), config.exemplars)
+        self._state.decisions = DecisionsState(config.decision_fields)
         self._render = render
         # Request hashes are keyed per process: stable within it, useless for guessing prompts.
         self._hash_key = os.urandom(16)
@@ -134,6 +136,8 @@ class Aggregator:
         ctx = TrialContext(upstream, model, bucket)
         self._state.record_comparison(ctx, compared.comparison, compared.request_class)
         self._state.count(compared.key, "replayed")
+        if compared.decisions is not None:
+            self._state.decisions.fold(compared.key, compared.request_class, compared.decisions)
         for exemplar in compared.exemplars:
             self._state.add_exemplar(replace(exemplar, load_bucket=bucket))
         self._fingerprints.observe(compared.key, compared.fingerprint, compared.comparison)

@@ -19,6 +19,7 @@ from proxy.shadow import fingerprint_export
 from proxy.shadow.canary_report import canary_json
 from proxy.shadow.classes import RequestClass
 from proxy.shadow.coverage import measured
+from proxy.shadow.decisions_report import decisions_json
 from proxy.shadow.load import LOAD_BUCKETS
 from proxy.shadow.seeded import report as seeded_report
 from proxy.shadow.tap import ShadowTap
@@ -95,6 +96,9 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
         entry["by_class"] = by_class.get((upstream, model), [])
         entry["ceiling"] = tap.config.policy(model).ceiling
         entry["fingerprints"] = fingerprints.get((upstream, model))  # None: none seen
+        entry["decisions"] = decisions_json(
+            view.decisions, (upstream, model), tap.config.decision_steps
+        )
         estimates.append(entry)
     return {
         "estimates": estimates,

@@ -114,4 +114,4 @@ def canary_compared(
         canary, len(replays), sum(flags), bool(flags and flags[0]), tuple(moved),
         job.target.primary_seconds, seconds,
     )  # fmt: skip
-    return Compared(job.id, job.key, own, (), job.request_class, result)
+    return Compared(job.id, job.key, own, (), job.request_class, cross=result)

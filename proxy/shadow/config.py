@@ -200,6 +200,22 @@ class ShadowConfig(ModelPolicy):
         description="per model, a canary upstream and the share of sampled trials replayed on "
         "it instead (docs/canary.md); `<name>` must be a configured model",
     )
+    decision_steps: tuple[Annotated[Int, Field(ge=1, le=1_000_000)], ...] = Field(
+        (10, 100),
+        min_length=1,
+        max_length=8,
+        description="agent run lengths (steps) for which `GET /tbg` compounds a decision flip "
+        "rate p into the chance that a run diverges, 1 - (1 - p)^n (docs/shadow.md)",
+    )
+    decision_fields: Annotated[
+        Int,
+        Field(
+            ge=0,
+            le=256,
+            description="top-level JSON fields tracked by name per model for decision flips; "
+            "the rest are pooled as `(other)`",
+        ),
+    ] = 16
 
     _defaults: ModelPolicy = PrivateAttr()
 

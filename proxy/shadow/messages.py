@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from estimator.decisions import DecisionTally
 from estimator.online import TrialComparison
 from proxy.config import Config
 from proxy.shadow.canary import CrossResult, ReplayTarget
@@ -117,6 +118,8 @@ class Compared:
     cross: CrossResult | None = None
     # the backend fingerprints its runs carried (proxy.shadow.fingerprint_wire); None: not read
     fingerprint: TrialFingerprint | None = None
+    # each replay's decisions against the primary's (estimator.decisions), tools/json trials only
+    decisions: DecisionTally | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from proxy.shadow import fingerprint_export
 from proxy.shadow.canary_report import canary_families
 from proxy.shadow.config import ShadowConfig
 from proxy.shadow.coverage import families as coverage_families
+from proxy.shadow.decisions_report import decision_families
 from proxy.shadow.seeded import families as seeded_families
 from proxy.shadow.view import POSITION_BOUNDS, ShadowView
 
@@ -101,6 +102,7 @@ class ShadowExposition:
         yield from coverage_families(view.measured)
         yield from seeded_families(view.seeded)
         yield from fingerprint_export.families(view)
+        yield from decision_families(view.decisions)
 
     def _estimates(self, view: ShadowView) -> Iterator[Metric]:
         est = GaugeMetricFamily(

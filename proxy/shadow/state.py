@@ -24,6 +24,7 @@ from estimator.online import (
 )
 from proxy.shadow.classes import RequestClass
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.decisions_state import DecisionsState
 from proxy.shadow.view import (
     ACCOUNTING_FIELDS,
     DROP_REASONS,
@@ -61,6 +62,7 @@ class ShadowState:
         self.replay_tokens: dict[Key, int] = {}
         self.eligible: dict[Key, int] = {}  # greedy primaries seen, sampled or not
         self.exemplars: deque[Exemplar] = deque(maxlen=max(exemplar_limit, 0))
+        self.decisions = DecisionsState()  # the Aggregator sets its field limit
 
     def prime(self, key: Key, buckets: tuple[str, ...]) -> None:
         """Create a key's counter series at 0 before any traffic: Prometheus' increase() cannot
@@ -169,4 +171,5 @@ class ShadowState:
             eligible=frozen(self.eligible),
             exemplars=tuple(self.exemplars),
             by_class=tuple((ckey, est.snapshot()) for ckey, est in self._by_class.items()),
+            decisions=self.decisions.publish(),
         )

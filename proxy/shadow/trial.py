@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 from estimator.builders import BuildError, text_tokens
-from estimator.model import Run, Trial, TrialContext
+from estimator.decisions import tally_trial
+from estimator.model import Run, ToolCall, Trial, TrialContext
 from estimator.online import TrialComparison
 from proxy.shadow.classes import RequestClass
 from proxy.shadow.config import ShadowConfig
@@ -32,6 +33,7 @@ def compare_trial(
     request: RequestInfo,
     runs: tuple[Run, ...],
     request_class: RequestClass | None = None,
+    decision_runs: tuple[Run, ...] | None = None,
 ) -> Compared:
     """Compare one trial and pick its exemplars; touches no state (safe in a thread or process).
     The load bucket is left empty: the Aggregator files the trial under the proxy's."""
@@ -60,7 +62,13 @@ def compare_trial(
                      div.position, div.token_a, div.token_b, div.logprob_a, div.logprob_b, text)
         )  # fmt: skip
     key = (request.upstream, request.model_name)
-    return Compared(job, key, comparison, tuple(exemplars), request_class)
+    # Decisions compare each replay with the primary: the runs as captured, primary first (the
+    # comparable runs may have left the primary out).
+    decisions = None
+    if request_class is not None:
+        decided = decision_runs if decision_runs is not None else runs
+        decisions = tally_trial(decided, request_class.kind, config.decision_fields)
+    return Compared(job, key, comparison, tuple(exemplars), request_class, decisions=decisions)
 
 
 def primary_run(job: Job) -> Run:
@@ -78,7 +86,8 @@ def replay_length(primary: Run, completion_tokens: int | None, body: Mapping[str
     either (a text-only upstream streaming without `include_usage`), the primary's pieces are
     stream chunks, not tokens, and capping a replay at their number would cut every replay short
     and count a divergence that is not there; its text's length in bytes bounds its token count
-    instead (every token has at least one byte), within the client's own limit. A replay that
+    instead (every token has at least one byte; a tool call's name and arguments count too, with a
+    margin for its markup), within the client's own limit. A replay that
     agrees stops where the primary stopped either way. An empty primary (EOS first) is still
     worth one token: a replay that does not stop at once diverges at position 0.
     """
@@ -86,11 +95,20 @@ def replay_length(primary: Run, completion_tokens: int | None, body: Mapping[str
         return max(1, completion_tokens)
     if primary.logprobs is not None:
         return max(1, len(primary.tokens))
-    bound = max(1, len(primary.text.encode()))
+    bound = max(1, len(primary.text.encode()) + sum(map(_call_bytes, primary.tool_calls)))
     limit = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         bound = min(bound, limit)
     return bound
+
+
+# A tool call's tokens write its name and arguments, and around them markup that may be special
+# tokens of few bytes each (e.g. `<tool_call>` tags): a margin per call keeps the bound above them.
+_CALL_MARGIN = 32
+
+
+def _call_bytes(call: ToolCall) -> int:
+    return len(call.name.encode()) + len(call.arguments.encode()) + _CALL_MARGIN
 
 
 def usage_tokens(job: Job) -> tuple[int | None, int | None]:
@@ -131,6 +149,6 @@ def comparable_runs(runs: tuple[Run, ...]) -> tuple[Run, ...]:
         return real
     return tuple(
         Run(tokens=text_tokens(r.text), logprobs=None, top_logprobs=None, text=r.text,
-            finish_reason=r.finish_reason)
+            finish_reason=r.finish_reason, tool_calls=r.tool_calls)
         for r in runs
     )  # fmt: skip

@@ -19,6 +19,7 @@ from proxy.shadow.seeded import SeededView
 
 if TYPE_CHECKING:
     from proxy.shadow.canary_state import CanaryEntry
+from proxy.shadow.decisions_state import NO_DECISIONS, DecisionsView
 from proxy.shadow.fingerprints import FingerprintSummary
 
 # First-divergence position histogram (tokens); powers of two like the load buckets.
@@ -98,6 +99,7 @@ class ShadowView:
     measured: CoverageCounts = field(default_factory=CoverageCounts)
     seeded: SeededView = field(default_factory=SeededView)
     fingerprints: tuple[FingerprintSummary, ...] = ()  # backend fingerprints per key
+    decisions: DecisionsView = NO_DECISIONS  # tool/argument/field flips (tools/json trials)
 
     def snapshots(self) -> Iterator[tuple[Key, OnlineSnapshot, float]]:
         return iter(self.estimates)

@@ -211,7 +211,9 @@ class Worker:
         with self._tracing.compare(runs, job.load_at_start):
             compare = self._comparer.compare
             request_class = with_prompt_tokens(job.request_class, prompt_tokens)
-            args = (compare, self._config, self._hash_key, job.id, request, runs, request_class)
+            # the runs as captured, primary first, go along for the decisions (proxy.shadow.trial)
+            args = (compare, self._config, self._hash_key, job.id, request, runs, request_class,
+                    (primary, *replays))  # fmt: skip
             if self._in_thread:
                 compared = await asyncio.to_thread(compare_trial, *args)
             else:

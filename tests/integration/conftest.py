@@ -22,6 +22,7 @@ from tests.integration.vllm_server import (
 )
 
 FIGURES: list[str] = []
+TOOL_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
 
 
 def in_ci() -> bool:
@@ -56,7 +57,10 @@ def vllm_server() -> Iterator[VllmProcess]:
     if not venv_ready():
         missing(f"no vLLM venv at {venv_dir()}: run deploy/vllm-cpu/setup")
     require_model()
-    with VllmProcess(ready_timeout=240) as server:
+    # vLLM takes a named tool_choice (decoded with guided decoding) only with a tool parser, which
+    # it loads only with auto tool choice on; requests without tools are unaffected
+    # (test_vllm_decisions.py).
+    with VllmProcess(ready_timeout=240, extra_args=TOOL_ARGS) as server:
         figure(f"vLLM ready in {server.ready_seconds:.1f} s ({server.base_url})")
         yield server
         server.check_alive()
