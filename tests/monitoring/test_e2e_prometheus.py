@@ -90,9 +90,13 @@ def thermostat() -> Iterator[ReferenceProcess]:
 async def start_proxy(base_url: str) -> tuple[web.Application, web.AppRunner, int]:
     config = build_config(
         {
-            "upstreams": [{"name": "reference", "base_url": base_url, "models": ["smollm2"]}],
+            # the same reference also serves as a canary (another upstream name): the canary
+            # panels need a canary's series
+            "upstreams": [{"name": "reference", "base_url": base_url, "models": ["smollm2"]},
+                          {"name": "canary", "base_url": base_url}],
             "shadow": {"enabled": True, "sample_rate": 1.0, "replays": 2, "max_concurrent": 2,
-                       "replays_per_minute": 1e6, "tokens_per_minute": 1e9, "ceiling": CEILING},
+                       "replays_per_minute": 1e6, "tokens_per_minute": 1e9, "ceiling": CEILING,
+                       "canary": {"smollm2": {"upstream": "canary", "share": 0.25}}},
         },
         {},
     )  # fmt: skip
@@ -107,9 +111,13 @@ async def load(oai: AsyncOpenAI, stop: asyncio.Event, sent: list[int], worker: i
     i = worker
     while not stop.is_set() and sum(sent) < MAX_REQUESTS:
         prompt = PROMPTS[i % len(PROMPTS)]
-        kind = i % 3
+        kind = i % 4
         sent[worker] += 1
-        if kind == 0:
+        if kind == 3:  # a JSON answer: the decision panel needs a json trial's series
+            await oai.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": prompt}],
+                temperature=0, max_tokens=12, response_format={"type": "json_object"})  # fmt: skip
+        elif kind == 0:
             await oai.chat.completions.create(
                 model="smollm2", messages=[{"role": "user", "content": prompt}],
                 temperature=0, max_tokens=12)  # fmt: skip
