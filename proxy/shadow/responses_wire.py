@@ -289,6 +289,8 @@ def replay_body(
 ) -> bytes:
     """The replay: same input and decoding, non-streaming, in the foreground, not stored (a
     replay must not add to the client's stored responses), capped at the primary's length."""
+    if client_wants_logprobs(body):
+        logprobs_k = None  # the client's own logprobs, as its primary has them (wire.replay_body)
     new = with_logprobs(body, logprobs_k) if logprobs_k else dict(body)
     new["stream"] = False
     new.pop("stream_options", None)

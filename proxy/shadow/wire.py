@@ -179,6 +179,10 @@ def replay_body(
         from proxy.shadow import responses_wire
 
         return responses_wire.replay_body(body, max_tokens=max_tokens, logprobs_k=logprobs_k)
+    if client_wants_logprobs(route, body):
+        # The primary carries the client's own logprobs (its top-k): the replays ask the same, or
+        # runs with 2 alternatives would be compared with runs of 5.
+        logprobs_k = None
     new = with_logprobs(route, body, logprobs_k) if logprobs_k else dict(body)
     new["stream"] = False
     new.pop("stream_options", None)

@@ -65,7 +65,7 @@ from proxy.shadow.trial import (
     replay_length,
     usage_tokens,
 )
-from proxy.shadow.wire import replay_body
+from proxy.shadow.wire import client_wants_logprobs, replay_body
 from proxy.tap import RequestInfo
 from proxy.tracing import shadow_tracing
 from proxy.upstreams import Upstreams, new_session
@@ -278,7 +278,8 @@ class Worker:
         except (orjson.JSONDecodeError, BuildError, ValueError, AttributeError):
             self._send(ReplayDone(job.id, attempt, job.key, "error"))
             return None
-        if ask and detecting:
+        if ask and detecting and not client_wants_logprobs(request.route, request.body):
+            # (a replay with the client's own logprobs may have no alternatives: it tells nothing)
             self._learned(lkey, run.top_logprobs is not None)
         usage = data.get("usage") if isinstance(data, dict) else None
         tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0

@@ -111,9 +111,11 @@ async def load(oai: AsyncOpenAI, stop: asyncio.Event, sent: list[int], worker: i
     i = worker
     while not stop.is_set() and sum(sent) < MAX_REQUESTS:
         prompt = PROMPTS[i % len(PROMPTS)]
-        kind = i % 4
+        kind = i % 6
         sent[worker] += 1
-        if kind == 3:  # a JSON answer: the decision panel needs a json trial's series
+        # JSON answers (the decision panel needs a json trial's series) at positions 3 and 5 of
+        # 6: never all of them in the canary's fixed stride (every 4th sampled trial)
+        if kind in (3, 5):
             await oai.chat.completions.create(
                 model="smollm2", messages=[{"role": "user", "content": prompt}],
                 temperature=0, max_tokens=12, response_format={"type": "json_object"})  # fmt: skip
@@ -121,13 +123,13 @@ async def load(oai: AsyncOpenAI, stop: asyncio.Event, sent: list[int], worker: i
             await oai.chat.completions.create(
                 model="smollm2", messages=[{"role": "user", "content": prompt}],
                 temperature=0, max_tokens=12)  # fmt: skip
-        elif kind == 1:
+        elif kind in (1, 4):
             stream = await oai.chat.completions.create(
                 model="smollm2", messages=[{"role": "user", "content": prompt}],
                 temperature=0, max_tokens=12, stream=True)  # fmt: skip
             async for _ in stream:
                 pass
-        else:
+        elif kind == 2:
             await oai.completions.create(model="smollm2", prompt=prompt, temperature=0,
                                          max_tokens=12)  # fmt: skip
         i += 2
