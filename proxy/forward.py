@@ -54,6 +54,16 @@ _TAP_ROUTES = frozenset({"chat", "completions", "responses"})
 CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics and logs only
 # How an event stream's last event ends (SSE allows \n, \r\n and \r line ends).
 _DONE_ENDINGS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data: [DONE]\r\r")
+# The Responses API sends no `[DONE]`: its stream ends with one of these typed events.
+_FINAL_EVENTS = (b"event: response.completed", b"event: response.incomplete",
+                 b"event: response.failed")  # fmt: skip
+
+
+def _is_final(raw: bytes) -> bool:
+    """Whether one SSE event (its raw bytes) ends the stream: `[DONE]` or a final Responses event."""
+    return raw.endswith(_DONE_ENDINGS) or raw.lstrip(b"\r\n").startswith(_FINAL_EVENTS)
+
+
 # Writes up to this size into an empty socket buffer never wait for the client (the transport's
 # high-water mark is 64 KiB); others run under client_write_timeout_seconds.
 _SMALL_WRITE = 16 * 1024
@@ -80,8 +90,9 @@ class _State:
     status: int = 0
     first_byte_at: float | None = None
     upstream_wait: float = 0.0
-    # An event stream's `data: [DONE]` reached the client: a disconnect after it (SDKs close once
-    # they read it, before the upstream's chunked terminator) is a delivered response, not a 499.
+    # An event stream's `data: [DONE]` (or a Responses stream's final event) reached the client: a
+    # disconnect after it (SDKs close once they read it, before the upstream's chunked terminator)
+    # is a delivered response, not a 499.
     delivered: bool = False
     # The address it goes to when the upstream's endpoints come from DNS (proxy/endpoints.py).
     member: Member | None = None
@@ -423,7 +434,10 @@ class Forwarder:
                 if tee is not None and tee.keep(len(chunk)):
                     tee.parts.append(chunk)
                 await self._write(request, out, st, chunk)
-                if is_sse and chunk.endswith(_DONE_ENDINGS):
+                if is_sse and (
+                    chunk.endswith(_DONE_ENDINGS)
+                    or (st.route == "responses" and _FINAL_EVENTS[0] in chunk)
+                ):
                     st.delivered = True
                 continue
             raws = splitter.feed(chunk)
@@ -435,7 +449,7 @@ class Forwarder:
                     await self._write(
                         request, out, st, self._rewrite(rewrite, raw, "rewrite_event")
                     )
-                if raw.endswith(_DONE_ENDINGS):
+                if _is_final(raw):
                     st.delivered = True
         if splitter is not None and (rest := splitter.flush()):
             self._tee_event(tee, rest)

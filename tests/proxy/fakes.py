@@ -151,6 +151,8 @@ class FakeUpstream:
             )
         if tail == "embeddings":
             return web.Response(body=EMBEDDING_BODY, content_type="application/json")
+        if tail == "responses" and self.pieces is not None and orjson.loads(body).get("stream"):
+            return await self._stream(request, self.pieces, fault)  # the pieces the test gives
         if tail in ("chat/completions", "completions"):
             parsed = orjson.loads(body)
             if parsed.get("stream"):

@@ -196,3 +196,57 @@ async def test_a_client_that_closes_after_done_got_the_whole_stream(stop_after: 
     else:
         assert not ex.completed
         assert statuses == {"200": None, "499": 1.0}
+
+
+RESPONSES_EVENTS = [
+    b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n',
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"sequence_number":1,"delta":"Hi"}\n\n',
+    b'event: response.completed\ndata: {"type":"response.completed","sequence_number":2}\n\n',
+]
+
+
+@pytest.mark.parametrize("stop_after", [b"event: response.completed", b"event: response.output"])
+async def test_a_responses_client_that_closes_after_the_final_event_got_the_whole_stream(
+    stop_after: bytes,
+) -> None:
+    """A Responses stream has no `[DONE]`: its `response.completed` event ends it. A client that
+    closes right after that event received everything (complete, 200); one that closes before is
+    a cancelled, incomplete primary (499)."""
+    # The upstream waits before ending the chunked body, so the client's close comes first.
+    fake = FakeUpstream(pieces=[b"".join(RESPONSES_EVENTS[:2]), RESPONSES_EVENTS[2]],
+                        piece_delay=0.5)  # fmt: skip
+    if stop_after == b"event: response.completed":
+        fake = FakeUpstream(pieces=[b"".join(RESPONSES_EVENTS), b"\n"], piece_delay=0.5)
+    tap = RecordingTap()
+    async with proxy_stack(single(), [fake], tap=tap) as stack:
+        lines: list[bytes] = []
+        body = {"model": "m", "input": "x", "stream": True}
+        async with (
+            httpx.AsyncClient() as http,
+            http.stream("POST", stack.proxy_url + "/v1/responses", json=body) as r,
+        ):
+            async for line in r.aiter_lines():
+                lines.append(line.encode())
+                if (
+                    line.startswith("data: ")
+                    and len(lines) > 1
+                    and lines[-2].startswith(stop_after)
+                ):
+                    break
+        await asyncio.wait_for(tap.done.wait(), 5)
+        registry = stack.app[REGISTRY]
+        labels = {"route": "responses", "model_name": "m", "upstream": "up"}
+        await asyncio.sleep(0.05)  # metrics are observed in a loop callback after the handler
+        statuses = {
+            s: registry.get_sample_value("tbg_requests_total", {**labels, "status": s})
+            for s in ("200", "499")
+        }
+    (ex,) = tap.completed
+    if stop_after == b"event: response.completed":
+        assert ex.completed and ex.status == 200
+        assert [e["type"] for e in ex.events][-1] == "response.completed"
+        assert statuses == {"200": 1.0, "499": None}
+    else:
+        assert not ex.completed
+        assert statuses == {"200": None, "499": 1.0}
