@@ -70,7 +70,31 @@ def _zero_if_none(expr: str, fallback: str) -> str:
 
 def overview_panels() -> list[Panel]:
     um = "upstream, model_name"
+    requests = f"sum by ({um}) (rate(tbg_requests_total{{{F}}}[{RI}]))"
     return [
+        Panel(
+            "Share of your traffic these numbers describe",
+            "T_bg describes the greedy (temperature-0) requests only: their share of all requests "
+            "through the proxy to each model, and the share actually replayed and compared (the "
+            "sample the estimate comes from). Seeded, sampled (T > 0), n > 1 and unsupported "
+            "routes are not in it: GET /tbg's `measured` block and `tbg status` give the reasons.",
+            "percentunit",
+            (
+                _q(
+                    f"sum by ({um}) (rate(tbg_shadow_eligible_total{{{F}}}[{RI}]))\n/\n"
+                    + requests,
+                    "greedy {{upstream}} {{model_name}}",
+                ),
+                _q(
+                    f"sum by ({um}) (rate(tbg_shadow_replayed_total{{{F}}}[{RI}]))\n/\n"
+                    + requests,
+                    "compared {{upstream}} {{model_name}}",
+                ),
+            ),
+            kind="stat",
+            width=24,
+            height=4,
+        ),
         Panel(
             "T_bg (pooled fleet estimate, 95 % interval)",
             "Background temperature: the temperature at which an ideal copy of the model would vary "
