@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from estimator.online import OnlineSnapshot
 from proxy.shadow.canary_state import LATENCY_BOUNDS
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.decisions_report import sums_json
 from proxy.shadow.view import POSITION_BOUNDS, ShadowView
 
 UCM = ["upstream", "canary", "model_name"]
@@ -100,6 +101,12 @@ def canary_json(view: ShadowView, config: ShadowConfig) -> list[dict[str, Any]]:
                 },
                 "ratio_median": _num(e.ratio_median),
             },
+            # the canary replays' decisions against the fleet primary's (None: no tools/json trial)
+            "decisions": (
+                {"level": 0.95, "unit": "trial", "against": "fleet primary",
+                 **sums_json(e.decisions, config.decision_steps)}
+                if e.decisions.trials else None
+            ),
             "last_update": e.last_update,
         })  # fmt: skip
     return out
