@@ -72,7 +72,8 @@ async def _ask(url: str, tap: ShadowTap, seeded: frozenset[int] = frozenset()) -
             if i in seeded:
                 sampling = {"temperature": 0.7, "seed": 11}
             out = await oai.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"p{i}"}], tools=TOOLS,
+                model="m", messages=[{"role": "user", "content": f"p{i}"}],
+                tools=TOOLS,  # type: ignore[arg-type]
                 **sampling,
             )  # fmt: skip
             assert out.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[union-attr,index]
