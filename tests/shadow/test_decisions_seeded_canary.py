@@ -6,6 +6,7 @@ cross-decisions, exactly, while the fleet's own decisions count the fleet's repl
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -65,7 +66,9 @@ async def stack() -> AsyncIterator[Callable[..., Any]]:
         await runner.cleanup()
 
 
-async def _ask(url: str, tap: ShadowTap, seeded: frozenset[int] = frozenset()) -> dict[str, Any]:
+async def _ask(
+    url: str, tap: ShadowTap, seeded: frozenset[int] = frozenset()
+) -> tuple[dict[str, Any], str]:
     async with AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as oai:
         for i in range(PROMPTS):
             sampling: dict[str, Any] = {"temperature": 0}
@@ -80,7 +83,15 @@ async def _ask(url: str, tap: ShadowTap, seeded: frozenset[int] = frozenset()) -
     assert await tap.idle(30.0)
     async with httpx.AsyncClient() as http:
         report: dict[str, Any] = (await http.get(url + "/tbg")).json()
-    return report
+        metrics = (await http.get(url + "/metrics")).text
+    return report, metrics
+
+
+def _counter(metrics: str, name: str, decision: str) -> float:
+    labels = f'canary="cand",decision="{decision}",model_name="m",upstream="fleet"'
+    match = re.search(rf"^{name}_total{{{labels}}} (\S+)$", metrics, re.M)
+    assert match is not None, (name, decision)
+    return float(match.group(1))
 
 
 async def test_seeded_tool_decisions_are_reported_apart(stack: Any) -> None:
@@ -88,7 +99,7 @@ async def test_seeded_tool_decisions_are_reported_apart(stack: Any) -> None:
     fake = _fake({f"p{i}": 0.5 for i in range(PROMPTS)}, seed=3)
     url, tap = await stack(fake)
     seeded = frozenset(range(0, PROMPTS, 3))  # 8 seeded prompts, 16 greedy
-    report = await _ask(url, tap, seeded)
+    report, _ = await _ask(url, tap, seeded)
     greedy_prompts = {f"p{i}" for i in range(PROMPTS) if i not in seeded}
     seeded_prompts = {f"p{i}" for i in seeded}
     g_replays, g_flipped = _planted(fake, greedy_prompts)
@@ -124,7 +135,7 @@ async def test_a_canary_that_calls_another_tool_shows_its_cross_decisions(stack:
     fleet = _fake({f"p{i}": 0.3 for i in range(PROMPTS)}, seed=4)
     canary = _fake({f"p{i}": 1.0 if i < 12 else 0.0 for i in range(PROMPTS)}, seed=5)
     url, tap = await stack(fleet, canary)
-    report = await _ask(url, tap)
+    report, metrics = await _ask(url, tap)
 
     canary_prompts = set(canary.planted)  # share 0.5: every other sampled primary
     assert len(canary_prompts) == 12 and not canary_prompts & set(fleet.planted)
@@ -139,6 +150,13 @@ async def test_a_canary_that_calls_another_tool_shows_its_cross_decisions(stack:
     assert (d["any"]["changed"], d["any"]["compared"]) == (c_flipped, 24)
     assert d["tool"]["lower"] <= c_flipped / 24 <= d["tool"]["upper"]
     assert d["tool"]["design_effect"] > 1  # a prompt's replays move together: clustered interval
+
+    # /metrics: the same counts, 6 series (2 families × 3 decisions)
+    assert _counter(metrics, "tbg_canary_decision_replays", "tool") == 24
+    assert _counter(metrics, "tbg_canary_decision_changed", "tool") == c_flipped
+    assert _counter(metrics, "tbg_canary_decision_changed", "arguments") == 0
+    series = [ln for ln in metrics.splitlines() if ln.startswith("tbg_canary_decision_")]
+    assert len(series) == 6, series
 
     # the fleet's own decisions: its own replays only, as planted
     f_replays, f_flipped = _planted(fleet, set(fleet.planted))
