@@ -8,6 +8,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from proxy.shadow.decisions_text import decision_lines
+
 
 def _g(x: Any) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -52,6 +54,8 @@ def canary_lines(report: Mapping[str, Any]) -> list[str]:
             f"{_g(canary.get('median_seconds'))} s (medians, same requests); canary/primary "
             f"{_g(latency.get('ratio_median'))}"
         )
+        # how many of the agent's decisions switching to the canary would move
+        lines += decision_lines(c, "cross-decisions", "canary vs fleet primary")
         lines.append("  next         docs/runbooks/decisions/ShouldWeSwitch.md")
         lines.append("")
     return lines

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from proxy.shadow.decisions_text import decision_lines
+
 Fmt = Callable[[Any], str]
 # proxy.shadow.classes.PROMPT_TOKEN_EDGES, as a person reads them
 PROMPT_TEXT = {"medium": "256 to 2047 prompt tokens", "long": ">= 2048 prompt tokens"}
@@ -69,5 +71,6 @@ def describe_seeded(entries: Any, g: Fmt) -> list[str]:
             "  reading   0 divergences: bit-reproducible with the seed; many: the logits move, or "
             "the upstream ignores `seed`"
         )
+        lines += decision_lines(e, "seeded decisions")  # apart from the greedy ones
         lines.append("")
     return lines

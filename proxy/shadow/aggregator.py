@@ -73,10 +73,11 @@ class Aggregator:
         # Counts a bug in the shadow path (tbg_internal_errors_total{where="shadow"}); set by wiring.
         self.on_internal_error: Callable[[], None] = lambda: None
         # Canary trials (proxy.shadow.canary) are filed here, never in the fleet's estimators.
-        self._canary = CanaryBook(config.canary, online_config(config))
+        self._canary = CanaryBook(config.canary, online_config(config), config.decision_fields)
         # Every tapped request by outcome, and the seeded trials kept apart from T_bg.
         self.coverage = Coverage()
         self._seeded = SeededReproducibility(online_config(config))
+        self._seeded_decisions = DecisionsState(config.decision_fields)  # never the greedy ones
         # Backend fingerprints per key: changes, and T_bg per fingerprint epoch.
         self._fingerprints = FingerprintTracker(online_config(config))
 
@@ -122,7 +123,7 @@ class Aggregator:
         largest load its primary and replays met, which only the proxy knows) and its request
         class's estimators. A seeded trial goes to the seeded report instead, never into T_bg."""
         if compared.cross is not None:  # a canary trial: the canary book only, never the fleet's
-            self._canary.fold(compared.key, compared.cross, compared.comparison)
+            self._canary.fold(compared.key, compared.cross, compared.comparison, compared.decisions)
             # measured (on the canary): it ends the trial's accounting like any compared one
             self.coverage.compared(compared.key, "greedy", compared.comparison)
             self._state.count(compared.key, "replayed")
@@ -145,6 +146,8 @@ class Aggregator:
 
     def _fold_seeded(self, compared: Compared) -> None:
         self._seeded.add(compared.key, compared.comparison, compared.request_class)
+        if compared.decisions is not None:
+            self._seeded_decisions.fold(compared.key, compared.request_class, compared.decisions)
         self.coverage.compared(compared.key, "seeded", compared.comparison)
         self._state.count(compared.key, "replayed")
         self._changed.set()
@@ -176,7 +179,8 @@ class Aggregator:
         if self._canary.active:
             self._view = replace(self._view, canary=self._canary.publish())
         self._view = replace(self._view, measured=self.coverage.publish(),
-                             seeded=self._seeded.publish())  # fmt: skip
+                             seeded=replace(self._seeded.publish(),
+                                            decisions=self._seeded_decisions.publish()))  # fmt: skip
         self._view = replace(self._view, fingerprints=self._fingerprints.publish())
         return self._view
 

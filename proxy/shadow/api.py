@@ -127,7 +127,7 @@ def report(tap: ShadowTap, *, tokens: bool = False) -> dict[str, Any]:
             view.drops_by_reason(),
             tap.untapped_requests(),
         ),
-        "seeded": seeded_report(view.seeded),
+        "seeded": seeded_report(view.seeded, tap.config.decision_steps),
     }
 
 

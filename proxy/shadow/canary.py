@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from estimator.builders import text_tokens
 from estimator.compare import compare_trial
+from estimator.decisions import tally_trial
 from estimator.model import Run, Trial, TrialContext
 from estimator.online import TrialComparison
 from proxy.shadow.canary_config import CanaryPolicy
@@ -92,9 +93,12 @@ def canary_compared(
     primary: Run,
     replays: tuple[Run, ...],
     seconds: tuple[float, ...],
+    max_fields: int = 16,
 ) -> Compared:
     """A canary trial's terminal outcome: the canary's replays compared together (scored for its
-    T_bg) and each replay against the primary (the cross-divergence). Pure: safe in a thread."""
+    T_bg), each replay against the primary (the cross-divergence) and, for a tools/json trial,
+    each replay's decisions against the fleet primary's (the cross-decisions). Pure: safe in a
+    thread."""
     from proxy.shadow.messages import Compared  # messages imports this module: import late
     from proxy.shadow.trial import comparable_runs
 
@@ -114,4 +118,7 @@ def canary_compared(
         canary, len(replays), sum(flags), bool(flags and flags[0]), tuple(moved),
         job.target.primary_seconds, seconds,
     )  # fmt: skip
-    return Compared(job.id, job.key, own, (), job.request_class, cross=result)
+    decisions = None
+    if job.request_class is not None:  # would switching to the canary move the agent's decisions
+        decisions = tally_trial((primary, *replays), job.request_class.kind, max_fields)
+    return Compared(job.id, job.key, own, (), job.request_class, cross=result, decisions=decisions)

@@ -4,7 +4,8 @@ of /metrics, from the published ShadowView (pure: safe in the rendering thread).
 Series per (fleet upstream, canary upstream, model_name) with a configured canary, and nothing per
 request: 3 T_bg gauges, 3 moved-share gauges, 8 counters, the first-divergence histogram (12
 buckets + sum + count = 14), the latency histogram for side=primary and side=canary (2 × (12 + 2) =
-28) and the canary's grid likelihood (64 grid points): 120 series (docs/canary.md).
+28) and the canary's grid likelihood (64 grid points): 120 series (docs/canary.md). With its first
+tools/json trial, 6 more: the cross-decision counters (2 families × 3 decisions).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from prometheus_client.core import (
     Metric,
 )
 
+from estimator.decisions import DECISIONS
 from estimator.online import OnlineSnapshot
 from proxy.shadow.canary_state import LATENCY_BOUNDS
 from proxy.shadow.config import ShadowConfig
+from proxy.shadow.decisions_report import sums_json
 from proxy.shadow.view import POSITION_BOUNDS, ShadowView
 
 UCM = ["upstream", "canary", "model_name"]
@@ -100,6 +103,12 @@ def canary_json(view: ShadowView, config: ShadowConfig) -> list[dict[str, Any]]:
                 },
                 "ratio_median": _num(e.ratio_median),
             },
+            # the canary replays' decisions against the fleet primary's (None: no tools/json trial)
+            "decisions": (
+                {"level": 0.95, "unit": "trial", "against": "fleet primary",
+                 **sums_json(e.decisions, config.decision_steps)}
+                if e.decisions.trials else None
+            ),
             "last_update": e.last_update,
         })  # fmt: skip
     return out
@@ -211,3 +220,29 @@ def canary_families(view: ShadowView, grid_labels: list[str]) -> Iterator[Metric
     yield from counters.values()
     yield from own.values()
     yield from (nll, positions, latency)
+    yield from _decision_families(view)
+
+
+def _decision_families(view: ShadowView) -> Iterator[Metric]:
+    """Cross-decisions per (fleet, canary, model, decision): canary replays compared with the
+    fleet primary, and those that decided otherwise. Not primed: a canary without tools/json
+    trials pays nothing."""
+    labels = [*UCM, "decision"]
+    replays = CounterMetricFamily(
+        "tbg_canary_decision_replays",
+        "Canary replays compared with the fleet's primary on a decision",
+        labels=labels,
+    )
+    changed = CounterMetricFamily(
+        "tbg_canary_decision_changed",
+        "Canary replays whose decision (tool, arguments, field) differed from the fleet primary's",
+        labels=labels,
+    )
+    for e in view.canary:
+        if not e.decisions.trials:
+            continue
+        for decision in DECISIONS:
+            sums = e.decisions.decisions[decision]
+            replays.add_metric([*e.key, decision], float(sums.compared))
+            changed.add_metric([*e.key, decision], float(sums.changed))
+    yield from (replays, changed)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from estimator.cross import wilson_interval
+from estimator.decision_rates import DecisionSums
+from estimator.decisions import DecisionTally
 from estimator.online import (
     OnlineConfig,
     OnlineEstimator,
@@ -71,6 +73,8 @@ class CanaryEntry:
     canary_median: float  # of each trial's mean replay latency
     ratio_median: float  # of each trial's canary / primary latency
     last_update: float
+    # the canary replays' decisions against the fleet primary's (tools/json trials)
+    decisions: DecisionSums = field(default_factory=DecisionSums)
 
     def moved_interval(self, level: float = 0.95) -> tuple[float, float]:
         """Wilson interval of the share of prompts whose answer the canary moves."""
@@ -98,6 +102,7 @@ class _Book:
     recent_positions: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT))
     recent_latency: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RECENT))
     last_update: float = 0.0
+    decisions: DecisionSums = field(default_factory=DecisionSums)
 
 
 class CanaryBook:
@@ -107,9 +112,11 @@ class CanaryBook:
         self,
         canaries: Mapping[str, CanaryPolicy],
         online: OnlineConfig,
+        max_fields: int = 16,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._canaries = dict(canaries)
+        self._max_fields = max_fields
         self._online = online
         self._clock = clock
         self._books: dict[CanaryKey, _Book] = {}
@@ -131,9 +138,16 @@ class CanaryBook:
             if policy is not None and policy.upstream != upstream:
                 self._book((upstream, policy.upstream, model))
 
-    def fold(self, key: Key, cross: CrossResult, own: TrialComparison) -> None:
-        """One canary trial of the fleet's `key`: its cross result, and `own`, the comparison of
-        its replays together (folded for the canary's T_bg when it has a pair)."""
+    def fold(
+        self,
+        key: Key,
+        cross: CrossResult,
+        own: TrialComparison,
+        decisions: DecisionTally | None = None,
+    ) -> None:
+        """One canary trial of the fleet's `key`: its cross result, `own`, the comparison of its
+        replays together (folded for the canary's T_bg when it has a pair), and `decisions`, its
+        replays' decisions against the fleet primary's (a tools/json trial)."""
         book = self._book((key[0], cross.canary, key[1]))
         if own.pairs:
             book.estimator.add(own)
@@ -154,6 +168,8 @@ class CanaryBook:
         if cross.replay_seconds:
             mean = sum(cross.replay_seconds) / len(cross.replay_seconds)
             book.recent_latency.append((cross.primary_seconds, mean))
+        if decisions is not None:
+            book.decisions = book.decisions.fold(decisions, self._max_fields)
         book.last_update = self._clock()
 
     def publish(self) -> tuple[CanaryEntry, ...]:
@@ -184,6 +200,7 @@ class CanaryBook:
                     canary_median=_median(c for _, c in latency),
                     ratio_median=_median(ratios),
                     last_update=book.last_update,
+                    decisions=book.decisions,
                 )
             )
         return tuple(out)

@@ -18,12 +18,15 @@ def _rate_text(r: Mapping[str, Any]) -> str:
     )
 
 
-def decision_lines(entry: Mapping[str, Any]) -> list[str]:
-    """`tbg status` lines for one estimate of a /tbg report (none without decisions)."""
+def decision_lines(
+    entry: Mapping[str, Any], label: str = "decisions", against: str = "flip rates"
+) -> list[str]:
+    """`tbg status` lines for one estimate of a /tbg report (none without decisions); `label` and
+    `against` name the block (a seeded estimate's decisions, a canary's cross-decisions)."""
     d = entry.get("decisions")
     if not isinstance(d, Mapping):
         return []
-    lines = [f"  decisions {d.get('trials', 0)} tools/json trials; flip rates, 95% interval:"]
+    lines = [f"  {label} {d.get('trials', 0)} tools/json trials; {against}, 95% interval:"]
     names = {"tool": "another tool", "arguments": "other arguments", "field": "another field"}
     for decision, label in names.items():
         r = d.get(decision) or {}

@@ -21,7 +21,7 @@ at T means the seed is ignored (docs/shadow.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from estimator.online import OnlineConfig, OnlineEstimator, OnlineSnapshot, SufficientStats
 from proxy.shadow.classes import RequestClass
+from proxy.shadow.decisions_report import decisions_json
+from proxy.shadow.decisions_state import NO_DECISIONS, DecisionsView
 
 Key = tuple[str, str]  # (upstream, model_name)
 ClassKey = tuple[str, str, RequestClass]
@@ -40,6 +42,8 @@ class SeededView:
 
     estimates: tuple[tuple[Key, OnlineSnapshot, SufficientStats], ...] = ()
     by_class: tuple[tuple[ClassKey, OnlineSnapshot], ...] = ()
+    # tool/argument/field flips of seeded tools/json trials, apart from the greedy ones
+    decisions: DecisionsView = NO_DECISIONS
 
 
 class SeededReproducibility:
@@ -88,8 +92,9 @@ def _stats_json(snap: OnlineSnapshot) -> dict[str, Any]:
     }
 
 
-def report(view: SeededView) -> list[dict[str, Any]]:
-    """/tbg's `seeded` list: model-free reproducibility of seeded requests (no T_bg)."""
+def report(view: SeededView, steps: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """/tbg's `seeded` list: model-free reproducibility of seeded requests (no T_bg), and the
+    decisions of their tools/json trials (None without one; compounded over `steps`)."""
     by_class: dict[Key, list[dict[str, Any]]] = {}
     for (upstream, model, request_class), snap in sorted(
         view.by_class, key=lambda item: item[0][2].order()
@@ -103,6 +108,7 @@ def report(view: SeededView) -> list[dict[str, Any]]:
             "model_name": model,
             **_stats_json(snap),
             "by_class": by_class.get((upstream, model), []),
+            "decisions": decisions_json(view.decisions, (upstream, model), steps),
         }
         for (upstream, model), snap, _ in view.estimates
     ]

@@ -199,7 +199,7 @@ class Worker:
             return
         if job.target is not None:
             args_c = (self._comparer.compare, self._hash_key, job, request.model_name, primary,
-                      tuple(replays), tuple(seconds))  # fmt: skip
+                      tuple(replays), tuple(seconds), self._config.decision_fields)  # fmt: skip
             if self._in_thread:
                 compared = await asyncio.to_thread(canary_compared, *args_c)
             else:
