@@ -81,10 +81,16 @@ async def test_completions_whole_and_streamed_are_sampled_and_compared(
     assert report["accounting"] == {"sampled": n, "replayed": n, "failed": 0, "dropped": 0}
     (est,) = report["estimates"]
     assert est["trials"] == n and est["diverged"] == 0 and est["estimate"] == 0.0, est
-    assert n <= est["pairs"] <= 3 * n, est  # 1 pair (the replays) to 3 (with the primary)
+    # The first whole and the streamed primary each came first of their shape, plain (text-only):
+    # their two replays are compared (1 pair); the others are augmented (3 pairs each).
+    assert est["pairs"] == 1 + 3 + 3 + 1, est
     classes = {(c["route"], c["streaming"]): c for c in est["by_class"]}
     assert set(classes) == {("completions", "whole"), ("completions", "stream")}, classes
     assert sum(c["pairs"] for c in classes.values()) == est["pairs"]
     assert classes[("completions", "stream")]["trials"] == 1
+    assert (
+        classes[("completions", "whole")]["pairs"],
+        classes[("completions", "stream")]["pairs"],
+    ) == (7, 1)
     compared = report["measured"]["compared"]["greedy"]
     assert compared["logprobs"] + compared["text_only"] == n, compared

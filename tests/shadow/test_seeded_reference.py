@@ -90,7 +90,10 @@ async def test_seeded_requests_are_replayed_with_their_seed_and_reproduce_exactl
     (seeded,) = report["seeded"]
     assert (seeded["upstream"], seeded["model_name"]) == ("reference", "smollm2")
     assert seeded["trials"] == n and seeded["diverged_trials"] == 0 and seeded["diverged"] == 0
-    assert seeded["pairs"] >= n, seeded  # 1 pair (the replays) to 3 (with the primary) per trial
+    # The first primary came before a replay proved logprobs support: text-only, so only its two
+    # replays are compared (1 pair); the later primaries are augmented (3 pairs each).
+    assert seeded["pairs"] == 1 + 3 * (n - 1), seeded
+    assert report["measured"]["compared"]["seeded"] == {"logprobs": n, "text_only": 0}
     assert seeded["exact_match_rate"] == 1 and seeded["hazard"] == 0, seeded
     assert all(c["decoding"] == "seeded" for c in seeded["by_class"]), seeded["by_class"]
     # On the wire: every request the reference saw carries the client's seed and temperature,
