@@ -81,13 +81,11 @@ def overview_panels() -> list[Panel]:
             "percentunit",
             (
                 _q(
-                    f"sum by ({um}) (rate(tbg_shadow_eligible_total{{{F}}}[{RI}]))\n/\n"
-                    + requests,
+                    f"sum by ({um}) (rate(tbg_shadow_eligible_total{{{F}}}[{RI}]))\n/\n" + requests,
                     "greedy {{upstream}} {{model_name}}",
                 ),
                 _q(
-                    f"sum by ({um}) (rate(tbg_shadow_replayed_total{{{F}}}[{RI}]))\n/\n"
-                    + requests,
+                    f"sum by ({um}) (rate(tbg_shadow_replayed_total{{{F}}}[{RI}]))\n/\n" + requests,
                     "compared {{upstream}} {{model_name}}",
                 ),
             ),
